@@ -1,0 +1,313 @@
+"""Typed view of params.yaml: the single source of truth for every tunable number.
+
+`load_params` reads the YAML, applies `--set key.path=value` overrides and validates the
+result into `Params`. Unknown keys and wrong types fail with a `ConfigError` naming the
+dotted key path, e.g. ``finetune.adamw.lr: Input should be a valid number``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
+
+
+class ConfigError(ValueError):
+    """params.yaml (or an override) is invalid; the message names the key."""
+
+
+class Section(BaseModel):
+    """Base of every params section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsConfig(Section):
+    corpus: Path = Path("data/demo")
+    prepared: Path = Path("data/prepared")
+    pretrained: Path = Path("artifacts/pretrained")
+    model: Path = Path("artifacts/model")
+    checkpoints: Path = Path("artifacts/checkpoints")
+    eval: Path = Path("artifacts/eval")
+    export: Path = Path("artifacts/export")
+    gate: Path = Path("artifacts/gate")
+
+
+class DataConfig(Section):
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: list[str] = Field(default_factory=list)
+    min_chars: int = Field(3, ge=1)
+    max_chars: int = Field(2000, ge=1)
+    overlong: Literal["truncate", "reject"] = "truncate"
+    max_bad_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    split_salt: str = "tuneline"
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_rows(self) -> DataConfig:
+        if self.validation_fraction + self.test_fraction >= 1.0:
+            raise ValueError("validation_fraction + test_fraction must be < 1")
+        return self
+
+
+class DemoConfig(Section):
+    min_docstring_chars: int = Field(40, ge=1)
+    max_docstring_chars: int = Field(600, ge=1)
+    max_rows_per_family: int = Field(600, ge=1)
+    seed: int = 7
+
+
+class ModelConfig(Section):
+    name_or_path: str = "packaged:all-MiniLM-L6-v2"
+    max_length: int = Field(64, ge=8)
+    num_threads: int = Field(2, ge=1)
+
+
+class LoraConfig(Section):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"])
+
+
+class IA3Config(Section):
+    target_modules: list[str] = Field(default_factory=lambda: ["key", "value", "output.dense"])
+    feedforward_modules: list[str] = Field(default_factory=lambda: ["output.dense"])
+
+
+class VirtualTokensConfig(Section):
+    num_virtual_tokens: int = Field(16, ge=1)
+
+
+class PeftConfig(Section):
+    method: Literal["none", "lora", "ia3", "prompt_tuning", "prefix_tuning"] = "none"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    ia3: IA3Config = Field(default_factory=IA3Config)
+    prompt_tuning: VirtualTokensConfig = Field(default_factory=VirtualTokensConfig)
+    prefix_tuning: VirtualTokensConfig = Field(default_factory=VirtualTokensConfig)
+
+
+class PretrainConfig(Section):
+    enabled: bool = False
+    max_steps: int = Field(200, ge=0)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
+    heldout_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    eval_batches: int = Field(20, ge=1)
+    seed: int = 11
+
+
+class EarlyStoppingConfig(Section):
+    metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
+    patience: int = Field(4, ge=0)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class AdamWConfig(Section):
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, ge=0)
+
+
+class ZOConfig(Section):
+    lr: float = Field(1e-5, gt=0)
+    eps: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    n_samples: int = Field(1, ge=1)
+
+
+class ZOSignConfig(Section):
+    lr: float = Field(1e-5, gt=0)
+    eps: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class ESConfig(Section):
+    population: int = Field(8, ge=1)
+    sigma: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class LinearProbeConfig(Section):
+    l2: float = Field(1e-3, ge=0)
+    max_iter: int = Field(200, ge=1)
+
+
+class FinetuneConfig(Section):
+    strategy: str = "adamw"
+    head_init: Literal["random", "linear_probe"] = "random"
+    seed: int = 42
+    batch_size: int = Field(16, ge=1)
+    max_steps: int = Field(400, ge=1)
+    eval_every: int = Field(50, ge=1)
+    eval_max_batches: int = Field(0, ge=0)
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    adamw: AdamWConfig = Field(default_factory=AdamWConfig)
+    mezo: ZOConfig = Field(default_factory=ZOConfig)
+    zo_sign: ZOSignConfig = Field(default_factory=ZOSignConfig)
+    es: ESConfig = Field(default_factory=ESConfig)
+    linear_probe: LinearProbeConfig = Field(default_factory=LinearProbeConfig)
+
+
+class EvaluateConfig(Section):
+    ece_bins: int = Field(15, ge=1)
+    batch_size: int = Field(64, ge=1)
+
+
+class ExportConfig(Section):
+    opset: int = Field(18, ge=13)
+    per_channel: bool = True
+    parity_max_rows: int = Field(0, ge=0)
+    latency_repeats: int = Field(50, ge=1)
+
+
+class NoiseConfig(Section):
+    method: Literal["bootstrap", "mcnemar"] = "bootstrap"
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    resamples: int = Field(1000, ge=100)
+    within_noise: Literal["promote", "reject"] = "promote"
+    seed: int = 0
+
+
+class GateConfig(Section):
+    min_metrics: dict[str, float] = Field(default_factory=lambda: {"accuracy": 0.5})
+    max_drop_vs_champion: dict[str, float] = Field(default_factory=lambda: {"accuracy": 0.0})
+    noise: NoiseConfig = Field(default_factory=NoiseConfig)
+    int8_min_agreement: float = Field(0.98, ge=0, le=1)
+    int8_max_accuracy_drop: float = Field(0.01, ge=0, le=1)
+    max_logit_diff: float = Field(1e-3, gt=0)
+    max_latency_p95_ms: float = Field(50.0, gt=0)
+    max_size_mb: float = Field(40.0, gt=0)
+    fail_run_on_reject: bool = False
+
+
+class RegistryConfig(Section):
+    model_name: str = "tuneline-classifier"
+    experiment: str = "tuneline"
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_root: Path = Path("mlartifacts")
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_batch: int = Field(32, ge=1)
+    max_wait_ms: float = Field(5, ge=0)
+    max_texts: int = Field(64, ge=1)
+    max_text_chars: int = Field(2000, ge=1)
+    reload_interval_s: float = Field(10, gt=0)
+    threads: int = Field(2, ge=1)
+
+
+class ScheduleConfig(Section):
+    cron: str = "0 3 * * 1"
+    timezone: str = "UTC"
+    sensor_interval_s: int = Field(600, ge=10)
+
+
+class Params(Section):
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    peft: PeftConfig = Field(default_factory=PeftConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+
+    def hash(self) -> str:
+        """Short stable hash of the validated params (for lineage and caching)."""
+        return params_hash(self.model_dump(mode="json"))
+
+
+def params_hash(raw: dict[str, Any]) -> str:
+    blob = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"{key}: {msg}")
+    return "invalid params: " + "; ".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into a key path and a YAML-parsed value."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    key, _, raw = item.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({exc})") from exc
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Return a copy of `raw` with each ``key.path=value`` applied; unknown keys fail later."""
+    out = copy.deepcopy(raw)
+    for item in overrides or []:
+        parts, value = parse_override(item)
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                path = ".".join(parts[: i + 1])
+                raise ConfigError(f"override {'.'.join(parts)}: {path} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def validate_params(raw: dict[str, Any]) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+
+
+def load_params(path: str | Path | None = None, overrides: list[str] | None = None) -> Params:
+    """Read params.yaml (default: the project's), apply overrides, validate.
+
+    Raises:
+        ConfigError: the file is missing or not a mapping, a key is unknown, or a value has
+            the wrong type; the message names the dotted key path.
+    """
+    path = Path(path) if path else DEFAULT_PARAMS
+    if not path.exists():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections")
+    return validate_params(apply_overrides(raw, overrides))

@@ -1,0 +1,85 @@
+"""The strategy plug-in interface: one training loop, strategies registered by name.
+
+A strategy owns how parameters move in one step; the loop owns batching, evaluation,
+early stopping, checkpoints and logging. Adding a strategy = one class + `@register_strategy`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from components.config import FinetuneConfig, Section
+
+# loss_fn(model, batch) -> scalar loss tensor. Zeroth-order strategies call it under
+# torch.inference_mode(); gradient strategies call it with autograd on.
+LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+
+
+class Strategy(ABC):
+    """One way to turn a batch into a parameter update.
+
+    Attributes:
+        name: registry key, the value of `finetune.strategy`.
+        config_key: attribute of `FinetuneConfig` holding this strategy's section.
+        uses_grad: False for forward-only (zeroth-order) strategies; the loop then never
+            builds an autograd graph.
+    """
+
+    name: ClassVar[str]
+    config_key: ClassVar[str]
+    uses_grad: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        cfg: Section,
+        params: list[tuple[str, nn.Parameter]],
+        total_steps: int,
+        seed: int,
+    ) -> None:
+        self.cfg = cfg
+        self.params = params
+        self.total_steps = total_steps
+        self.seed = seed
+
+    @abstractmethod
+    def step(self, model: nn.Module, batch: dict[str, torch.Tensor], loss_fn: LossFn,
+             step: int) -> dict[str, float]:
+        """Update the parameters in place; return metrics, at least {"loss": float}."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit-identically (optimizer state, counters)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """Restore what `state_dict` returned."""
+
+
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register_strategy(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: add `cls` to STRATEGIES under `cls.name`; duplicates are errors."""
+    if cls.name in STRATEGIES:
+        raise ValueError(f"strategy {cls.name!r} is already registered")
+    if cls.config_key not in FinetuneConfig.model_fields:
+        raise ValueError(f"strategy {cls.name!r}: finetune.{cls.config_key} is not a section")
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+def build_strategy(cfg: FinetuneConfig, params: list[tuple[str, nn.Parameter]],
+                   total_steps: int) -> Strategy:
+    """Instantiate the strategy named by `cfg.strategy` with its own config section."""
+    try:
+        cls = STRATEGIES[cfg.strategy]
+    except KeyError:
+        known = ", ".join(sorted(STRATEGIES)) or "none registered"
+        raise ValueError(
+            f"finetune.strategy: unknown strategy {cfg.strategy!r} (known: {known})"
+        ) from None
+    return cls(getattr(cfg, cls.config_key), params, total_steps, cfg.seed)

@@ -1,0 +1,1 @@
+"""`tuneline` commands (filled in by their stage)."""
