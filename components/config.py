@@ -31,6 +31,7 @@ class Section(BaseModel):
 
 
 class PathsConfig(Section):
+    raw: Path = Path("data/demo/labeled.jsonl")
     corpus: Path = Path("data/demo")
     prepared: Path = Path("data/prepared")
     pretrained: Path = Path("artifacts/pretrained")
