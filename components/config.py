@@ -20,6 +20,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
 
 
+def default_params_path() -> Path:
+    """params.yaml of the working directory (how DVC stages run), else the project's."""
+    local = Path.cwd() / "params.yaml"
+    return local if local.exists() else DEFAULT_PARAMS
+
+
 class ConfigError(ValueError):
     """params.yaml (or an override) is invalid; the message names the key."""
 
@@ -296,13 +302,13 @@ def validate_params(raw: dict[str, Any]) -> Params:
 
 
 def load_params(path: str | Path | None = None, overrides: list[str] | None = None) -> Params:
-    """Read params.yaml (default: the project's), apply overrides, validate.
+    """Read params.yaml (default: `default_params_path()`), apply overrides, validate.
 
     Raises:
         ConfigError: the file is missing or not a mapping, a key is unknown, or a value has
             the wrong type; the message names the dotted key path.
     """
-    path = Path(path) if path else DEFAULT_PARAMS
+    path = Path(path) if path else default_params_path()
     if not path.exists():
         raise ConfigError(f"params file not found: {path}")
     try:
