@@ -1,0 +1,49 @@
+# Every target sets up .venv first (torch CPU wheel before everything else, so no
+# dependency can pull a multi-GB CUDA build), then runs the project's own commands.
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: install run test test-fast lint repro bench ui serve clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv and install tuneline with its dependencies
+
+run: install  ## the main job: retrain on params.yaml defaults (demo corpus), gate, promote
+	tuneline run
+
+test: install  ## the whole test suite
+	$(PY) -m pytest
+
+test-fast: install  ## tests without the slow and integration ones
+	$(PY) -m pytest -m "not slow and not integration"
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+repro: install  ## the same pipeline without Prefect
+	dvc repro
+
+bench: install  ## every benchmark; results in bench/results/*.json
+	for b in bench/bench_*.py; do $(PY) -m bench.$$(basename $$b .py) || exit 1; done
+
+ui: install  ## Prefect and MLflow UIs on 127.0.0.1
+	tuneline ui
+
+serve: install  ## serve @champion over HTTP
+	tuneline serve
+
+clean:
+	rm -rf artifacts data/prepared mlartifacts mlflow.db .pytest_cache
