@@ -1,0 +1,227 @@
+"""ONNX fp32 export, int8 dynamic quantization, and parity / size / latency checks.
+
+`export_model` works on an in-memory torch classifier; `export_bundle` is the stage entry
+point that reloads a trained model folder first. The bundle layout is described in
+`components.predictor`. Parity is measured on the test split:
+    max |logit difference| torch vs ONNX Runtime fp32 (same token ids fed to both),
+    argmax agreement and accuracy of int8 vs fp32.
+The numbers are written to `parity.json` inside the bundle (listed in the manifest) and
+returned, so the gate and the MLflow run can read them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.config import Params
+from components.io import atomic_dir, atomic_write_json, sha256_file
+from components.predictor import FP32_MODEL, INT8_MODEL, OnnxClassifier
+
+PARITY_FILE = "parity.json"
+INPUT_NAMES = ["input_ids", "attention_mask"]
+# Files a registered model version carries (no fp32 graph: serving runs int8 only).
+SERVED_FILES = [INT8_MODEL, "tokenizer.json", "labels.json", "export_config.json",
+                PARITY_FILE, "manifest.json"]
+
+
+def export_onnx_fp32(model: Any, example: dict[str, Any], path: Path, opset: int) -> Path:
+    """Export `model` to one self-contained ONNX file with dynamic batch and sequence axes.
+
+    The dynamo exporter is used because the legacy tracer bakes the example's sequence
+    length into the attention-mask arithmetic (logits then drift by ~1e-2 on other
+    lengths); it writes weights to a side file, which is folded back into one file here.
+    """
+    import onnx
+    import torch
+
+    class LogitsOnly(torch.nn.Module):
+        """ONNX needs a plain tensor output; HF models return a ModelOutput."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    args = (example["input_ids"], example["attention_mask"])
+    raw = path.with_name(path.name + ".raw.onnx")
+    torch.onnx.export(LogitsOnly(model).eval(), args, str(raw), dynamo=True,
+                      opset_version=opset, input_names=INPUT_NAMES, output_names=["logits"],
+                      dynamic_shapes={"input_ids": {0: batch, 1: seq},
+                                      "attention_mask": {0: batch, 1: seq}})
+    proto = onnx.load(str(raw))  # pulls in the external weight file
+    onnx.save(proto, str(path), save_as_external_data=False)
+    for leftover in raw.parent.glob(raw.name + "*"):
+        leftover.unlink()
+    return path
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, per_channel: bool) -> Path:
+    """Dynamic int8 quantization of the MatMul/Gemm weights (activations stay float)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8,
+                     per_channel=per_channel)
+    return int8_path
+
+
+def latency_ms(clf: OnnxClassifier, texts: list[str], batch_size: int,
+               repeats: int) -> dict[str, float]:
+    """End-to-end (tokenize + run) latency of `clf` on batches cycled from `texts`.
+
+    Returns median and p95 in milliseconds and throughput in texts per second.
+    """
+    if not texts:
+        raise ValueError("latency needs at least one text")
+    batches = [[texts[(i * batch_size + j) % len(texts)] for j in range(batch_size)]
+               for i in range(repeats)]
+    clf.logits(batches[0], batch_size)  # warm-up: first run allocates arenas
+    samples = []
+    for batch in batches:
+        t0 = time.perf_counter()
+        clf.logits(batch, batch_size)
+        samples.append((time.perf_counter() - t0) * 1e3)
+    ordered = np.sort(samples)
+    p50 = float(np.median(ordered))
+    return {"p50_ms": p50, "p95_ms": float(np.percentile(ordered, 95)),
+            "texts_per_s": batch_size * 1e3 / p50}
+
+
+def parity_report(torch_logits: np.ndarray, fp32_logits: np.ndarray,
+                  int8_logits: np.ndarray, y_true: list[int]) -> dict[str, float]:
+    """Compare torch, ORT fp32 and ORT int8 logits computed on the same rows."""
+    y = np.asarray(y_true)
+    fp32_pred, int8_pred = fp32_logits.argmax(1), int8_logits.argmax(1)
+    acc_torch = float(np.mean(torch_logits.argmax(1) == y))
+    acc_fp32, acc_int8 = float(np.mean(fp32_pred == y)), float(np.mean(int8_pred == y))
+    return {"rows": int(len(y)), "max_logit_diff": float(np.abs(torch_logits - fp32_logits).max()),
+            "int8_max_logit_diff": float(np.abs(int8_logits - fp32_logits).max()),
+            "accuracy_torch": acc_torch, "accuracy_fp32": acc_fp32, "accuracy_int8": acc_int8,
+            "int8_agreement": float(np.mean(fp32_pred == int8_pred)),
+            "int8_accuracy_drop": acc_fp32 - acc_int8}
+
+
+def _torch_logits_on(model: Any, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return np.concatenate([
+            model(input_ids=torch.from_numpy(f["input_ids"]),
+                  attention_mask=torch.from_numpy(f["attention_mask"])).logits.float().numpy()
+            for f in feeds])
+
+
+def measure_bundle(model: Any, bundle: Path, texts: list[str], y_true: list[int],
+                   params: Params) -> dict[str, Any]:
+    """Parity on (texts, y_true), then sizes and batch-1 / batch-32 latency of both graphs."""
+    threads = params.model.num_threads
+    fp32 = OnnxClassifier(bundle, FP32_MODEL, threads=threads, verify=False)
+    int8 = OnnxClassifier(bundle, INT8_MODEL, threads=threads, verify=False)
+    bs = params.evaluate.batch_size
+    # Tokenize once with the bundle's tokenizer so torch and ORT see identical token ids.
+    feeds = [fp32.encode(texts[i: i + bs]) for i in range(0, len(texts), bs)]
+    torch_out = _torch_logits_on(model, feeds)
+    fp32_out = np.concatenate([fp32.session.run(["logits"], f)[0] for f in feeds])
+    int8_out = np.concatenate([int8.session.run(["logits"], f)[0] for f in feeds])
+    result: dict[str, Any] = parity_report(torch_out, fp32_out, int8_out, y_true)
+    fp32_mb = (bundle / FP32_MODEL).stat().st_size / 2**20
+    int8_mb = (bundle / INT8_MODEL).stat().st_size / 2**20
+    result.update(size_mb_fp32=fp32_mb, size_mb_int8=int8_mb, size_ratio=int8_mb / fp32_mb)
+    repeats = params.export.latency_repeats
+    for name, clf in (("fp32", fp32), ("int8", int8)):
+        for batch_size in (1, 32):
+            lat = latency_ms(clf, texts, batch_size, repeats)
+            for key, value in lat.items():
+                result[f"{name}_b{batch_size}_{key}"] = value
+    return result
+
+
+def export_model(model: Any, tokenizer: Any, labels: list[str], out_dir: str | Path,
+                 params: Params, *, texts: list[str], y_true: list[int],
+                 meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the ONNX bundle for an in-memory classifier and measure it on (texts, y_true).
+
+    Args:
+        model: torch classifier in eval mode (`model(input_ids=, attention_mask=).logits`).
+        tokenizer: its Hugging Face fast tokenizer (the `tokenizers` JSON is shipped).
+        labels: class names, index = class id.
+        out_dir: bundle folder; replaced atomically.
+        params: `export`, `model.max_length`, `model.num_threads` are used.
+        texts, y_true: parity rows (usually the test split).
+        meta: source model metadata copied into export_config.json.
+
+    Returns:
+        The parity / size / latency numbers (also in the bundle's parity.json).
+    """
+    from components.modeling import merge_for_export
+
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("export needs a fast tokenizer (tokenizer.json); got a slow one")
+    if cap := params.export.parity_max_rows:
+        texts, y_true = texts[:cap], y_true[:cap]
+    if not texts:
+        raise ValueError("export needs at least one parity row (the test split is empty)")
+    model = merge_for_export(model).eval()
+    max_length = int((meta or {}).get("max_length", params.model.max_length))
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        example = tokenizer(texts[:2], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt")
+        export_onnx_fp32(model, example, tmp / FP32_MODEL, params.export.opset)
+        quantize_int8(tmp / FP32_MODEL, tmp / INT8_MODEL, params.export.per_channel)
+        tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        atomic_write_json(tmp / "labels.json", {"labels": list(labels)})
+        atomic_write_json(tmp / "export_config.json", {
+            "max_length": max_length, "opset": params.export.opset,
+            "pad_token_id": int(tokenizer.pad_token_id or 0),
+            "quantization": {"method": "dynamic", "weight_type": "QInt8",
+                             "per_channel": params.export.per_channel},
+            "source": meta or {}})
+        result = measure_bundle(model, tmp, texts, y_true, params)
+        atomic_write_json(tmp / PARITY_FILE, result)
+        write_manifest(tmp)
+    return result
+
+
+def write_manifest(bundle: Path) -> Path:
+    """manifest.json: sha256 of every other file in the bundle folder."""
+    files = {p.name: sha256_file(p) for p in sorted(bundle.iterdir())
+             if p.is_file() and p.name != "manifest.json"}
+    return atomic_write_json(bundle / "manifest.json", {"files": files})
+
+
+def export_bundle(model_dir: str | Path, prepared_dir: str | Path, out_dir: str | Path,
+                  params: Params) -> dict[str, Any]:
+    """Reload the trained model folder and export it; parity is measured on the test split.
+
+    Raises:
+        FileNotFoundError: the model folder or the prepared test split is missing.
+        ValueError: the model's labels differ from the prepared label map.
+    """
+    from components.data import load_label_map, load_split
+    from components.modeling import load_trained
+
+    trained = load_trained(model_dir)
+    labels = load_label_map(prepared_dir)
+    if trained.labels != labels:
+        raise ValueError(f"model labels {trained.labels} differ from the prepared label map "
+                         f"{labels} in {prepared_dir}")
+    texts, y_true = load_split(prepared_dir, "test")
+    return export_model(trained.model, trained.tokenizer, trained.labels, out_dir, params,
+                        texts=texts, y_true=y_true, meta=trained.meta)
+
+
+def copy_served_files(bundle_dir: str | Path, dst: str | Path) -> Path:
+    """Copy the files a registered version carries (SERVED_FILES) into `dst`."""
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in SERVED_FILES:
+        shutil.copy2(Path(bundle_dir) / name, dst / name)
+    return dst
