@@ -1,0 +1,226 @@
+"""The one training loop. Strategies (finetune/gradient.py, finetune/zeroth_order.py) only
+decide how parameters move in a step; everything else lives here: batching, validation
+every `eval_every` steps, early stopping, checkpoints + resume, the divergence guard, the
+progress bar and the metrics logger.
+
+Resuming is exact: a checkpoint holds the trainable weights, the strategy's state, the
+loader position, the early-stopping state and every RNG state, so a killed-and-resumed run
+produces the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from components.config import Params
+from components.data import load_label_map, load_split
+from components.finetune import checkpoint as ckpt
+from components.finetune.base import Strategy, build_strategy
+from components.finetune.batching import Encoded, ShuffledLoader, encode, sequential_batches
+from components.finetune.loggers import MetricsLogger, null_logger
+from components.finetune.validation import EarlyStopper, classification_loss, evaluate_split
+from components.modeling import build_classifier, save_trained, trainable_parameters
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or a weight) became NaN/inf; the model was reset to the last good checkpoint."""
+
+
+@dataclass
+class RunState:
+    """What the loop itself must carry across a resume (besides weights and strategy)."""
+
+    step: int = 0
+    train_seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    last_eval: dict[str, float] = field(default_factory=dict)
+    best_eval: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
+    resumed_from: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
+          init_dir: str | Path | None = None, checkpoint_dir: str | Path | None = None,
+          resume: bool = False, logger: MetricsLogger | None = None) -> dict[str, Any]:
+    """Fine-tune a classifier on `prepared_dir` and save it to `out_dir`.
+
+    Args:
+        params: validated params; `finetune.*` drives the loop, `peft.*` the wrapping.
+        prepared_dir: prepared data folder (train/validation splits + labels.json).
+        out_dir: model folder to write (see components/modeling.py).
+        init_dir: MLM-adapted backbone folder from `pretrain_mlm`, or None for the backbone.
+        checkpoint_dir: where checkpoints go (default `paths.checkpoints`).
+        resume: continue from the latest checkpoint there; without it old ones are cleared.
+        logger: called as `logger(metrics, step)` for train and validation metrics.
+
+    Returns:
+        Final metrics: val_loss / val_accuracy / val_macro_f1 (of the best evaluation, whose
+        weights are the ones saved), steps, train_seconds, train_loss_initial / _final, ...
+
+    Raises:
+        TrainingDiverged: a NaN/inf loss or weight; the message names the restored checkpoint.
+    """
+    cfg = params.finetune
+    log = logger or null_logger
+    torch.set_num_threads(params.model.num_threads)
+    seed_everything(cfg.seed)
+    labels = load_label_map(prepared_dir)
+    model, tokenizer = build_classifier(params, labels, Path(init_dir) if init_dir else None)
+    train_data = _encode_split(tokenizer, prepared_dir, "train", params)
+    val_data = _encode_split(tokenizer, prepared_dir, "validation", params)
+    strategy = build_strategy(cfg, trainable_parameters(model), cfg.max_steps)
+    loader = ShuffledLoader(train_data, cfg.batch_size, cfg.seed)
+    stopper = EarlyStopper.from_config(cfg.early_stopping)
+    run, best = RunState(), None
+    root = Path(checkpoint_dir or params.paths.checkpoints)
+    latest = ckpt.latest_checkpoint(root) if resume else None
+    if latest is not None:
+        best = _restore(latest, params, model, strategy, loader, stopper, run)
+    else:
+        ckpt.clear_checkpoints(root)
+        if cfg.head_init == "linear_probe":
+            _init_head_linear_probe(model, train_data, params, log)
+    model.train(strategy.uses_grad)  # forward-only strategies run without dropout noise
+
+    n_classes = len(labels)
+    bar = tqdm(total=cfg.max_steps, initial=run.step, desc="finetune", disable=None)
+    while run.step < cfg.max_steps and not run.stopped_early:
+        t0 = time.perf_counter()
+        out = _one_step(model, strategy, loader.next_batch(), run.step)
+        run.train_seconds += time.perf_counter() - t0
+        _guard_finite(out["loss"], run.step, model, root, strategy)
+        run.step += 1
+        run.losses.append(out["loss"])
+        log({f"train/{k}": v for k, v in out.items()}, run.step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{out['loss']:.4f}")
+        if run.step % cfg.eval_every == 0 or run.step == cfg.max_steps:
+            best = _validate(model, val_data, params, n_classes, stopper, run, best, log)
+        if run.step % cfg.checkpoint_every == 0 and run.step < cfg.max_steps:
+            _guard_weights(model, run.step, root, strategy)
+            state = {"run": vars(run), "strategy": strategy.state_dict(),
+                     "loader": loader.state_dict(), "stopper": stopper.state_dict(),
+                     "rng": ckpt.rng_state(), "params_hash": params.hash()}
+            ckpt.save_checkpoint(root, run.step, model, state, best, cfg.keep_checkpoints)
+    bar.close()
+    return _finish(model, tokenizer, labels, params, out_dir, run, best, stopper)
+
+
+def _encode_split(tokenizer: Any, prepared_dir: str | Path, split: str,
+                  params: Params) -> Encoded:
+    texts, ids = load_split(prepared_dir, split)
+    return encode(tokenizer, texts, ids, params.model.max_length)
+
+
+def _one_step(model: nn.Module, strategy: Strategy, batch: dict, step: int) -> dict[str, float]:
+    if strategy.uses_grad:
+        return strategy.step(model, batch, classification_loss, step)
+    # Zeroth-order strategies: no autograd graph is ever built.
+    with torch.inference_mode():
+        return strategy.step(model, batch, classification_loss, step)
+
+
+def _validate(model: nn.Module, val_data: Encoded, params: Params, n_classes: int,
+              stopper: EarlyStopper, run: RunState, best: dict | None,
+              log: MetricsLogger) -> dict | None:
+    """Evaluate, log, update early stopping; returns the (possibly new) best weights."""
+    cfg = params.finetune
+    metrics = evaluate_split(model, val_data, params.evaluate.batch_size, n_classes,
+                             cfg.eval_max_batches)
+    run.last_eval = metrics
+    log({f"val/{k}": v for k, v in metrics.items()}, run.step)
+    if stopper.update(metrics, run.step):
+        run.best_eval = metrics
+        best = ckpt.trainable_state(model)
+    run.stopped_early = stopper.should_stop
+    return best
+
+
+def _guard_finite(loss: float, step: int, model: nn.Module, root: Path,
+                  strategy: Strategy) -> None:
+    if not math.isfinite(loss):
+        _diverged(f"loss is {loss} at step {step + 1}", model, root, strategy)
+
+
+def _guard_weights(model: nn.Module, step: int, root: Path, strategy: Strategy) -> None:
+    """Never checkpoint NaN weights: the guard's whole point is a good state to return to."""
+    for name, p in trainable_parameters(model):
+        if not torch.isfinite(p).all():
+            _diverged(f"weight {name} is not finite at step {step}", model, root, strategy)
+
+
+def _diverged(reason: str, model: nn.Module, root: Path, strategy: Strategy) -> None:
+    latest = ckpt.latest_checkpoint(root)
+    hint = f"lower finetune.{strategy.config_key}.lr"
+    if latest is None:
+        raise TrainingDiverged(f"training diverged: {reason}; no checkpoint to restore yet "
+                               f"({hint} and train again)")
+    weights, _, _ = ckpt.load_checkpoint(latest)
+    ckpt.load_trainable(model, weights)
+    raise TrainingDiverged(f"training diverged: {reason}; restored the last good checkpoint "
+                           f"{latest} ({hint}, or --resume from it)")
+
+
+def _restore(path: Path, params: Params, model: nn.Module, strategy: Strategy,
+             loader: ShuffledLoader, stopper: EarlyStopper, run: RunState) -> dict | None:
+    weights, state, best = ckpt.load_checkpoint(path)
+    if state["params_hash"] != params.hash():
+        raise ValueError(f"checkpoint {path} was made with different params "
+                         f"(hash {state['params_hash']} != {params.hash()}); "
+                         "train without --resume to start over")
+    ckpt.load_trainable(model, weights)
+    strategy.load_state_dict(state["strategy"])
+    loader.load_state_dict(state["loader"])
+    stopper.load_state_dict(state["stopper"])
+    for key, value in state["run"].items():
+        setattr(run, key, value)
+    run.resumed_from = run.step
+    ckpt.set_rng_state(state["rng"])
+    return best
+
+
+def _init_head_linear_probe(model: nn.Module, data: Encoded, params: Params,
+                            log: MetricsLogger) -> None:
+    # Imported lazily: the probe belongs to the zeroth-order strategies' module set.
+    from components.finetune.linear_probe import fit_linear_probe
+
+    batches = list(sequential_batches(data, params.finetune.batch_size))
+    metrics = fit_linear_probe(model, batches, params.finetune.linear_probe)
+    log({f"probe/{k}": float(v) for k, v in metrics.items()}, 0)
+
+
+def _finish(model: nn.Module, tokenizer: Any, labels: list[str], params: Params,
+            out_dir: str | Path, run: RunState, best: dict | None,
+            stopper: EarlyStopper) -> dict[str, Any]:
+    if best is not None:
+        ckpt.load_trainable(model, best)  # ship the best-validated weights, not the last
+    model.eval()
+    window = max(1, min(10, len(run.losses) // 2))
+    n_total = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for _, p in trainable_parameters(model))
+    metrics: dict[str, Any] = {
+        **{f"val_{k}": v for k, v in run.best_eval.items()},
+        "steps": run.step, "best_step": stopper.best_step, "stopped_early": run.stopped_early,
+        "train_seconds": round(run.train_seconds, 3), "resumed_from": run.resumed_from,
+        "train_loss_initial": float(np.mean(run.losses[:window])),
+        "train_loss_final": float(np.mean(run.losses[-window:])),
+        "trainable_params": n_train, "total_params": n_total,
+        "strategy": params.finetune.strategy, "peft_method": params.peft.method}
+    save_trained(model, tokenizer, labels, params, out_dir, extra={"metrics": metrics})
+    return metrics
