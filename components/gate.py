@@ -1,0 +1,228 @@
+"""The evaluation gate: decide whether an exported bundle may replace the @champion.
+
+Every rule is reported as {name, value, threshold, op, passed}. The rules (all numbers from
+the `gate:` section of params.yaml):
+  - min.<metric>            challenger (int8, the served graph) metric on the test split
+  - vs_champion.<metric>    change against the champion, re-scored on the SAME test split
+                            (stored numbers from older data are not comparable); noise-aware:
+                              significantly better      -> pass
+                              significantly worse       -> pass only if the drop is within
+                                                           max_drop_vs_champion
+                              not significant (noise)   -> gate.noise.within_noise decides
+                            Significance: paired bootstrap CI of the difference excludes 0
+                            (`bootstrap`), or exact McNemar test on paired correctness
+                            (`mcnemar`), at gate.noise.confidence.
+  - int8_agreement, int8_accuracy_drop, max_logit_diff   from the export's parity.json
+  - latency_p95_ms (int8, batch 1, tokenize + run, measured here), size_mb (int8 file)
+The first model (no champion) is judged on the absolute rules only.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.config import GateConfig, NoiseConfig, Params
+from components.evaluate import accuracy, compute_report, headline_metrics, macro_f1
+from components.io import atomic_write_json, atomic_write_text, read_json
+from components.predictor import INT8_MODEL, OnnxClassifier, verify_bundle
+
+GATED_METRICS = ("accuracy", "macro_f1")
+VERDICT_FILE = "verdict.json"
+
+
+def make_rule(name: str, value: float, threshold: float, op: str, passed: bool | None = None,
+              **detail: Any) -> dict[str, Any]:
+    """One gate rule; `passed` defaults to comparing value `op` threshold (">=" or "<=")."""
+    if passed is None:
+        passed = value >= threshold if op == ">=" else value <= threshold
+    return {"name": name, "value": float(value), "threshold": float(threshold), "op": op,
+            "passed": bool(passed), **detail}
+
+
+def metric_value(name: str, y: np.ndarray, pred: np.ndarray, num_labels: int) -> float:
+    if name == "accuracy":
+        return accuracy(y, pred)
+    if name == "macro_f1":
+        return macro_f1(y, pred, num_labels)
+    raise ValueError(f"unknown gated metric {name!r} (known: {', '.join(GATED_METRICS)})")
+
+
+def _check_metric_names(cfg: GateConfig) -> None:
+    for section in ("min_metrics", "max_drop_vs_champion"):
+        for name in getattr(cfg, section):
+            if name not in GATED_METRICS:
+                raise ValueError(f"gate.{section}.{name}: unknown metric "
+                                 f"(known: {', '.join(GATED_METRICS)})")
+
+
+def _batched_macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """Macro-F1 of each row of resampled (y, pred) index matrices [R, n] in one bincount."""
+    r = y.shape[0]
+    offsets = (np.arange(r)[:, None] * k * k)
+    cm = np.bincount((offsets + y * k + pred).ravel(), minlength=r * k * k).reshape(r, k, k)
+    tp = np.diagonal(cm, axis1=1, axis2=2).astype(np.float64)
+    predicted, support = cm.sum(axis=1), cm.sum(axis=2)
+    denom = predicted + support
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    present = denom > 0
+    return (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+
+
+def bootstrap_delta_ci(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, metric: str,
+                       num_labels: int, cfg: NoiseConfig) -> tuple[float, float]:
+    """Paired bootstrap CI of metric(a) - metric(b): both scored on the same resampled rows."""
+    rng = np.random.default_rng(cfg.seed)
+    idx = rng.integers(0, len(y), size=(cfg.resamples, len(y)))
+    ys, pa, pb = y[idx], pred_a[idx], pred_b[idx]
+    if metric == "accuracy":
+        delta = (pa == ys).mean(axis=1) - (pb == ys).mean(axis=1)
+    else:
+        delta = (_batched_macro_f1(ys, pa, num_labels) - _batched_macro_f1(ys, pb, num_labels))
+    alpha = 1.0 - cfg.confidence
+    lo, hi = np.quantile(delta, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def mcnemar_pvalue(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
+    """Exact two-sided McNemar test (binomial on the discordant pairs)."""
+    b = int(np.sum(correct_a & ~correct_b))
+    c = int(np.sum(~correct_a & correct_b))
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def compare_to_champion(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray,
+                        num_labels: int, cfg: GateConfig) -> list[dict[str, Any]]:
+    """The noise-aware vs_champion.<metric> rules (see the module docstring)."""
+    noise = cfg.noise
+    pvalue = mcnemar_pvalue(challenger == y, champion == y) if noise.method == "mcnemar" else None
+    rules = []
+    for metric, max_drop in cfg.max_drop_vs_champion.items():
+        delta = (metric_value(metric, y, challenger, num_labels)
+                 - metric_value(metric, y, champion, num_labels))
+        detail: dict[str, Any] = {"method": noise.method, "confidence": noise.confidence}
+        if pvalue is None:
+            lo, hi = bootstrap_delta_ci(y, challenger, champion, metric, num_labels, noise)
+            significant = lo > 0 or hi < 0
+            detail.update(ci_low=lo, ci_high=hi)
+        else:
+            significant = pvalue < 1.0 - noise.confidence
+            detail.update(p_value=pvalue)
+        if not significant:
+            outcome, passed = "within_noise", noise.within_noise == "promote"
+        elif delta > 0:
+            outcome, passed = "better", True
+        else:
+            outcome, passed = "worse", delta >= -max_drop
+        rules.append(make_rule(f"vs_champion.{metric}", delta, 0.0 - max_drop, ">=", passed,
+                               outcome=outcome, **detail))
+    return rules
+
+
+def export_rules(parity: dict[str, Any], latency_p95: float, size_mb: float,
+                 cfg: GateConfig) -> list[dict[str, Any]]:
+    """int8-vs-fp32 parity, ORT-vs-torch logit difference, latency and size budgets."""
+    return [
+        make_rule("int8_agreement", parity["int8_agreement"], cfg.int8_min_agreement, ">="),
+        make_rule("int8_accuracy_drop", parity["int8_accuracy_drop"],
+                  cfg.int8_max_accuracy_drop, "<="),
+        make_rule("max_logit_diff", parity["max_logit_diff"], cfg.max_logit_diff, "<="),
+        make_rule("latency_p95_ms", latency_p95, cfg.max_latency_p95_ms, "<="),
+        make_rule("size_mb", size_mb, cfg.max_size_mb, "<="),
+    ]
+
+
+def describe_failure(rule: dict[str, Any]) -> str:
+    """A one-line human reason for a failed rule."""
+    fail_op = "<" if rule["op"] == ">=" else ">"
+    text = f"{rule['name']} = {rule['value']:.4g} {fail_op} {rule['threshold']:.4g}"
+    if rule.get("outcome"):
+        text += f" ({rule['outcome']}, {rule['method']} at {rule['confidence']:.0%})"
+    return text
+
+
+def score_bundle(bundle_dir: Path, texts: list[str], params: Params) -> np.ndarray:
+    """Logits of the bundle's int8 graph (the served one); verifies its sha256 first."""
+    clf = OnnxClassifier(bundle_dir, INT8_MODEL, threads=params.model.num_threads)
+    return clf.logits(texts, params.evaluate.batch_size)
+
+
+def run_gate(bundle_dir: str | Path, prepared_dir: str | Path, params: Params,
+             champion_bundle_dir: str | Path | None = None, *,
+             out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Judge the challenger bundle; compare it with the champion bundle when one is given.
+
+    Returns:
+        {"passed", "rules", "reasons", "metrics", "champion_metrics", "first_model", "report"}
+        and, when `out_dir` is given, also writes verdict.json and verdict.md there.
+
+    Raises:
+        BundleIntegrityError: a bundle file is missing or fails its sha256 check.
+        ValueError: a gated metric name is unknown, or label maps disagree.
+    """
+    from components.data import load_label_map, load_split
+    from components.export import PARITY_FILE, latency_ms
+
+    cfg = params.gate
+    _check_metric_names(cfg)
+    bundle_dir = Path(bundle_dir)
+    labels = load_label_map(prepared_dir)
+    texts, y_list = load_split(prepared_dir, "test")
+    y = np.asarray(y_list)
+    clf = OnnxClassifier(bundle_dir, INT8_MODEL, threads=params.model.num_threads)
+    logits = clf.logits(texts, params.evaluate.batch_size)
+    report = compute_report(y, logits, labels, params.evaluate.ece_bins)
+    pred = logits.argmax(axis=1)
+    rules = [make_rule(f"min.{m}", metric_value(m, y, pred, len(labels)), t, ">=")
+             for m, t in cfg.min_metrics.items()]
+    verify_bundle(bundle_dir, [PARITY_FILE])
+    latency = latency_ms(clf, texts, 1, params.export.latency_repeats)["p95_ms"]
+    size_mb = (bundle_dir / INT8_MODEL).stat().st_size / 2**20
+    rules += export_rules(read_json(bundle_dir / PARITY_FILE), latency, size_mb, cfg)
+    champion_metrics = None
+    if champion_bundle_dir is not None:
+        champ_labels = read_json(Path(champion_bundle_dir) / "labels.json")["labels"]
+        if champ_labels != labels:
+            raise ValueError(f"champion labels {champ_labels} differ from {labels}: the "
+                             "champion cannot be re-scored on this test split")
+        champ_logits = score_bundle(Path(champion_bundle_dir), texts, params)
+        champion_metrics = headline_metrics(compute_report(y, champ_logits, labels,
+                                                           params.evaluate.ece_bins))
+        rules += compare_to_champion(y, pred, champ_logits.argmax(axis=1), len(labels), cfg)
+    verdict = {"passed": all(r["passed"] for r in rules), "rules": rules,
+               "reasons": [describe_failure(r) for r in rules if not r["passed"]],
+               "metrics": headline_metrics(report), "champion_metrics": champion_metrics,
+               "first_model": champion_bundle_dir is None, "report": report}
+    if out_dir is not None:
+        write_verdict(verdict, out_dir)
+    return verdict
+
+
+def render_verdict(verdict: dict[str, Any]) -> str:
+    """The verdict as a Markdown table of rules."""
+    head = "PASSED" if verdict["passed"] else "REJECTED"
+    kind = "first model: absolute rules only" if verdict["first_model"] else "vs @champion"
+    lines = [f"# Gate {head} ({kind})", "", "| rule | value | threshold | pass |",
+             "|---|---|---|---|"]
+    for r in verdict["rules"]:
+        extra = f" ({r['outcome']})" if r.get("outcome") else ""
+        lines.append(f"| {r['name']} | {r['value']:.4g}{extra} | {r['op']} "
+                     f"{r['threshold']:.4g} | {'yes' if r['passed'] else 'NO'} |")
+    if verdict["reasons"]:
+        lines += ["", "Reasons: " + "; ".join(verdict["reasons"])]
+    return "\n".join(lines) + "\n"
+
+
+def write_verdict(verdict: dict[str, Any], out_dir: str | Path) -> Path:
+    """verdict.json + verdict.md in `out_dir` (each written atomically)."""
+    out_dir = Path(out_dir)
+    atomic_write_json(out_dir / VERDICT_FILE, verdict)
+    atomic_write_text(out_dir / "verdict.md", render_verdict(verdict))
+    return out_dir / VERDICT_FILE
