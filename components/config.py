@@ -128,20 +128,32 @@ class AdamWConfig(Section):
     max_grad_norm: float = Field(1.0, ge=0)
 
 
-class ZOConfig(Section):
+class ZONoiseSection(Section):
+    """Noise settings shared by the zeroth-order strategies.
+
+    Directions are slices of one fixed table of normals picked by seed (no per-step
+    random-number generation); embedding matrices are perturbed only on the rows a batch
+    uses, since the loss does not depend on the others.
+    """
+
+    noise_table_size: int = Field(1_048_576, ge=1024)
+    sparse_embeddings: bool = True
+
+
+class ZOConfig(ZONoiseSection):
     lr: float = Field(1e-5, gt=0)
     eps: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     n_samples: int = Field(1, ge=1)
 
 
-class ZOSignConfig(Section):
+class ZOSignConfig(ZONoiseSection):
     lr: float = Field(1e-5, gt=0)
     eps: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
 
 
-class ESConfig(Section):
+class ESConfig(ZONoiseSection):
     population: int = Field(8, ge=1)
     sigma: float = Field(1e-3, gt=0)
     lr: float = Field(1e-4, gt=0)
