@@ -1,0 +1,1 @@
+"""Deployment: the serving app (ONNX Runtime + tokenizers, no torch) and its manifests."""

@@ -1,0 +1,228 @@
+"""The serving app: FastAPI over ONNX Runtime + `tokenizers`. Never imports torch.
+
+Routes: POST /v1/predict, GET /healthz (alive), GET /readyz (a model is loaded, plus
+reload details), GET /metrics (Prometheus). Limits come from the `serve:` params section;
+a bearer token is required on /v1/predict when `TUNELINE_API_TOKEN` is set (probes and
+metrics stay open so the cluster can reach them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from components.config import Params
+from deploy.serve.batcher import MicroBatcher
+from deploy.serve.holder import LocalBundleSource, ModelHolder, ModelSource, RegistrySource
+from deploy.serve.metrics import ServeMetrics
+from deploy.serve.middleware import PREDICT_PATH, ObserveMiddleware
+
+log = logging.getLogger("tuneline.serve")
+TOKEN_ENV = "TUNELINE_API_TOKEN"
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[StrictStr] = Field(min_length=1, description="Texts to classify")
+
+
+class ModelNotReady(RuntimeError):
+    """No model has been loaded yet."""
+
+
+def build_source(params: Params, bundle_dir: str | Path | None = None, alias: str = "champion",
+                 cache_dir: str | Path | None = None) -> ModelSource:
+    """A local bundle folder when given, otherwise `models:/<name>@<alias>` from MLflow."""
+    if bundle_dir is not None:
+        return LocalBundleSource(bundle_dir)
+    cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="tuneline-serve-"))
+    return RegistrySource(params, cache, alias=alias)
+
+
+def create_app(params: Params, *, bundle_dir: str | Path | None = None, alias: str = "champion",
+               cache_dir: str | Path | None = None, api_token: str | None = None,
+               source: ModelSource | None = None) -> FastAPI:
+    """Build the serving app.
+
+    Args:
+        params: project params; the `serve:` section sets limits, batching, threads and the
+            reload interval, `registry:` says where @alias lives.
+        bundle_dir: serve this exported bundle folder instead of the registry.
+        alias: registry alias to follow (default @champion).
+        cache_dir: where registry versions are downloaded (default: a new temp folder).
+        api_token: bearer token required on /v1/predict (default: $TUNELINE_API_TOKEN;
+            empty means no auth).
+        source: a ready-made model source (overrides bundle_dir/alias/cache_dir).
+    """
+    cfg = params.serve
+    token = api_token if api_token is not None else os.environ.get(TOKEN_ENV, "")
+    metrics = ServeMetrics()
+    holder = ModelHolder(source or build_source(params, bundle_dir, alias, cache_dir),
+                         threads=cfg.threads, metrics=metrics)
+    batcher = MicroBatcher(_infer_fn(holder, metrics, cfg.max_batch), cfg.max_batch,
+                           cfg.max_wait_ms)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        await batcher.start()
+        poller = asyncio.create_task(_poll(holder, cfg.reload_interval_s), name="tuneline-reload")
+        try:
+            yield
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            await batcher.stop()
+
+    app = FastAPI(title="tuneline classifier", lifespan=lifespan)
+    app.state.holder, app.state.batcher, app.state.metrics = holder, batcher, metrics
+    max_body = cfg.max_texts * (cfg.max_text_chars * 6 + 8) + 1024  # JSON escapes <= 6 bytes
+    app.add_middleware(ObserveMiddleware, metrics=metrics, batcher=batcher, max_body=max_body)
+    _add_error_handlers(app)
+    _add_routes(app, params, _auth(token or None))
+    return app
+
+
+def _infer_fn(holder: ModelHolder, metrics: ServeMetrics, max_batch: int) -> Callable:
+    def infer(texts: list[str]):
+        model = holder.current  # one snapshot per batch: a swap mid-batch does not affect it
+        if model is None:
+            raise ModelNotReady("no model loaded yet")
+        t0 = time.perf_counter()
+        preds = model.classifier.predict(texts, batch_size=max_batch)
+        metrics.inference.observe(time.perf_counter() - t0)
+        metrics.batch_size.observe(len(texts))
+        metrics.texts.inc(len(texts))
+        return model.version, preds
+
+    return infer
+
+
+async def _poll(holder: ModelHolder, interval_s: float) -> None:
+    """Check the source now and every `interval_s`; loads run off the event loop."""
+    while True:
+        await asyncio.to_thread(holder.refresh)
+        await asyncio.sleep(interval_s)
+
+
+def _auth(token: str | None) -> Callable:
+    async def check(authorization: str | None = Header(default=None)) -> None:
+        if token is None:
+            return
+        scheme, _, value = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not value:
+            raise HTTPException(401, "missing bearer token (Authorization: Bearer <token>)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(value.strip().encode(), token.encode()):
+            raise HTTPException(401, "invalid bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+def _add_routes(app: FastAPI, params: Params, auth: Callable) -> None:
+    cfg = params.serve
+    holder: ModelHolder = app.state.holder
+    batcher: MicroBatcher = app.state.batcher
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        body = readiness(holder)
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(app.state.metrics.registry),
+                        media_type=CONTENT_TYPE_LATEST)
+
+    @app.post(PREDICT_PATH, dependencies=[Depends(auth)])
+    async def predict(body: PredictRequest, request: Request) -> JSONResponse:
+        ObserveMiddleware.mark_arrived(request.scope, batcher)
+        _check_limits(body.texts, cfg.max_texts, cfg.max_text_chars)
+        if holder.current is None:
+            raise HTTPException(503, "no model loaded yet; see /readyz")
+        try:
+            version, preds = await batcher.submit(body.texts)
+        except ModelNotReady as exc:
+            raise HTTPException(503, f"{exc}; see /readyz") from None
+        return JSONResponse({
+            "model_version": version,
+            "predictions": [{"label": p.label, "score": p.score, "scores": p.scores}
+                            for p in preds],
+        })
+
+
+def _check_limits(texts: list[str], max_texts: int, max_chars: int) -> None:
+    if len(texts) > max_texts:
+        raise HTTPException(413, f"too many texts: {len(texts)} > serve.max_texts={max_texts}")
+    for i, text in enumerate(texts):
+        if len(text) > max_chars:
+            raise HTTPException(413, f"texts[{i}] is too long: {len(text)} characters > "
+                                     f"serve.max_text_chars={max_chars}")
+
+
+def readiness(holder: ModelHolder) -> dict:
+    """The /readyz body: served model plus the latest reload attempt."""
+    model, status = holder.current, holder.status
+    return {
+        "ready": model is not None,
+        "source": holder.source.description,
+        "model_version": model.version if model else None,
+        "sha256": model.sha256 if model else None,
+        "loaded_at": model.loaded_at if model else None,
+        "last_check_at": status.last_check_at,
+        "last_reload_error": status.last_error,
+        "failed_version": status.failed_version,
+        "reloads": status.reloads,
+        "reload_failures": status.failures,
+    }
+
+
+def _describe_validation(errors: list[dict]) -> list[str]:
+    out = []
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            reason = (err.get("ctx") or {}).get("error", "")
+            out.append(f"malformed JSON: {reason}".rstrip(": "))
+            continue
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        out.append(f"{loc}: {err.get('msg')}")
+    return out
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = _describe_validation(list(exc.errors()))
+        return JSONResponse({"error": "invalid request: " + "; ".join(problems),
+                             "problems": problems}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("request failed")
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"},
+                            status_code=500)

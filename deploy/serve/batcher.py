@@ -1,0 +1,134 @@
+"""Micro-batching: concurrent requests share one ONNX Runtime call.
+
+A batch closes when it holds `max_batch` texts or its first request has waited
+`max_wait_ms`, whichever comes first, with one refinement: when the queue is empty and no
+other request is on its way in (parsed but not yet queued), it closes at once. So a lone
+client pays no batching delay, while under load requests that arrive during a running
+batch are gathered for the next. Requests are never split across batches, so every text
+of one request is scored by the same model version.
+
+Inference runs on one worker thread (ONNX Runtime and `tokenizers` release the GIL), so
+the event loop keeps accepting and parsing requests while a batch runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+# infer(texts) -> (tag shared by the whole batch, one result per text)
+InferFn = Callable[[list[str]], tuple[Any, Sequence[Any]]]
+
+
+@dataclass
+class _Item:
+    texts: list[str]
+    future: asyncio.Future
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher:
+    """Queue texts from many requests and run them through `infer` in batches."""
+
+    def __init__(self, infer: InferFn, max_batch: int, max_wait_ms: float) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.infer = infer
+        self.max_batch = max_batch
+        self.max_wait_s = max(0.0, max_wait_ms) / 1e3
+        self._pending: deque[_Item] = deque()
+        self._arriving = 0
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tuneline-infer")
+        self._task = asyncio.create_task(self._run(), name="tuneline-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while self._pending:
+            item = self._pending.popleft()
+            if not item.future.done():
+                item.future.set_exception(RuntimeError("server is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    def expect(self) -> None:
+        """A request that will probably call `submit` soon has arrived (see module doc)."""
+        self._arriving += 1
+
+    def arrived(self) -> None:
+        """An `expect`ed request has either been queued or rejected."""
+        self._arriving = max(0, self._arriving - 1)
+
+    async def submit(self, texts: list[str]) -> tuple[Any, list[Any]]:
+        """Queue `texts`; return (batch tag, their results) once their batch has run."""
+        if self._wakeup is None:
+            raise RuntimeError("batcher is not started")
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_Item(list(texts), future))
+        self._wakeup.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = await self._collect()
+            await self._execute(batch)
+
+    async def _collect(self) -> list[_Item]:
+        first = self._pending.popleft()
+        batch, size = [first], len(first.texts)
+        deadline = first.enqueued_at + self.max_wait_s
+        while size < self.max_batch:
+            if self._pending:
+                if size + len(self._pending[0].texts) > self.max_batch:
+                    break  # the next request would not fit whole: it opens the next batch
+                item = self._pending.popleft()
+                batch.append(item)
+                size += len(item.texts)
+                continue
+            remaining = deadline - time.perf_counter()
+            if self._arriving <= 0 or remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+        return batch
+
+    async def _execute(self, batch: list[_Item]) -> None:
+        live = [item for item in batch if not item.future.done()]  # drop cancelled clients
+        if not live:
+            return
+        texts = [t for item in live for t in item.texts]
+        loop = asyncio.get_running_loop()
+        try:
+            tag, results = await loop.run_in_executor(self._executor, self.infer, texts)
+        except Exception as exc:  # the failure belongs to these requests, not to the loop
+            for item in live:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        offset = 0
+        for item in live:
+            part = list(results[offset: offset + len(item.texts)])
+            offset += len(item.texts)
+            if not item.future.done():
+                item.future.set_result((tag, part))

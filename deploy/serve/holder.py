@@ -1,0 +1,175 @@
+"""Which model is served: a source that names the wanted version, and a holder that swaps.
+
+A source answers two questions: which version should be served now (`wanted_version`),
+and where its verified bundle is on disk (`fetch`). `ModelHolder.refresh` asks the
+source, and when the answer changed it loads the new bundle next to the old one and then
+replaces a single attribute. Readers take `holder.current` once per batch, so a batch
+that started on the old model finishes on it; a failed load leaves the old model serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from components.config import Params
+from components.predictor import INT8_MODEL, OnnxClassifier
+
+log = logging.getLogger("tuneline.serve")
+
+
+class ModelSource(Protocol):
+    description: str
+
+    def wanted_version(self) -> str | None: ...
+
+    def fetch(self, version: str) -> Path: ...
+
+
+class LocalBundleSource:
+    """A bundle folder on disk; its version is the manifest's sha256 of the int8 model.
+
+    Re-exporting into the same folder therefore changes the version and triggers a reload.
+    """
+
+    def __init__(self, bundle_dir: str | Path) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.description = f"local:{self.bundle_dir}"
+
+    def wanted_version(self) -> str | None:
+        manifest = self.bundle_dir / "manifest.json"
+        if not manifest.exists():
+            raise FileNotFoundError(f"{manifest} not found: not an exported bundle folder")
+        sha = json.loads(manifest.read_text())["files"].get(INT8_MODEL)
+        if sha is None:
+            raise FileNotFoundError(f"{manifest} does not list {INT8_MODEL}")
+        return f"local-{sha[:12]}"
+
+    def fetch(self, version: str) -> Path:
+        return self.bundle_dir
+
+
+class RegistrySource:
+    """`models:/<registry.model_name>@<alias>` in the MLflow registry of `params`.
+
+    Versions are downloaded by number (not by alias) so an alias that moves between the
+    check and the download cannot hand back a different version than the one announced.
+    """
+
+    def __init__(self, params: Params, cache_dir: str | Path, alias: str = "champion",
+                 keep: int = 2) -> None:
+        self.params = params
+        self.alias = alias
+        self.cache_dir = Path(cache_dir)
+        self.keep = keep
+        self.description = f"models:/{params.registry.model_name}@{alias}"
+
+    def wanted_version(self) -> str | None:
+        from components.registry import get_alias_version
+
+        return get_alias_version(self.params, self.alias)
+
+    def fetch(self, version: str) -> Path:
+        from components.registry import download_bundle
+
+        got, path = download_bundle(self.params, version, self.cache_dir / f"v{version}")
+        if str(got) != str(version):
+            raise RuntimeError(f"asked the registry for version {version}, got {got}")
+        self._prune(keep_names={f"v{version}"})
+        return Path(path)
+
+    def _prune(self, keep_names: set[str]) -> None:
+        """Delete downloaded bundles beyond the newest `keep` (loaded sessions live in RAM)."""
+        dirs = sorted((d for d in self.cache_dir.glob("v*") if d.is_dir()),
+                      key=lambda d: d.stat().st_mtime, reverse=True)
+        for old in dirs[self.keep:]:
+            if old.name not in keep_names:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: str
+    classifier: OnnxClassifier
+    sha256: str | None
+    bundle_dir: Path
+    loaded_at: float
+
+
+@dataclass
+class ReloadStatus:
+    last_check_at: float | None = None
+    last_error: str | None = None
+    failed_version: str | None = None
+    reloads: int = 0
+    failures: int = 0
+
+
+class ModelHolder:
+    """Holds the served model and swaps it when the source names a new version."""
+
+    def __init__(self, source: ModelSource, threads: int = 2, metrics=None) -> None:
+        self.source = source
+        self.threads = threads
+        self.metrics = metrics
+        self.current: LoadedModel | None = None
+        self.status = ReloadStatus()
+        self._lock = threading.Lock()  # one refresh at a time; readers never take it
+
+    def refresh(self) -> bool:
+        """Load the source's wanted version if it differs from the served one.
+
+        Returns True when a new model was swapped in. Never raises: errors are recorded in
+        `status` (and metrics) and the current model keeps serving.
+        """
+        with self._lock:
+            self.status.last_check_at = time.time()
+            wanted = None
+            try:
+                wanted = self.source.wanted_version()
+                if wanted is None:
+                    if self.current is None:
+                        self.status.last_error = f"{self.source.description}: no such version yet"
+                    return False
+                if self.current is not None and wanted == self.current.version:
+                    return False
+                self._swap_in(wanted)
+                return True
+            except Exception as exc:  # keep serving the old model whatever went wrong
+                self._record_failure(exc, wanted)
+                return False
+
+    def _swap_in(self, version: str) -> None:
+        t0 = time.perf_counter()
+        bundle = self.source.fetch(version)
+        clf = OnnxClassifier(bundle, threads=self.threads, verify=True)
+        clf.predict(["warm up"])  # first run allocates; keep that off the request path
+        loaded = LoadedModel(version, clf, clf.sha256, Path(bundle), time.time())
+        old = self.current
+        self.current = loaded  # the swap: one reference assignment
+        self.status.reloads += 1
+        self.status.last_error = None
+        self.status.failed_version = None
+        if self.metrics is not None:
+            self.metrics.reloads.labels("success").inc()
+            self.metrics.reload_failing.set(0)
+            self.metrics.set_model(version, clf.sha256, self.source.description)
+        log.info("serving version %s (%s) after %.2fs load; previous %s", version,
+                 self.source.description, time.perf_counter() - t0,
+                 old.version if old else None)
+
+    def _record_failure(self, exc: Exception, version: str | None) -> None:
+        self.status.failures += 1
+        self.status.failed_version = version
+        self.status.last_error = f"{type(exc).__name__}: {exc}"
+        if self.metrics is not None:
+            self.metrics.reloads.labels("failure").inc()
+            self.metrics.reload_failing.set(1)
+        log.error("model load from %s failed, keeping version %s: %s", self.source.description,
+                  self.current.version if self.current else None, self.status.last_error)

@@ -1,0 +1,86 @@
+"""Plain ASGI middleware: per-request metrics, the body-size cap, and arrival counting.
+
+Written against raw ASGI rather than Starlette's BaseHTTPMiddleware because it sits on
+every request of a latency-sensitive path and only needs to see the response status.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from deploy.serve.batcher import MicroBatcher
+from deploy.serve.metrics import ServeMetrics
+
+PREDICT_PATH = "/v1/predict"
+_ROUTES = {PREDICT_PATH, "/healthz", "/readyz", "/metrics"}
+_REASONS = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+            413: "too_large", 422: "invalid_request", 500: "internal", 503: "not_ready"}
+_EXPECTED_KEY = "tuneline_expected"
+
+
+class ObserveMiddleware:
+    """Time and count requests; reject oversized predict bodies before they are read."""
+
+    def __init__(self, app, metrics: ServeMetrics, batcher: MicroBatcher, max_body: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.batcher = batcher
+        self.max_body = max_body
+
+    async def __call__(self, scope: dict[str, Any], receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = scope["path"] if scope["path"] in _ROUTES else "other"
+        t0 = time.perf_counter()
+        status = 500  # what the client sees if the app raises before responding
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if route == PREDICT_PATH and self._too_large(scope):
+                await self._reject_size(send_status)
+                return
+            if route == PREDICT_PATH:
+                # Tell the batcher a request is on its way so it may hold a batch open.
+                self.batcher.expect()
+                scope.setdefault("state", {})[_EXPECTED_KEY] = True
+            await self.app(scope, receive, send_status)
+        finally:
+            self.mark_arrived(scope, self.batcher)
+            self._observe(route, status, time.perf_counter() - t0)
+
+    @staticmethod
+    def mark_arrived(scope: dict[str, Any], batcher: MicroBatcher) -> None:
+        """Called once the request is queued (or failed): it is no longer on its way."""
+        if scope.get("state", {}).pop(_EXPECTED_KEY, False):
+            batcher.arrived()
+
+    def _too_large(self, scope: dict[str, Any]) -> bool:
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    return int(value) > self.max_body
+                except ValueError:
+                    return False
+        return False
+
+    async def _reject_size(self, send) -> None:
+        body = json.dumps({"error": f"request body larger than {self.max_body} bytes "
+                                    "(serve.max_texts x serve.max_text_chars)"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _observe(self, route: str, status: int, seconds: float) -> None:
+        self.metrics.requests.labels(route, str(status)).inc()
+        self.metrics.latency.labels(route).observe(seconds)
+        if status >= 400:
+            self.metrics.errors.labels(_REASONS.get(status, f"http_{status}")).inc()
