@@ -37,12 +37,10 @@ def prepare(
 ) -> None:
     """Validate rows, quarantine bad ones, and write stable train/validation/test splits."""
     from components.data import DataValidationError, prepare_dataset
-    from components.demo import build_demo_corpus
+    from components.demo import resolve_input
 
     p = params_or_exit(params, set_)
-    source = input_ or p.paths.raw
-    if input_ is None and not source.exists() and source.parent == p.paths.corpus:
-        build_demo_corpus(p.paths.corpus, p.demo)
+    source = resolve_input(p, input_)
     out_dir = out or p.paths.prepared
     try:
         report = prepare_dataset(source, out_dir, p.data)
