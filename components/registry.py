@@ -1,0 +1,255 @@
+"""MLflow model registry: register bundles, move aliases, promote, roll back, download.
+
+Importable without torch or transformers (the serving process uses it).
+
+A registered version's artifacts are the served bundle files at the root (model.int8.onnx,
+tokenizer.json, labels.json, export_config.json, parity.json, manifest.json), logged as
+plain files under the training run's `bundle/` artifact folder: no pickle anywhere. The
+version tag `sha256` is the sha256 of model.int8.onnx; downloads verify it.
+
+Aliases (promotion is an alias move, never a stage):
+    @champion    the model in production
+    @previous    the champion before the last promotion (target of `rollback`)
+    @challenger  the latest version that failed the gate
+"""
+
+from __future__ import annotations
+
+import getpass
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from components.config import Params
+from components.export import SERVED_FILES
+from components.io import atomic_dir, sha256_file
+from components.predictor import INT8_MODEL, BundleIntegrityError, verify_bundle
+from components.tracking import get_client, tracking_uri
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+MAX_TAG_CHARS = 5000
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _ensure_registered_model(client: Any, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(
+            name, description="Text classifier bundles (int8 ONNX + tokenizer + labels).")
+
+
+def get_alias_version(params: Params, alias: str) -> str | None:
+    """Version number the alias points to, or None (also when the model is not registered)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = get_client(params).get_registered_model(params.registry.model_name).aliases
+    except MlflowException:
+        return None
+    version = aliases.get(alias.lstrip("@"))
+    return str(version) if version is not None else None
+
+
+def _verdict_tags(verdict: dict[str, Any]) -> dict[str, str]:
+    tags = {"gate_passed": str(bool(verdict["passed"])).lower(),
+            "gate_first_model": str(bool(verdict.get("first_model"))).lower()}
+    if verdict.get("reasons"):
+        tags["gate_reasons"] = "; ".join(verdict["reasons"])[:MAX_TAG_CHARS]
+    for key, value in (verdict.get("metrics") or {}).items():
+        tags[f"test_{key}"] = f"{value:.6g}"
+    return tags
+
+
+def publish(params: Params, run_id: str, bundle_dir: str | Path,
+            verdict: dict[str, Any]) -> dict[str, Any]:
+    """Register the bundle as a new version of `registry.model_name` and move aliases.
+
+    Gate passed: the old @champion becomes @previous, the new version @champion.
+    Gate failed: the new version becomes @challenger, @champion is untouched, and the
+    reasons are recorded on the version (tag `gate_reasons` and its description).
+
+    Returns:
+        {"version", "passed", "sha256", "aliases": {alias: version}, "moves": [text]}
+
+    Raises:
+        BundleIntegrityError: a served file is missing or differs from the manifest.
+    """
+    from mlflow.entities import RunTag
+
+    bundle_dir = Path(bundle_dir)
+    verify_bundle(bundle_dir, [f for f in SERVED_FILES if f != "manifest.json"])
+    client = get_client(params)
+    name = params.registry.model_name
+    _ensure_registered_model(client, name)
+    with tempfile.TemporaryDirectory() as tmp:
+        for file in SERVED_FILES:
+            shutil.copy2(bundle_dir / file, Path(tmp) / file)
+        client.log_artifacts(run_id, tmp, "bundle")
+    client.log_dict(run_id, verdict, "gate/verdict.json")
+    sha = sha256_file(bundle_dir / INT8_MODEL)
+    run = client.get_run(run_id)
+    lineage = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+    passed = bool(verdict["passed"])
+    description = "gate passed" if passed else "gate rejected: " + "; ".join(verdict["reasons"])
+    mv = client.create_model_version(
+        name, source=f"{run.info.artifact_uri}/bundle", run_id=run_id,
+        tags={**lineage, **_verdict_tags(verdict), "sha256": sha, "registered_at": _now()},
+        description=description[:MAX_TAG_CHARS])
+    version, moves = str(mv.version), []
+    if passed:
+        moves = _make_champion(client, name, version)
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        moves.append(f"@{CHALLENGER} -> v{version}")
+    client.log_batch(run_id, tags=[RunTag("registered_version", version),
+                                   RunTag("gate_passed", str(passed).lower())])
+    return {"version": version, "passed": passed, "sha256": sha, "moves": moves,
+            "aliases": dict(client.get_registered_model(name).aliases)}
+
+
+def _make_champion(client: Any, name: str, version: str) -> list[str]:
+    """@champion -> version; the old champion (if another version) becomes @previous."""
+    old = client.get_registered_model(name).aliases.get(CHAMPION)
+    moves = []
+    if old is not None and str(old) != version:
+        client.set_registered_model_alias(name, PREVIOUS, str(old))
+        moves.append(f"@{PREVIOUS} -> v{old}")
+    client.set_registered_model_alias(name, CHAMPION, version)
+    moves.append(f"@{CHAMPION} -> v{version}")
+    if str(client.get_registered_model(name).aliases.get(CHALLENGER)) == version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    return moves
+
+
+def promote(params: Params, version: str, reason: str = "") -> dict[str, Any]:
+    """Human override: make `version` the @champion whatever its gate verdict said.
+
+    The override is recorded on the version (tags `promotion=manual`, `promoted_by`,
+    `promoted_at`, `promotion_reason`, and the gate verdict it overrode stays as it was).
+
+    Raises:
+        LookupError: the version does not exist.
+    """
+    client = get_client(params)
+    name = params.registry.model_name
+    _get_version(client, name, version)
+    moves = _make_champion(client, name, str(version))
+    for key, value in {"promotion": "manual", "promoted_by": getpass.getuser(),
+                       "promoted_at": _now(), "promotion_reason": reason or "-"}.items():
+        client.set_model_version_tag(name, str(version), key, value[:MAX_TAG_CHARS])
+    return {"version": str(version), "moves": moves,
+            "aliases": dict(client.get_registered_model(name).aliases)}
+
+
+def rollback(params: Params) -> dict[str, Any]:
+    """@champion <- @previous; the demoted version is tagged `rolled_back_at`.
+
+    @previous is cleared afterwards, so a second rollback fails instead of flipping back.
+
+    Raises:
+        LookupError: there is no @previous version.
+    """
+    client = get_client(params)
+    name = params.registry.model_name
+    previous, current = get_alias_version(params, PREVIOUS), get_alias_version(params, CHAMPION)
+    if previous is None:
+        raise LookupError(f"{name} has no @{PREVIOUS} version to roll back to")
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.delete_registered_model_alias(name, PREVIOUS)
+    if current is not None:
+        client.set_model_version_tag(name, current, "rolled_back_at", _now())
+    return {"version": previous, "demoted": current,
+            "moves": [f"@{CHAMPION} -> v{previous}", f"@{PREVIOUS} cleared"],
+            "aliases": dict(client.get_registered_model(name).aliases)}
+
+
+def _get_version(client: Any, name: str, version: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException:
+        raise LookupError(f"{name} has no version {version}") from None
+
+
+def resolve_ref(params: Params, ref: str) -> str:
+    """A version number for `ref`: "champion"/"@champion" (any alias) or "3"."""
+    if str(ref).isdigit():
+        return str(ref)
+    version = get_alias_version(params, ref)
+    if version is None:
+        raise LookupError(f"{params.registry.model_name} has no @{ref.lstrip('@')} alias")
+    return version
+
+
+def download_bundle(params: Params, ref: str, dst: str | Path) -> tuple[str, Path]:
+    """Fetch a version's bundle into `dst` (replaced atomically) and verify it.
+
+    Checks the sha256 of model.int8.onnx against the version tag and every served file
+    against the manifest before `dst` is replaced, so a bad download leaves `dst` as it was.
+
+    Returns:
+        (version, dst)
+
+    Raises:
+        LookupError: unknown alias or version.
+        BundleIntegrityError: a file is missing or its sha256 does not match.
+    """
+    import mlflow
+
+    client = get_client(params)
+    name = params.registry.model_name
+    version = resolve_ref(params, ref)
+    mv = _get_version(client, name, version)
+    dst = Path(dst)
+    with atomic_dir(dst) as tmp:
+        got = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=mv.source, dst_path=str(tmp / "dl"), tracking_uri=tracking_uri(params)))
+        for file in got.iterdir():
+            shutil.move(str(file), tmp / file.name)
+        shutil.rmtree(tmp / "dl", ignore_errors=True)
+        expected = (mv.tags or {}).get("sha256")
+        actual = sha256_file(tmp / INT8_MODEL) if (tmp / INT8_MODEL).exists() else None
+        if expected is None or actual != expected:
+            raise BundleIntegrityError(f"{name} v{version}: {INT8_MODEL} sha256 {actual} does "
+                                       f"not match the version tag {expected}")
+        verify_bundle(tmp, [f for f in SERVED_FILES if f != "manifest.json"])
+    return version, dst
+
+
+def champion_bundle(params: Params, dst: str | Path) -> Path | None:
+    """Download the @champion bundle into `dst` for re-scoring; None when there is none."""
+    if get_alias_version(params, CHAMPION) is None:
+        return None
+    return download_bundle(params, CHAMPION, dst)[1]
+
+
+def list_versions(params: Params) -> list[dict[str, Any]]:
+    """Every version, newest first, with its aliases, test metrics and gate verdict tags."""
+    from mlflow.exceptions import MlflowException
+
+    client = get_client(params)
+    name = params.registry.model_name
+    try:
+        aliases = client.get_registered_model(name).aliases
+    except MlflowException:
+        return []
+    by_version: dict[str, list[str]] = {}
+    for alias, version in aliases.items():
+        by_version.setdefault(str(version), []).append(alias)
+    rows = []
+    for mv in client.search_model_versions(f"name='{name}'"):
+        version = str(mv.version)
+        rows.append({"version": version, "aliases": sorted(by_version.get(version, [])),
+                     "run_id": mv.run_id, "tags": mv.tags or {},
+                     "created": time.strftime("%Y-%m-%d %H:%M:%S",
+                                              time.gmtime(mv.creation_timestamp / 1000))})
+    return sorted(rows, key=lambda r: int(r["version"]), reverse=True)

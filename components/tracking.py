@@ -1,0 +1,137 @@
+"""MLflow tracking: one run per training with params, per-step metrics, artifacts, lineage.
+
+Importable without torch or transformers. The tracking URI is `MLFLOW_TRACKING_URI` when
+set, else `registry.tracking_uri` (default: a SQLite file in the project); with a local
+store, artifacts go to `registry.artifact_root`. Everything goes through an explicit
+`MlflowClient`, never the global active run, so concurrent flows cannot mix their runs.
+
+Typical use by the orchestration:
+    run_id = start_run(params, prepared_dir)
+    train(..., logger=MlflowLogger(params, run_id))
+    log_stage(params, run_id, "test", metrics, eval_dir)
+    registry.publish(params, run_id, bundle_dir, verdict)
+    end_run(params, run_id)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.config import Params
+
+LOCAL_SCHEMES = ("sqlite:", "file:")
+MAX_PARAM_CHARS = 6000  # MLflow rejects longer param values
+
+
+def tracking_uri(params: Params) -> str:
+    """`MLFLOW_TRACKING_URI` if set, else `registry.tracking_uri`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or params.registry.tracking_uri
+
+
+def get_client(params: Params) -> Any:
+    """An MlflowClient bound to the tracking URI (also used as the registry URI)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(params)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(params: Params, client: Any | None = None) -> str:
+    """Id of `registry.experiment`, creating it (artifacts under artifact_root) if needed."""
+    client = client or get_client(params)
+    name = params.registry.experiment
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if tracking_uri(params).startswith(LOCAL_SCHEMES) or "://" not in tracking_uri(params):
+        location = Path(params.registry.artifact_root).resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def lineage_tags(params: Params, prepared_dir: str | Path | None) -> dict[str, str]:
+    """git commit, DVC-style data hash, params hash, strategy, PEFT method, backbone."""
+    from components.lineage import git_commit
+
+    tags = {"git_commit": git_commit(), "params_hash": params.hash(),
+            "strategy": params.finetune.strategy, "peft_method": params.peft.method,
+            "backbone": params.model.name_or_path}
+    if prepared_dir is not None and Path(prepared_dir).exists():
+        from components.data import data_version
+
+        tags["data_version"] = data_version(prepared_dir)
+    return tags
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"a": {"b": 1}} -> {"a.b": "1"}; lists and scalars become strings."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)[:MAX_PARAM_CHARS]
+    return out
+
+
+def start_run(params: Params, prepared_dir: str | Path | None = None, *,
+              run_name: str | None = None, tags: dict[str, str] | None = None) -> str:
+    """Create a run with every param, the lineage tags and the resolved params.yaml.
+
+    Returns:
+        The run id; pass it to MlflowLogger, log_stage, registry.publish and end_run.
+    """
+    from mlflow.entities import Param
+
+    client = get_client(params)
+    all_tags = {**lineage_tags(params, prepared_dir), **(tags or {})}
+    run = client.create_run(ensure_experiment(params, client), run_name=run_name,
+                            tags=all_tags)
+    run_id = run.info.run_id
+    items = [Param(k, v) for k, v in flatten(params.model_dump(mode="json")).items()]
+    for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
+        client.log_batch(run_id, params=items[i: i + 100])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "params.yaml"
+        path.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+        client.log_artifact(run_id, str(path), "config")
+    return run_id
+
+
+class MlflowLogger:
+    """The training loop's `(metrics, step) -> None` logger, writing to one MLflow run."""
+
+    def __init__(self, params: Params, run_id: str) -> None:
+        self.client = get_client(params)
+        self.run_id = run_id
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, int(step)) for key, value in metrics.items()
+                 if isinstance(value, int | float)]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+
+def log_stage(params: Params, run_id: str, stage: str, metrics: dict[str, Any] | None = None,
+              folder: str | Path | None = None) -> None:
+    """Log a stage's scalar metrics as `<stage>/<name>` and its output folder as artifacts."""
+    if metrics:
+        MlflowLogger(params, run_id)({f"{stage}/{k}": v for k, v in metrics.items()}, 0)
+    if folder is not None and Path(folder).is_dir():
+        get_client(params).log_artifacts(run_id, str(folder), stage)
+
+
+def end_run(params: Params, run_id: str, status: str = "FINISHED") -> None:
+    """Mark the run FINISHED (or FAILED / KILLED)."""
+    get_client(params).set_terminated(run_id, status=status)
