@@ -253,3 +253,11 @@ def list_versions(params: Params) -> list[dict[str, Any]]:
                      "created": time.strftime("%Y-%m-%d %H:%M:%S",
                                               time.gmtime(mv.creation_timestamp / 1000))})
     return sorted(rows, key=lambda r: int(r["version"]), reverse=True)
+
+
+def find_version(params: Params, **tags: str) -> dict[str, Any] | None:
+    """The newest version whose tags include every `key=value` given, or None."""
+    for row in list_versions(params):
+        if all(row["tags"].get(key) == value for key, value in tags.items()):
+            return row
+    return None
