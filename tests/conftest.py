@@ -79,16 +79,22 @@ def tiny_prepared(tmp_path) -> Path:
     return write_prepared(tmp_path / "prepared", tiny_rows())
 
 
-@pytest.fixture()
-def tiny_params(tmp_path, tiny_backbone_dir) -> Params:
-    """Project params pointed at the tiny model and at temp output folders."""
-    overrides = [f"model.name_or_path={tiny_backbone_dir}", "model.max_length=32",
+def tiny_overrides(tmp_path: Path, backbone_dir: Path) -> list[str]:
+    """`--set` overrides pointing params at the tiny model and temp output folders."""
+    overrides = [f"model.name_or_path={backbone_dir}", "model.max_length=32",
                  "finetune.batch_size=8", "finetune.max_steps=30", "finetune.eval_every=10",
                  "finetune.checkpoint_every=10", "finetune.adamw.lr=3e-3",
                  "pretrain.max_steps=10", "pretrain.batch_size=8",
                  f"registry.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-                 f"registry.artifact_root={tmp_path}/mlartifacts"]
+                 f"registry.artifact_root={tmp_path}/mlartifacts",
+                 f"paths.raw={tmp_path / 'raw.jsonl'}"]
     for name in ("corpus", "prepared", "pretrained", "model", "checkpoints", "eval",
                  "export", "gate"):
         overrides.append(f"paths.{name}={tmp_path / name}")
-    return load_params(overrides=overrides)
+    return overrides
+
+
+@pytest.fixture()
+def tiny_params(tmp_path, tiny_backbone_dir) -> Params:
+    """Project params pointed at the tiny model and at temp output folders."""
+    return load_params(overrides=tiny_overrides(tmp_path, tiny_backbone_dir))
