@@ -1,24 +1,17 @@
 """Serving test support: tiny exported bundles and a real uvicorn server on 127.0.0.1.
 
-Uses the project's exporter (`components.export.export_model`) when it is available and
-otherwise exports a tiny random BERT directly with torch.onnx + onnxruntime quantization,
-writing the bundle layout documented in components/predictor.py.
+Bundles come from the project's exporter (`components.export.export_model`) applied to a
+tiny random BERT classifier, so the served files are exactly what a real export writes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
-from components.io import atomic_dir, sha256_file
-
-BUNDLE_FILES = ("model.onnx", "model.int8.onnx", "tokenizer.json", "labels.json",
-                "export_config.json")
 
 
 def tiny_classifier(seed: int, num_labels: int):
@@ -38,27 +31,19 @@ def tiny_classifier(seed: int, num_labels: int):
 
 def export_tiny_bundle(out: Path, tokenizer_dir: Path, labels: list[str], seed: int,
                        max_length: int = 32) -> Path:
-    """Export a tiny random classifier as a complete bundle folder at `out`."""
-    import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """Export a tiny random classifier with the project's exporter as a bundle at `out`."""
+    from transformers import AutoTokenizer
 
-    model = tiny_classifier(seed, len(labels))
-    ids = torch.ones(2, 8, dtype=torch.long)
-    with atomic_dir(out) as tmp:
-        torch.onnx.export(model, (ids, torch.ones_like(ids)), str(tmp / "model.onnx"),
-                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                          dynamic_axes={"input_ids": {0: "batch", 1: "seq"},
-                                        "attention_mask": {0: "batch", 1: "seq"},
-                                        "logits": {0: "batch"}},
-                          opset_version=17, dynamo=False)
-        quantize_dynamic(str(tmp / "model.onnx"), str(tmp / "model.int8.onnx"),
-                         weight_type=QuantType.QInt8)
-        (tmp / "tokenizer.json").write_bytes((tokenizer_dir / "tokenizer.json").read_bytes())
-        (tmp / "labels.json").write_text(json.dumps({"labels": labels}))
-        (tmp / "export_config.json").write_text(json.dumps(
-            {"max_length": max_length, "pad_token_id": 0, "opset": 17, "seed": seed}))
-        manifest = {name: sha256_file(tmp / name) for name in BUNDLE_FILES}
-        (tmp / "manifest.json").write_text(json.dumps({"files": manifest}))
+    from components.config import load_params
+    from components.export import export_model
+
+    params = load_params(overrides=[f"model.max_length={max_length}", "model.num_threads=1",
+                                    "export.latency_repeats=2"])
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    texts = ["the match ended in a draw", "rain is expected tomorrow", "bank stocks rallied"]
+    export_model(tiny_classifier(seed, len(labels)), tokenizer, labels, out, params,
+                 texts=texts, y_true=[i % len(labels) for i in range(len(texts))],
+                 meta={"max_length": max_length, "seed": seed})
     return out
 
 
