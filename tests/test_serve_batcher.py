@@ -1,0 +1,123 @@
+"""MicroBatcher: batch limits, the wait deadline, no wait for a lone request, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from deploy.serve.batcher import MicroBatcher
+
+
+class Recorder:
+    """An `infer` that records each batch and answers with the text lengths."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.batches: list[list[str]] = []
+        self.delay_s = delay_s
+        self.threads: set[str] = set()
+
+    def __call__(self, texts: list[str]):
+        self.threads.add(threading.current_thread().name)
+        self.batches.append(list(texts))
+        time.sleep(self.delay_s)
+        return f"batch{len(self.batches)}", [len(t) for t in texts]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def with_batcher(infer, max_batch, max_wait_ms, body):
+    batcher = MicroBatcher(infer, max_batch, max_wait_ms)
+    await batcher.start()
+    try:
+        return await body(batcher)
+    finally:
+        await batcher.stop()
+
+
+def test_concurrent_requests_share_a_batch_up_to_max_batch():
+    rec = Recorder(delay_s=0.05)  # while one batch runs, the rest queue up
+
+    async def body(b):
+        requests = [[f"t{i}"] * (1 + i % 3) for i in range(12)]  # 24 texts in all
+        return requests, await asyncio.gather(*(b.submit(r) for r in requests))
+
+    requests, replies = run(with_batcher(rec, 5, 50, body))
+    assert all(len(b) <= 5 for b in rec.batches)
+    assert sum(len(b) for b in rec.batches) == 24
+    assert len(rec.batches) < 12, "requests should have been grouped"
+    for req, (tag, results) in zip(requests, replies, strict=True):
+        assert results == [len(t) for t in req]  # each request gets its own results back
+        assert tag.startswith("batch")
+    assert rec.threads == {"tuneline-infer_0"}  # inference stays off the event loop
+
+
+def test_a_request_is_never_split_and_an_oversized_one_runs_alone():
+    rec = Recorder(delay_s=0.02)
+
+    async def body(b):
+        return await asyncio.gather(b.submit(["a"] * 3), b.submit(["b"] * 3),
+                                    b.submit(["c"] * 9))
+
+    replies = run(with_batcher(rec, 4, 10, body))
+    assert sorted(len(b) for b in rec.batches) == [3, 3, 9]
+    assert [len(r) for _, r in replies] == [3, 3, 9]
+
+
+def test_lone_request_does_not_wait_but_an_expected_one_is_waited_for():
+    async def lone(b):
+        t0 = time.perf_counter()
+        await b.submit(["x"])
+        return time.perf_counter() - t0
+
+    assert run(with_batcher(Recorder(), 8, 500, lone)) < 0.25
+
+    rec = Recorder()
+
+    async def expected(b):
+        b.expect()  # another request is being parsed: hold the batch open for it
+
+        async def late():
+            await asyncio.sleep(0.05)
+            b.arrived()
+            return await b.submit(["second"])
+
+        return await asyncio.gather(b.submit(["first"]), late())
+
+    run(with_batcher(rec, 8, 1000, expected))
+    assert rec.batches == [["first", "second"]]
+
+
+def test_max_wait_closes_the_batch():
+    rec = Recorder()
+
+    async def body(b):
+        b.expect()  # announced but never arrives
+        t0 = time.perf_counter()
+        await b.submit(["only"])
+        return time.perf_counter() - t0
+
+    waited = run(with_batcher(rec, 8, 100, body))
+    assert 0.09 <= waited < 1.0
+    assert rec.batches == [["only"]]
+
+
+def test_inference_error_reaches_the_requests_and_the_batcher_keeps_going():
+    calls = []
+
+    def flaky(texts):
+        calls.append(texts)
+        if len(calls) == 1:
+            raise ValueError("boom")
+        return "ok", texts
+
+    async def body(b):
+        with pytest.raises(ValueError, match="boom"):
+            await b.submit(["a"])
+        return await b.submit(["b"])
+
+    assert run(with_batcher(flaky, 4, 5, body)) == ("ok", ["b"])
