@@ -1,0 +1,116 @@
+"""ONNX export of a tiny TRAINED classifier: layout, dynamic axes, int8 parity, integrity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from components.export import SERVED_FILES, export_bundle
+from components.modeling import load_trained
+from components.predictor import (
+    FP32_MODEL,
+    INT8_MODEL,
+    BundleIntegrityError,
+    OnnxClassifier,
+    verify_bundle,
+)
+from tests.model_support import tiny_test_params, trained_bundle
+
+PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory, tiny_backbone_dir):
+    return trained_bundle(tmp_path_factory, tiny_backbone_dir, "good")
+
+
+def test_bundle_layout_manifest_and_no_pickle(good):
+    bundle = good["bundle"]
+    manifest = verify_bundle(bundle)  # every listed file matches its sha256
+    assert set(SERVED_FILES) - {"manifest.json"} <= set(manifest)
+    assert FP32_MODEL in manifest
+    for path in bundle.iterdir():
+        # No pickle (and no torch zip archive) anywhere: only ONNX protobufs and JSON.
+        assert not path.read_bytes()[:4].startswith(PICKLE_MAGIC), path.name
+        if path.suffix == ".onnx":
+            onnx.checker.check_model(onnx.load(str(path)))
+        else:
+            json.loads(path.read_text())
+    config = json.loads((bundle / "export_config.json").read_text())
+    assert config["max_length"] == 32
+    assert config["quantization"]["per_channel"] is True  # params.export.per_channel
+    assert json.loads((bundle / "labels.json").read_text())["labels"] == \
+        json.loads((good["prepared"] / "labels.json").read_text())["labels"]
+
+
+def test_int8_graph_is_quantized(good):
+    int8 = onnx.load(str(good["bundle"] / INT8_MODEL))
+    ops = [node.op_type for node in int8.graph.node]
+    # 2 layers x (q, k, v, attention out, intermediate, output) linear layers at least.
+    assert ops.count("MatMulInteger") >= 12
+    fp32_size = (good["bundle"] / FP32_MODEL).stat().st_size
+    assert (good["bundle"] / INT8_MODEL).stat().st_size < 0.5 * fp32_size
+
+
+def test_dynamic_batch_and_sequence_axes_match_torch(good, tmp_path):
+    import torch
+
+    trained = load_trained(good["model"])
+    clf = OnnxClassifier(good["bundle"], FP32_MODEL, threads=1)
+    texts = ["goal", "rain and storm all week with strong cold wind tonight", "bank loan",
+             "stock price profit trade invest dollar market bank", "referee"]
+    for batch in (texts[:1], texts):  # batch 1 and 5, different padded lengths
+        feeds = clf.encode(batch)
+        with torch.inference_mode():
+            expected = trained.model(input_ids=torch.from_numpy(feeds["input_ids"]),
+                                     attention_mask=torch.from_numpy(feeds["attention_mask"])
+                                     ).logits.numpy()
+        got = clf.session.run(["logits"], feeds)[0]
+        assert got.shape == (len(batch), 3)
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_parity_on_trained_model_is_within_the_gate(good, tmp_path, tiny_backbone_dir):
+    gate = tiny_test_params(tmp_path, tiny_backbone_dir).gate
+    parity = json.loads((good["bundle"] / "parity.json").read_text())
+    assert parity["rows"] == 12
+    assert parity["accuracy_fp32"] >= 0.9  # trained: the head separates the classes
+    assert parity["int8_agreement"] >= gate.int8_min_agreement
+    assert parity["int8_accuracy_drop"] <= gate.int8_max_accuracy_drop
+    assert parity["max_logit_diff"] <= gate.max_logit_diff
+    # The shipped int8 graph reproduces the recorded accuracy through the serving path.
+    int8 = OnnxClassifier(good["bundle"], INT8_MODEL, threads=1)
+    texts = [json.loads(line)["text"] for line in (good["prepared"] / "test.jsonl").open()]
+    labels = [json.loads(line)["label"] for line in (good["prepared"] / "test.jsonl").open()]
+    predicted = [p.label for p in int8.predict(texts)]
+    assert np.mean([a == b for a, b in zip(predicted, labels, strict=True)]) == \
+        pytest.approx(parity["accuracy_int8"])
+    for key in ("int8_b1_p95_ms", "int8_b32_texts_per_s", "size_mb_int8", "size_ratio"):
+        assert parity[key] > 0
+
+
+def test_tampered_model_is_refused(good, tmp_path):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(good["bundle"], copy)
+    data = bytearray((copy / INT8_MODEL).read_bytes())
+    data[-1] ^= 0xFF
+    (copy / INT8_MODEL).write_bytes(bytes(data))
+    with pytest.raises(BundleIntegrityError, match="sha256 mismatch"):
+        OnnxClassifier(copy, INT8_MODEL)
+
+
+def test_export_bad_inputs_leave_nothing_behind(good, tmp_path, tiny_backbone_dir):
+    params = tiny_test_params(tmp_path, tiny_backbone_dir)
+    with pytest.raises(FileNotFoundError, match="not a trained model folder"):
+        export_bundle(tmp_path / "missing", good["prepared"], tmp_path / "out", params)
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "labels.json").write_text(json.dumps({"labels": ["x", "y", "z"]}))
+    with pytest.raises(ValueError, match="differ from the prepared label map"):
+        export_bundle(good["model"], prepared, tmp_path / "out", params)
+    assert not (tmp_path / "out").exists()
