@@ -1,0 +1,230 @@
+"""Zeroth-order strategies: train with forward passes only (MeZO/SPSA, ZO-sign, ES).
+
+The algorithm shape follows "Fine-Tuning Language Models with Just Forward Passes"
+(Malladi et al. 2023): one seed per sample, loss at theta + eps z and theta - eps z, one
+scalar projected gradient g = (loss+ - loss-) / 2 eps, and an update that regenerates z
+from the seed. No autograd graph, no optimizer state and no parameter-sized buffer exist,
+so memory stays at inference level. Two choices make a step cost little more than its
+two forward passes (see zo_noise.py and zo_perturb.py):
+
+- z is sliced from a fixed table of normals by seed instead of drawn fresh, and
+- theta is perturbed on the fly inside each module's forward, never in place, so nothing
+  needs restoring and "perturb then restore" is exact by construction.
+
+Seeds are a pure function of (run seed, step, sample): a resumed run is bit-identical to
+an uninterrupted one, and the seeds plus the scalar update coefficients in `history` are
+a compact log that replays the whole run from the starting weights (`replay_history`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from components.config import ESConfig, ZOConfig, ZONoiseSection, ZOSignConfig
+from components.finetune.base import LossFn, Strategy, register_strategy
+from components.finetune.zo_noise import NoiseTable, ParamNoise, mix_seed
+from components.finetune.zo_perturb import Perturbation
+
+Batch = dict[str, torch.Tensor]
+
+
+class ZerothOrderStrategy(Strategy):
+    """Shared machinery: seeded directions, perturbed forwards, in-place updates.
+
+    Subclasses implement `step` from `sample_losses` and `apply_update`.
+    """
+
+    uses_grad = False
+
+    def __init__(self, cfg: ZONoiseSection, params: list[tuple[str, nn.Parameter]],
+                 total_steps: int, seed: int) -> None:
+        super().__init__(cfg, params, total_steps, seed)
+        if not params:
+            raise ValueError(f"{self.name}: the model has no trainable parameters")
+        self.table = NoiseTable(cfg.noise_table_size, seed)
+        self.noise = ParamNoise([p for _, p in params], self.table)
+        self._perturbation: Perturbation | None = None
+        # One entry per applied sample: [step, sample, update coefficient]; with the run
+        # seed, the starting weights and the batches' rows this replays the run.
+        self.history: list[list[float]] = []
+        self.rows_log: list[dict[int, list[int]]] = []
+
+    def perturbation(self, model: nn.Module) -> Perturbation:
+        if self._perturbation is None or self._perturbation.model is not model:
+            self._perturbation = Perturbation(model, self.noise, self.cfg.sparse_embeddings)
+        return self._perturbation
+
+    def sample_seed(self, step: int, sample: int) -> int:
+        return mix_seed(self.seed, step, sample)
+
+    def perturbed_loss(self, model: nn.Module, batch: Batch, loss_fn: LossFn, seed: int,
+                       scale: float) -> float:
+        """Loss at theta + scale * z(seed); theta itself is untouched."""
+        with self.perturbation(model).applied(seed, scale), torch.inference_mode():
+            return float(loss_fn(model, batch))
+
+    def sample_losses(self, model: nn.Module, batch: Batch, loss_fn: LossFn, seed: int,
+                      eps: float) -> tuple[float, float]:
+        """(loss at theta + eps z, loss at theta - eps z) with identical dropout masks."""
+        rng = torch.get_rng_state()
+        plus = self.perturbed_loss(model, batch, loss_fn, seed, eps)
+        # Same dropout masks on both sides: the difference then measures the
+        # perturbation only, not two different random sub-networks.
+        torch.set_rng_state(rng)
+        minus = self.perturbed_loss(model, batch, loss_fn, seed, -eps)
+        return plus, minus
+
+    @torch.no_grad()
+    def apply_update(self, model: nn.Module, step: int,
+                     updates: list[tuple[int, float]], lr: float, weight_decay: float) -> None:
+        """theta <- theta * (1 - lr * wd) + sum_k coef_k * z(seed of sample k)."""
+        if weight_decay:
+            for _, p in self.params:
+                p.mul_(1.0 - lr * weight_decay)
+        perturbation = self.perturbation(model)
+        for sample, coef in updates:
+            perturbation.add_noise_(self.sample_seed(step, sample), coef)
+            self.history.append([step, sample, coef])
+        self.rows_log.append({i: r.tolist() for i, r in perturbation.rows.items()})
+
+    def state_dict(self) -> dict[str, Any]:
+        # Directions depend only on (seed, step, sample): nothing else is needed to resume.
+        return {"seed": self.seed, "history": self.history, "rows_log": self.rows_log}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state.get("seed", self.seed)) != self.seed:
+            raise ValueError(f"{self.name}: checkpoint was made with seed {state['seed']}, "
+                             f"this run uses {self.seed}")
+        self.history = [list(h) for h in state.get("history", [])]
+        self.rows_log = [{int(k): v for k, v in r.items()} for r in state.get("rows_log", [])]
+
+
+def _bad(*values: float) -> bool:
+    return not all(math.isfinite(v) for v in values)
+
+
+@register_strategy
+class MeZOStrategy(ZerothOrderStrategy):
+    """MeZO / SPSA: theta -= lr * (mean_k g_k z_k + wd * theta), g_k = (l+ - l-) / 2 eps."""
+
+    name = "mezo"
+    config_key = "mezo"
+
+    def __init__(self, cfg: ZOConfig, params, total_steps: int, seed: int) -> None:
+        super().__init__(cfg, params, total_steps, seed)
+
+    def step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
+             step: int) -> dict[str, float]:
+        cfg, n = self.cfg, self.cfg.n_samples
+        losses, grads = [], []
+        for k in range(n):
+            plus, minus = self.sample_losses(model, batch, loss_fn, self.sample_seed(step, k),
+                                             cfg.eps)
+            losses += [plus, minus]
+            grads.append((plus - minus) / (2 * cfg.eps))
+        loss = sum(losses) / len(losses)
+        if _bad(*losses):
+            # Never apply an update computed from a NaN/inf loss; the loop stops the run.
+            return {"loss": float("nan") if not math.isfinite(loss) else loss}
+        self.apply_update(model, step, [(k, -cfg.lr * g / n) for k, g in enumerate(grads)],
+                          cfg.lr, cfg.weight_decay)
+        return {"loss": loss, "projected_grad": sum(grads) / n}
+
+
+@register_strategy
+class ZOSignStrategy(ZerothOrderStrategy):
+    """ZO-sign: the MeZO estimate, but the step is lr * sign(g) * z (robust to loss scale)."""
+
+    name = "zo_sign"
+    config_key = "zo_sign"
+
+    def __init__(self, cfg: ZOSignConfig, params, total_steps: int, seed: int) -> None:
+        super().__init__(cfg, params, total_steps, seed)
+
+    def step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
+             step: int) -> dict[str, float]:
+        cfg = self.cfg
+        plus, minus = self.sample_losses(model, batch, loss_fn, self.sample_seed(step, 0),
+                                         cfg.eps)
+        if _bad(plus, minus):
+            return {"loss": float("nan")}
+        g = (plus - minus) / (2 * cfg.eps)
+        sign = (g > 0) - (g < 0)
+        self.apply_update(model, step, [(0, -cfg.lr * sign)], cfg.lr, cfg.weight_decay)
+        return {"loss": (plus + minus) / 2, "projected_grad": g}
+
+
+def centered_ranks(values: list[float]) -> list[float]:
+    """Ranks scaled to [-0.5, 0.5] (ties broken by position): fitness shaping of ES.
+
+    Using ranks instead of raw losses makes the update invariant to the loss scale and
+    robust to outlier batches (Salimans et al. 2017).
+    """
+    n = len(values)
+    if n == 1:
+        return [0.0]
+    order = sorted(range(n), key=lambda i: values[i])
+    ranks = [0.0] * n
+    for rank, i in enumerate(order):
+        ranks[i] = rank / (n - 1) - 0.5
+    return ranks
+
+
+@register_strategy
+class ESStrategy(ZerothOrderStrategy):
+    """Antithetic evolution strategies with centered-rank fitness shaping.
+
+    Each of `population` seeds is evaluated at theta + sigma z and theta - sigma z; the
+    update is theta -= lr * mean_k (u+_k - u-_k) z_k with u the centered ranks of all 2P
+    losses. The 1/sigma of the raw estimator is folded into lr: with ranks the update
+    size no longer depends on the loss scale, so lr is directly the step length.
+    """
+
+    name = "es"
+    config_key = "es"
+
+    def __init__(self, cfg: ESConfig, params, total_steps: int, seed: int) -> None:
+        super().__init__(cfg, params, total_steps, seed)
+
+    def step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
+             step: int) -> dict[str, float]:
+        cfg, pop = self.cfg, self.cfg.population
+        losses: list[float] = []
+        for k in range(pop):
+            losses += self.sample_losses(model, batch, loss_fn, self.sample_seed(step, k),
+                                         cfg.sigma)
+        loss = sum(losses) / len(losses)
+        if _bad(*losses):
+            return {"loss": float("nan")}
+        u = centered_ranks(losses)
+        updates = [(k, -cfg.lr * (u[2 * k] - u[2 * k + 1]) / pop) for k in range(pop)]
+        self.apply_update(model, step, updates, cfg.lr, cfg.weight_decay)
+        spread = max(losses) - min(losses)
+        return {"loss": loss, "loss_spread": spread}
+
+
+@torch.no_grad()
+def replay_history(strategy: ZerothOrderStrategy, model: nn.Module) -> None:
+    """Re-apply a run's logged updates to `model` (at its starting weights), in place.
+
+    `strategy` must be built like the original (same params, seed and noise settings)
+    and carry the original `history` / `rows_log` (e.g. from a checkpoint's state).
+    Only seeds, scalar coefficients and the embedding rows each step touched are needed.
+    """
+    cfg = strategy.cfg
+    lr, wd = cfg.lr, cfg.weight_decay
+    by_step: dict[int, list[tuple[int, float]]] = {}
+    for step, sample, coef in strategy.history:
+        by_step.setdefault(int(step), []).append((int(sample), float(coef)))
+    perturbation = strategy.perturbation(model)
+    for (step, updates), rows in zip(sorted(by_step.items()), strategy.rows_log, strict=True):
+        if wd:
+            for _, p in strategy.params:
+                p.mul_(1.0 - lr * wd)
+        perturbation.rows = {i: torch.tensor(r, dtype=torch.long) for i, r in rows.items()}
+        for sample, coef in updates:
+            perturbation.add_noise_(strategy.sample_seed(step, sample), coef)

@@ -1,0 +1,146 @@
+"""Evaluate the loss at theta + scale * z without ever writing theta.
+
+The textbook MeZO step perturbs the weights in place (+eps z, -2 eps z, +eps z). In
+float32 that restore is not exact: (theta + eps z) - 2 eps z + eps z differs from theta in
+the last bits, so "perturb then restore" drifts and a resumed run would not match. Here
+the perturbation is applied on the fly instead: a forward pre-hook on each module that owns
+a trainable parameter swaps in `theta + scale * z` for the duration of that module's
+forward, and puts the original Parameter back afterwards. theta is never modified, so the
+restore is exact by construction and there is no restore pass at all. Only one module's
+perturbed weight exists at a time (at most a few MB), so memory stays at inference level.
+
+Embedding matrices (when `sparse_embeddings`) are perturbed only on the rows the batch
+looks up: the loss does not depend on the others, so perturbing them would only add noise
+to the update, and gathering ~1k rows is far cheaper than touching 30k.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from components.finetune.zo_noise import ParamNoise
+
+_CONTAINERS = (nn.ParameterDict, nn.ParameterList)
+
+
+@dataclass
+class _Owner:
+    """Where a trainable parameter lives: `module._parameters[name]`."""
+
+    module: nn.Module
+    name: str
+    index: int
+    sparse_rows: bool
+
+
+@dataclass
+class Perturbation:
+    """A model wired for on-the-fly perturbation of its trainable parameters.
+
+    Attributes:
+        noise: the seeded directions of the trainable parameters.
+        rows: after a forward, the embedding rows each sparse parameter used (by index).
+    """
+
+    model: nn.Module
+    noise: ParamNoise
+    sparse_embeddings: bool
+    rows: dict[int, torch.Tensor] = field(default_factory=dict)
+    _targets: dict[nn.Module, list[_Owner]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._targets = _find_owners(self.model, self.noise.params, self.sparse_embeddings)
+
+    @contextlib.contextmanager
+    def applied(self, seed: int, scale: float) -> Iterator[None]:
+        """Within the block, every forward of the model sees theta + scale * z(seed)."""
+        self.rows = {}
+        handles = []
+        for target, owners in self._targets.items():
+            dense = [o for o in owners if not o.sparse_rows]
+            sparse = [o for o in owners if o.sparse_rows]
+            if dense:
+                handles.append(target.register_forward_pre_hook(
+                    self._swap_in(dense, seed, scale)))
+                handles.append(target.register_forward_hook(self._swap_out(dense)))
+            if sparse:
+                handles.append(target.register_forward_hook(
+                    self._sparse_rows(sparse[0], seed, scale), with_kwargs=True))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            # A forward that raised skipped its post-hook: put every original back.
+            for owners in self._targets.values():
+                for o in owners:
+                    o.module._parameters[o.name] = self.noise.params[o.index]
+
+    def _swap_in(self, owners: list[_Owner], seed: int, scale: float):
+        def hook(module, args):
+            for o in owners:
+                o.module._parameters[o.name] = self.noise.perturbed(o.index, seed, scale)
+        return hook
+
+    def _swap_out(self, owners: list[_Owner]):
+        def hook(module, args, output):
+            for o in owners:
+                o.module._parameters[o.name] = self.noise.params[o.index]
+        return hook
+
+    def _sparse_rows(self, owner: _Owner, seed: int, scale: float):
+        """Forward hook on an nn.Embedding: rebuild its output from perturbed used rows."""
+        def hook(module, args, kwargs, output):
+            ids = args[0] if args else kwargs["input"]
+            used, inverse = torch.unique(ids, return_inverse=True)
+            weight = self.noise.params[owner.index]
+            rows = weight[used] + scale * self.noise.rows(owner.index, seed, used)
+            prev = self.rows.get(owner.index)
+            self.rows[owner.index] = used if prev is None else torch.unique(
+                torch.cat([prev, used]))
+            return rows[inverse]
+        return hook
+
+    def add_noise_(self, seed: int, scale: float) -> None:
+        """In place: theta += scale * z(seed), on the rows of the last forward for sparse ones.
+
+        Call it right after the forwards that used `seed` (the recorded rows are theirs).
+        """
+        sparse = {o.index for owners in self._targets.values() for o in owners if o.sparse_rows}
+        for i in range(len(self.noise.params)):
+            if i in sparse:
+                # No recorded rows means the embedding was not used: its z does not matter.
+                if i in self.rows:
+                    self.noise.add_rows_(i, seed, self.rows[i], scale)
+            else:
+                self.noise.add_(i, seed, scale)
+
+
+def _find_owners(model: nn.Module, params: list[nn.Parameter],
+                 sparse_embeddings: bool) -> dict[nn.Module, list[_Owner]]:
+    """Map each hook target module to the trainable parameters it must swap."""
+    index_of = {id(p): i for i, p in enumerate(params)}
+    parents = {child: mod for mod in model.modules() for child in mod.children()}
+    targets: dict[nn.Module, list[_Owner]] = {}
+    found: set[int] = set()
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is None or id(p) not in index_of or id(p) in found:
+                continue
+            found.add(id(p))
+            i = index_of[id(p)]
+            sparse = (sparse_embeddings and isinstance(module, nn.Embedding)
+                      and name == "weight" and module.max_norm is None)
+            # Parameter containers have no forward; the module that reads them does.
+            target = parents.get(module, module) if isinstance(module, _CONTAINERS) else module
+            targets.setdefault(target, []).append(_Owner(module, name, i, sparse))
+    missing = len(params) - len(found)
+    if missing:
+        raise ValueError(f"{missing} trainable parameter(s) are not owned by any module of "
+                         "the model; zeroth-order strategies cannot perturb them")
+    return targets
