@@ -1,0 +1,250 @@
+"""Serving under load: MiniLM-L6 int8 over HTTP on loopback, @champion moved mid-run.
+
+    flock /tmp/tuneline-cpu.lock .venv/bin/python -m bench.bench_serve \
+        [--clients 16] [--seconds 30] [--per-request 1] [--model-dir DIR]
+
+1. A fine-tuned all-MiniLM-L6-v2 classifier on the demo corpus (--model-dir, or trained
+   here for --train-steps steps and cached under artifacts/bench-serve/), exported twice
+   with the project's exporter (per-channel and per-tensor int8: two distinct versions).
+2. Both registered in a fresh MLflow SQLite store: v1 @champion, v2 @challenger.
+3. `python -m deploy.serve` follows @champion (serve.reload_interval_s from --reload-s).
+4. Raw ONNX Runtime int8 batch-1 latency in its own process (before and after the HTTP
+   runs), HTTP batch-1 latency from a sequential client, then N concurrent clients for
+   T seconds; halfway through, v2 is promoted and the server must switch without failing
+   a request.
+Goals: 0 failed requests, >= 400 texts/s, HTTP batch-1 p50 <= 2x raw ORT int8 batch-1 p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from bench.common import PROJECT_ROOT, run_isolated, write_result
+from components.config import Params, load_params
+
+WORK = PROJECT_ROOT / "artifacts" / "bench-serve"
+GOAL_TEXTS_PER_S = 400.0
+GOAL_LATENCY_RATIO = 2.0
+
+
+def bench_params(work: Path, args: argparse.Namespace) -> Params:
+    overrides = [f"registry.tracking_uri=sqlite:///{work}/mlflow.db",
+                 f"registry.artifact_root={work}/mlartifacts",
+                 f"paths.checkpoints={work}/checkpoints",
+                 f"finetune.max_steps={args.train_steps}", "finetune.eval_every=50",
+                 "finetune.eval_max_batches=10", f"serve.reload_interval_s={args.reload_s}",
+                 "export.latency_repeats=20", *args.set]
+    return load_params(overrides=overrides)
+
+
+def trained_model(params: Params, prepared: Path, work: Path, model_dir: Path | None) -> dict:
+    """The fine-tuned MiniLM folder: given, cached from an earlier run, or trained now."""
+    if model_dir is not None:
+        return {"model_dir": str(model_dir), "trained_here": False}
+    out = work / "model"
+    if not (out / "tuneline_model.json").exists():
+        from components.finetune import train
+
+        metrics = train(params, prepared, out)
+        (work / "train_metrics.json").write_text(json.dumps(metrics, default=str))
+    metrics = json.loads((work / "train_metrics.json").read_text())
+    return {"model_dir": str(out), "trained_here": True, "train_steps": metrics.get("steps"),
+            "val_accuracy": metrics.get("val_accuracy")}
+
+
+def exported_bundles(params: Params, model_dir: Path, prepared: Path, work: Path) -> list[Path]:
+    """Two int8 exports of the same classifier (per-channel and per-tensor weights)."""
+    from components.export import export_bundle
+
+    out = []
+    for name, per_channel in (("bundle-a", True), ("bundle-b", False)):
+        bundle = work / name
+        if not (bundle / "manifest.json").exists():
+            p = params.model_copy(deep=True)
+            p.export.per_channel = per_channel
+            export_bundle(model_dir, prepared, bundle, p)
+        out.append(bundle)
+    return out
+
+
+def fresh_registry(params: Params, work: Path, bundles: list[Path]) -> list[str]:
+    """A new SQLite store with bundles[0] @champion and bundles[1] @challenger."""
+    from components.registry import publish
+    from components.tracking import start_run
+
+    (work / "mlflow.db").unlink(missing_ok=True)
+    shutil.rmtree(work / "mlartifacts", ignore_errors=True)
+    versions = []
+    for bundle, passed in zip(bundles, (True, False), strict=True):
+        run_id = start_run(params, None, run_name=f"bench-serve-{bundle.name}")
+        versions.append(publish(params, run_id, bundle,
+                                {"passed": passed, "reasons": [] if passed else ["bench"]})
+                        ["version"])
+    return versions
+
+
+def start_server(params: Params, work: Path, port: int) -> subprocess.Popen:
+    params_file = work / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    shutil.rmtree(work / "cache", ignore_errors=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "deploy.serve", "--params", str(params_file), "--host",
+         "127.0.0.1", "--port", str(port), "--cache-dir", str(work / "cache"),
+         "--log-level", "warning"],
+        cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=open(work / "server.log", "w"))
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("server exited; see artifacts/bench-serve/server.log")
+        try:
+            resp = httpx.get(url + "/readyz", timeout=5)
+            if resp.status_code == 200:
+                return resp.json()
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError("server not ready in time")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(url: str) -> dict[str, float]:
+    """A few server-side numbers from /metrics."""
+    wanted = ("tuneline_batch_size_texts_sum", "tuneline_batch_size_texts_count",
+              'tuneline_model_reloads_total{result="success"}',
+              'tuneline_model_reloads_total{result="failure"}')
+    out = {}
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in wanted:
+            out[name] = float(value)
+    return out
+
+
+def load_with_champion_move(params: Params, url: str, texts_file: Path, args, new: str) -> dict:
+    """Concurrent clients in their own process; promote `new` halfway through."""
+    from components.registry import promote
+
+    client = subprocess.Popen(
+        [sys.executable, "-m", "bench.serve_load", "load", "--url", url, "--texts",
+         str(texts_file), "--clients", str(args.clients), "--seconds", str(args.seconds),
+         "--per-request", str(args.per_request)],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.perf_counter()
+    time.sleep(args.seconds / 2)
+    promote(params, new, reason="bench: champion change under load")
+    promoted_at = time.perf_counter() - t0
+    stdout, stderr = client.communicate(timeout=args.seconds + 120)
+    if client.returncode != 0:
+        raise RuntimeError(f"load client failed:\n{stderr[-3000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result["promoted_at_s"] = promoted_at
+    return result
+
+
+def run(args: argparse.Namespace) -> dict:
+    from components.data import load_split
+
+    work = WORK
+    work.mkdir(parents=True, exist_ok=True)
+    params = bench_params(work, args)
+    prepared = Path(args.prepared or params.paths.prepared)
+    model = trained_model(params, prepared, work, args.model_dir)
+    bundles = exported_bundles(params, Path(model["model_dir"]), prepared, work)
+    versions = fresh_registry(params, work, bundles)
+    texts, _ = load_split(prepared, "test")
+    texts_file = work / "texts.json"
+    texts_file.write_text(json.dumps(texts))
+    raw_args = ["raw", "--bundle", str(bundles[0]), "--texts", str(texts_file),
+                "--repeats", str(args.repeats), "--threads", str(params.serve.threads)]
+    raw_before = run_isolated("bench.serve_load", *raw_args)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_server(params, work, port)
+    try:
+        first = wait_ready(url, server)
+        latency = run_isolated("bench.serve_load", "latency", "--url", url, "--texts",
+                               str(texts_file), "--repeats", str(args.repeats))
+        load = load_with_champion_move(params, url, texts_file, args, versions[1])
+        final = httpx.get(url + "/readyz").json()
+        server_metrics = scrape(url)
+    finally:
+        server.terminate()
+        server.wait(30)
+    raw_after = run_isolated("bench.serve_load", *raw_args)
+    return summarize(params, model, versions, first, final, raw_before, raw_after, latency,
+                     load, server_metrics, args)
+
+
+def summarize(params, model, versions, first, final, raw_before, raw_after, latency, load,
+              server_metrics, args) -> dict:
+    # The stricter (faster) of the two raw runs is the reference for the ratio.
+    raw_p50 = min(raw_before["session_run_b1"]["p50_ms"], raw_after["session_run_b1"]["p50_ms"])
+    raw_predict_p50 = min(raw_before["predict_b1"]["p50_ms"], raw_after["predict_b1"]["p50_ms"])
+    http_p50 = latency["latency_b1"]["p50_ms"]
+    batches = server_metrics.get("tuneline_batch_size_texts_count", 0)
+    switched = final["model_version"] == versions[1] and versions[1] in load["versions"]
+    goals = {
+        "zero_failed_requests": load["failed_requests"] == 0 and latency["failures"] == 0,
+        "throughput_texts_per_s": load["texts_per_s"] >= GOAL_TEXTS_PER_S,
+        "b1_p50_within_2x_raw_ort": http_p50 <= GOAL_LATENCY_RATIO * raw_p50,
+        "champion_switched_under_load": switched,
+    }
+    return {
+        "model": {**model, "backbone": params.model.name_or_path,
+                  "max_length": params.model.max_length, "registered_versions": versions},
+        "serve": params.serve.model_dump(),
+        "raw_ort_int8": {"before": raw_before, "after": raw_after,
+                         "session_run_b1_p50_ms": raw_p50,
+                         "tokenize_run_b1_p50_ms": raw_predict_p50},
+        "http_b1": latency,
+        "http_b1_p50_over_raw_session_run": http_p50 / raw_p50,
+        "http_b1_p50_over_raw_tokenize_run": http_p50 / raw_predict_p50,
+        "load": load,
+        "server": {**server_metrics, "mean_batch_texts":
+                   server_metrics.get("tuneline_batch_size_texts_sum", 0) / max(batches, 1),
+                   "first_version": first["model_version"],
+                   "final_version": final["model_version"]},
+        "goals": {"min_texts_per_s": GOAL_TEXTS_PER_S, "max_b1_ratio": GOAL_LATENCY_RATIO,
+                  "met": goals, "all_met": all(goals.values())},
+        "command": "flock /tmp/tuneline-cpu.lock .venv/bin/python -m bench.bench_serve "
+                   + " ".join(sys.argv[1:]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--per-request", type=int, default=1, help="texts per request")
+    parser.add_argument("--repeats", type=int, default=300, help="batch-1 latency samples")
+    parser.add_argument("--reload-s", type=float, default=2.0, help="serve.reload_interval_s")
+    parser.add_argument("--train-steps", type=int, default=150)
+    parser.add_argument("--model-dir", type=Path, help="a fine-tuned model folder to use")
+    parser.add_argument("--prepared", type=Path, help="prepared data (default paths.prepared)")
+    parser.add_argument("--set", action="append", default=[], help="param override")
+    parser.add_argument("--name", default="serve", help="result name in bench/results/")
+    args = parser.parse_args()
+    write_result(args.name, run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Measurement processes for bench_serve (each run alone via bench.common.run_isolated).
+
+    python -m bench.serve_load raw --bundle B --texts F [--repeats R] [--threads T]
+    python -m bench.serve_load latency --url U --texts F [--repeats R]
+    python -m bench.serve_load load --url U --texts F --clients N --seconds T [--per-request K]
+
+Each prints one JSON line. The HTTP client is a minimal keep-alive HTTP/1.1 client on
+asyncio streams: on a 2-core box shared with the server, a heavier client library would
+eat the CPU the server is being measured on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    if not samples_ms:
+        return {"n": 0}
+    arr = np.asarray(samples_ms)
+    return {"n": len(samples_ms), "p50_ms": float(np.percentile(arr, 50)),
+            "p95_ms": float(np.percentile(arr, 95)), "p99_ms": float(np.percentile(arr, 99)),
+            "max_ms": float(arr.max())}
+
+
+def load_texts(path: str) -> list[str]:
+    return json.loads(Path(path).read_text())
+
+
+def measure_raw(bundle: str, texts: list[str], repeats: int, threads: int) -> dict:
+    """In-process ONNX Runtime int8: batch-1 session.run alone and with tokenize+softmax."""
+    from components.predictor import OnnxClassifier
+
+    clf = OnnxClassifier(bundle, threads=threads)
+    feeds = [clf.encode([texts[i % len(texts)]]) for i in range(repeats)]
+    for f in feeds[:5]:
+        clf.session.run(["logits"], f)
+    run_ms, predict_ms = [], []
+    for f in feeds:
+        t0 = time.perf_counter()
+        clf.session.run(["logits"], f)
+        run_ms.append((time.perf_counter() - t0) * 1e3)
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        clf.predict([texts[i % len(texts)]])
+        predict_ms.append((time.perf_counter() - t0) * 1e3)
+    batch = [texts[i % len(texts)] for i in range(32)]
+    b32 = []
+    for _ in range(max(5, repeats // 20)):
+        t0 = time.perf_counter()
+        clf.predict(batch, batch_size=32)
+        b32.append(time.perf_counter() - t0)
+    seq = int(feeds[0]["input_ids"].shape[1])
+    return {"session_run_b1": percentiles(run_ms), "predict_b1": percentiles(predict_ms),
+            "b32_texts_per_s": 32 / statistics.median(b32), "seq_len_b1_example": seq}
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection posting JSON to /v1/predict."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname, parts.port or 80
+        self.reader = self.writer = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def post(self, texts: list[str]) -> tuple[int, dict]:
+        body = json.dumps({"texts": texts}).encode()
+        head = (f"POST /v1/predict HTTP/1.1\r\nHost: {self.host}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        self.writer.write(head.encode() + body)
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        length = next(int(x.split(":", 1)[1]) for x in lines[1:]
+                      if x.lower().startswith("content-length:"))
+        return status, json.loads(await self.reader.readexactly(length))
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def measure_latency(url: str, texts: list[str], repeats: int) -> dict:
+    """Sequential batch-1 requests on one connection: no queueing, pure per-request cost."""
+    conn = Conn(url)
+    await conn.open()
+    for i in range(10):
+        await conn.post([texts[i % len(texts)]])
+    samples, failures = [], 0
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        status, _ = await conn.post([texts[i % len(texts)]])
+        samples.append((time.perf_counter() - t0) * 1e3)
+        failures += status != 200
+    await conn.close()
+    return {"latency_b1": percentiles(samples), "failures": failures}
+
+
+async def _client(url: str, texts: list[str], per_request: int, stop_at: float, offset: int,
+                  out: dict) -> None:
+    conn = Conn(url)
+    await conn.open()
+    i = offset
+    while time.perf_counter() < stop_at:
+        batch = [texts[(i + j) % len(texts)] for j in range(per_request)]
+        i += per_request
+        t0 = time.perf_counter()
+        try:
+            status, body = await conn.post(batch)
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            out["errors"].append(repr(exc))
+            await conn.close()
+            conn = Conn(url)
+            await conn.open()
+            continue
+        done = time.perf_counter()
+        out["latency_ms"].append((done - t0) * 1e3)
+        if status != 200:
+            out["errors"].append(f"HTTP {status}: {body}")
+            continue
+        out["texts"] += len(body["predictions"])
+        version = body["model_version"]
+        out["versions"][version] = out["versions"].get(version, 0) + 1
+        out["first_seen"].setdefault(version, done)
+    await conn.close()
+
+
+async def measure_load(url: str, texts: list[str], clients: int, seconds: float,
+                       per_request: int) -> dict:
+    """`clients` concurrent connections posting `per_request` texts each for `seconds`."""
+    out = {"latency_ms": [], "errors": [], "texts": 0, "versions": {}, "first_seen": {}}
+    t0 = time.perf_counter()
+    stop_at = t0 + seconds
+    await asyncio.gather(*(_client(url, texts, per_request, stop_at, k * 97, out)
+                           for k in range(clients)))
+    elapsed = time.perf_counter() - t0
+    return {"clients": clients, "seconds": elapsed, "per_request": per_request,
+            "requests": len(out["latency_ms"]), "failed_requests": len(out["errors"]),
+            "error_examples": out["errors"][:5], "texts": out["texts"],
+            "texts_per_s": out["texts"] / elapsed, "latency": percentiles(out["latency_ms"]),
+            "versions": out["versions"],
+            "first_seen_s": {v: t - t0 for v, t in out["first_seen"].items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("mode", choices=["raw", "latency", "load"])
+    parser.add_argument("--texts", required=True, help="JSON list of texts")
+    parser.add_argument("--bundle")
+    parser.add_argument("--url")
+    parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--per-request", type=int, default=1)
+    args = parser.parse_args()
+    texts = load_texts(args.texts)
+    if args.mode == "raw":
+        result = measure_raw(args.bundle, texts, args.repeats, args.threads)
+    elif args.mode == "latency":
+        result = asyncio.run(measure_latency(args.url, texts, args.repeats))
+    else:
+        result = asyncio.run(measure_load(args.url, texts, args.clients, args.seconds,
+                                          args.per_request))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
