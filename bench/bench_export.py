@@ -1,0 +1,139 @@
+"""ONNX fp32 vs int8 for all-MiniLM-L6-v2 fine-tuned on the demo corpus.
+
+Fine-tunes with the project's training loop and params.yaml (skipped when the work folder
+already holds a model trained with the same params hash), exports with `export_bundle`,
+and reads parity on the whole test split (accuracy fp32 / int8, argmax agreement, max
+logit difference). Latency is end to end as served (tokenize + ONNX Runtime run,
+`model.num_threads` threads), each (graph, batch size) measured in its own process.
+Goals: int8 accuracy drop <= 0.5 pt, agreement >= 99%, int8 size <= 0.3x fp32.
+
+    .venv/bin/python -m bench.bench_export [--work artifacts/bench-export]
+        [--repeats-b1 200] [--repeats-b32 30] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bench.common import PROJECT_ROOT, run_isolated, summarize_ms, time_ms, write_result
+
+GOALS = {"max_accuracy_drop_pt": 0.5, "min_agreement": 0.99, "max_size_ratio": 0.3}
+
+
+def _params(overrides: list[str]):
+    from components.config import load_params
+
+    return load_params(overrides=overrides)
+
+
+def train_model(work: Path, overrides: list[str]) -> dict:
+    """Fine-tune into work/model unless a model with the same params hash is there."""
+    from components.finetune import train
+
+    params = _params(overrides)
+    meta_path = work / "model" / "tuneline_model.json"
+    cached = work / "train.json"
+    if meta_path.exists() and cached.exists() and \
+            json.loads(meta_path.read_text()).get("params_hash") == params.hash():
+        return {**json.loads(cached.read_text()), "reused": True}
+    result = train(params, params.paths.prepared, work / "model",
+                   checkpoint_dir=work / "checkpoints")
+    keep = {k: v for k, v in result.items() if isinstance(v, int | float | str)}
+    cached.write_text(json.dumps(keep))
+    return {**keep, "reused": False}
+
+
+def export(work: Path, overrides: list[str]) -> dict:
+    from components.export import export_bundle
+
+    params = _params(overrides)
+    return export_bundle(work / "model", params.paths.prepared, work / "bundle", params)
+
+
+def measure(bundle: Path, model_file: str, batch: int, repeats: int,
+            overrides: list[str]) -> dict:
+    """Served-path latency of one graph at one batch size (run in its own process)."""
+    from components.data import load_split
+    from components.predictor import OnnxClassifier
+
+    params = _params(overrides)
+    texts, _ = load_split(params.paths.prepared, "test")
+    clf = OnnxClassifier(bundle, model_file, threads=params.model.num_threads)
+    batches = [[texts[(i * batch + j) % len(texts)] for j in range(batch)]
+               for i in range(repeats + 2)]
+    it = iter(batches)
+    stats = summarize_ms(time_ms(lambda: clf.logits(next(it), batch), repeats, warmup=2))
+    return {**stats, "texts_per_s": batch * 1e3 / stats["median_ms"]}
+
+
+def _isolated(step: str, work: Path, overrides: list[str], *extra: str) -> dict:
+    sets = [a for o in overrides for a in ("--set", o)]
+    return run_isolated("bench.bench_export", "--step", step, "--work", str(work), *extra,
+                        *sets)
+
+
+def run_all(work: Path, overrides: list[str], repeats_b1: int, repeats_b32: int) -> None:
+    from components.predictor import FP32_MODEL, INT8_MODEL
+
+    train_info = _isolated("train", work, overrides)
+    parity = _isolated("export", work, overrides)
+    latency = {}
+    for name, file in (("fp32", FP32_MODEL), ("int8", INT8_MODEL)):
+        for batch, repeats in ((1, repeats_b1), (32, repeats_b32)):
+            latency[f"{name}_b{batch}"] = _isolated(
+                "measure", work, overrides, "--file", file, "--batch", str(batch),
+                "--repeats", str(repeats))
+    drop_pt = 100 * parity["int8_accuracy_drop"]
+    params = _params(overrides)
+    write_result("export", {
+        "command": "python -m bench.bench_export " + " ".join(sys.argv[1:]),
+        "model": f"{params.model.name_or_path} fine-tuned on the demo corpus "
+                 f"({params.finetune.strategy}, {train_info.get('steps')} steps)",
+        "train": train_info, "test_rows": parity["rows"],
+        "accuracy_torch": parity["accuracy_torch"], "accuracy_fp32": parity["accuracy_fp32"],
+        "accuracy_int8": parity["accuracy_int8"], "accuracy_drop_pt": drop_pt,
+        "agreement": parity["int8_agreement"], "max_logit_diff_torch_vs_fp32":
+            parity["max_logit_diff"], "max_logit_diff_int8_vs_fp32":
+            parity["int8_max_logit_diff"],
+        "size_mb": {"fp32": parity["size_mb_fp32"], "int8": parity["size_mb_int8"]},
+        "size_ratio": parity["size_ratio"], "latency": latency,
+        "int8_speedup_b1": latency["fp32_b1"]["median_ms"] / latency["int8_b1"]["median_ms"],
+        "int8_speedup_b32": latency["fp32_b32"]["median_ms"] / latency["int8_b32"]["median_ms"],
+        "goals": GOALS,
+        "goals_met": {"accuracy_drop": drop_pt <= GOALS["max_accuracy_drop_pt"],
+                      "agreement": parity["int8_agreement"] >= GOALS["min_agreement"],
+                      "size_ratio": parity["size_ratio"] <= GOALS["max_size_ratio"]},
+    })
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=PROJECT_ROOT / "artifacts/bench-export")
+    parser.add_argument("--repeats-b1", type=int, default=200)
+    parser.add_argument("--repeats-b32", type=int, default=30)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--step", choices=["train", "export", "measure"], help=argparse.SUPPRESS)
+    parser.add_argument("--file", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    if args.step is None:
+        run_all(work, args.overrides, args.repeats_b1, args.repeats_b32)
+        return
+    if args.step == "train":
+        out = train_model(work, args.overrides)
+    elif args.step == "export":
+        out = export(work, args.overrides)
+    else:
+        out = measure(work / "bundle", args.file, args.batch, args.repeats, args.overrides)
+    print(json.dumps(out, default=str))
+
+
+if __name__ == "__main__":
+    main()
