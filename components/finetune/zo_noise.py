@@ -76,7 +76,11 @@ class ParamNoise:
     def __init__(self, params: list[nn.Parameter], table: NoiseTable) -> None:
         self.params = params
         self.table = table
-        self.n_chunks = [max(1, math.ceil(p.numel() / table.chunk)) for p in params]
+        # Chunks of a parameter with rows hold whole rows, so every row's direction is
+        # one contiguous table slice (cheap to gather for sparse embedding updates).
+        self.chunk_len = [_chunk_len(p, table.chunk) for p in params]
+        self.n_chunks = [max(1, math.ceil(p.numel() / c))
+                         for p, c in zip(params, self.chunk_len, strict=True)]
         self.first_chunk = [0]
         for n in self.n_chunks[:-1]:
             self.first_chunk.append(self.first_chunk[-1] + n)
@@ -96,7 +100,7 @@ class ParamNoise:
     def _slices(self, index: int, seed: int):
         """Yield (start, stop, table slice) covering parameter `index` chunk by chunk."""
         self._load(seed)
-        numel, chunk = self.params[index].numel(), self.table.chunk
+        numel, chunk = self.params[index].numel(), self.chunk_len[index]
         base = self.first_chunk[index]
         for c in range(self.n_chunks[index]):
             start = c * chunk
@@ -105,11 +109,11 @@ class ParamNoise:
             yield start, stop, self.table.values[off: off + stop - start]
 
     def perturbed(self, index: int, seed: int, scale: float,
-                  source: torch.Tensor | None = None) -> torch.Tensor:
-        """Return a new tensor `source + scale * z` (source defaults to the parameter)."""
-        src = self.params[index] if source is None else source
-        out = torch.empty_like(src)
-        flat_src, flat_out = src.detach().reshape(-1), out.view(-1)
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+        """`parameter + scale * z`, written into `out` (reused scratch) or a new tensor."""
+        src = self.params[index].detach()
+        out = torch.empty_like(src) if out is None else out
+        flat_src, flat_out = src.reshape(-1), out.view(-1)
         for start, stop, z in self._slices(index, seed):
             torch.add(flat_src[start:stop], z, alpha=scale, out=flat_out[start:stop])
         return out
@@ -121,19 +125,33 @@ class ParamNoise:
             flat[start:stop].add_(z, alpha=scale)
 
     def rows(self, index: int, seed: int, rows: torch.Tensor) -> torch.Tensor:
-        """z restricted to `rows` of a 2-D parameter: shape (len(rows), row width).
+        """z restricted to `rows` (first-dimension indices): shape (len(rows), *row shape).
 
-        Element (r, j) is the same value the dense direction would hold there, so sparse
-        and dense use of one parameter agree.
+        Row r holds the same values the dense direction holds there, so sparse and dense
+        use of one parameter agree.
         """
         self._load(seed)
-        width = self.params[index].shape[1]
-        flat_idx = rows.unsqueeze(1) * width + torch.arange(width)
+        param = self.params[index]
+        width = param.numel() // param.shape[0]
+        rows_per_chunk = self.chunk_len[index] // width
+        if rows_per_chunk == 0:
+            raise ValueError(f"row width {width} exceeds the noise chunk {self.table.chunk}")
         base = self.first_chunk[index]
         chunk_offsets = self._offsets_t[base: base + self.n_chunks[index]]
-        pos = chunk_offsets[flat_idx // self.table.chunk] + flat_idx % self.table.chunk
-        return self.table.values[pos]
+        starts = chunk_offsets[rows // rows_per_chunk] + (rows % rows_per_chunk) * width
+        # Every window [start, start + width) of the table, as a view: one gather per row.
+        values = self.table.values
+        windows = values.as_strided((values.numel() - width + 1, width), (1, 1))
+        return windows.index_select(0, starts).view(len(rows), *param.shape[1:])
 
     def add_rows_(self, index: int, seed: int, rows: torch.Tensor, scale: float) -> None:
         """In place: parameter[rows] += scale * z[rows]."""
         self.params[index].data.index_add_(0, rows, self.rows(index, seed, rows), alpha=scale)
+
+
+def _chunk_len(param: torch.Tensor, chunk: int) -> int:
+    """Values per chunk: `chunk`, rounded down to whole rows when a row fits."""
+    if param.dim() < 2:
+        return chunk
+    width = param.numel() // max(1, param.shape[0])
+    return chunk if width == 0 or width > chunk else (chunk // width) * width

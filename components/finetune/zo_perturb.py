@@ -36,6 +36,8 @@ class _Owner:
     name: str
     index: int
     sparse_rows: bool
+    slot: int = 0
+    depth: int = 0
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Perturbation:
     sparse_embeddings: bool
     rows: dict[int, torch.Tensor] = field(default_factory=dict)
     _targets: dict[nn.Module, list[_Owner]] = field(default_factory=dict)
+    _scratch: dict[tuple, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._targets = _find_owners(self.model, self.noise.params, self.sparse_embeddings)
@@ -84,8 +87,24 @@ class Perturbation:
     def _swap_in(self, owners: list[_Owner], seed: int, scale: float):
         def hook(module, args):
             for o in owners:
-                o.module._parameters[o.name] = self.noise.perturbed(o.index, seed, scale)
+                o.module._parameters[o.name] = self.noise.perturbed(
+                    o.index, seed, scale, out=self._scratch_for(o))
         return hook
+
+    def _scratch_for(self, owner: _Owner) -> torch.Tensor:
+        """A reusable buffer for a perturbed copy of `owner`'s parameter.
+
+        Fresh allocations would page-fault on every forward (tens of MB of new pages per
+        pass on MiniLM); reused buffers stay mapped and mostly in cache. Buffers are shared
+        by owners of equal (shape, dtype, slot, depth): two swaps alive at the same time are
+        in the same module (different slots) or nested modules (different depths).
+        """
+        p = self.noise.params[owner.index]
+        key = (tuple(p.shape), p.dtype, owner.slot, owner.depth)
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = torch.empty_like(p, requires_grad=False)
+        return buf
 
     def _swap_out(self, owners: list[_Owner]):
         def hook(module, args, output):
@@ -126,6 +145,10 @@ def _find_owners(model: nn.Module, params: list[nn.Parameter],
     """Map each hook target module to the trainable parameters it must swap."""
     index_of = {id(p): i for i, p in enumerate(params)}
     parents = {child: mod for mod in model.modules() for child in mod.children()}
+    depth = {model: 0}
+    for mod in model.modules():  # parents come before children in this order
+        for child in mod.children():
+            depth.setdefault(child, depth[mod] + 1)
     targets: dict[nn.Module, list[_Owner]] = {}
     found: set[int] = set()
     for module in model.modules():
@@ -138,7 +161,8 @@ def _find_owners(model: nn.Module, params: list[nn.Parameter],
                       and name == "weight" and module.max_norm is None)
             # Parameter containers have no forward; the module that reads them does.
             target = parents.get(module, module) if isinstance(module, _CONTAINERS) else module
-            targets.setdefault(target, []).append(_Owner(module, name, i, sparse))
+            owners = targets.setdefault(target, [])
+            owners.append(_Owner(module, name, i, sparse, len(owners), depth[target]))
     missing = len(params) - len(found)
     if missing:
         raise ValueError(f"{missing} trainable parameter(s) are not owned by any module of "

@@ -1,0 +1,168 @@
+"""One zeroth-order benchmark measurement, run in its own process by bench/bench_zo.py.
+
+    python -m bench.zo_measure speed MODE [--repeats N] [--batch B] [--seq S]
+        MODE: forward | mezo | mezo_naive | adamw. Times one forward / one training step
+        on MiniLM-L6 and reports the peak RSS of the measured phase.
+    python -m bench.zo_measure train STRATEGY STEPS HEAD_INIT OUT_DIR [--set k=v ...]
+        Runs the real `finetune.train` on the demo corpus and scores the test split.
+
+The last stdout line is one JSON object (bench/common.py run_isolated reads it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from bench.common import peak_rss_mb, summarize_ms, time_ms
+from components.config import load_params
+
+
+def reset_peak_rss() -> None:
+    """Restart the kernel's peak-RSS counter (VmHWM), so model loading is not counted."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def phase_peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
+def loss_fn(model, batch):
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return F.cross_entropy(logits, batch["labels"])
+
+
+def naive_mezo_step(params, model, batch, seed, lr, eps):
+    """The textbook MeZO step, for reference: in place, fresh normals four times."""
+
+    def perturb(scale):
+        gen = torch.Generator().manual_seed(seed)
+        for p in params:
+            p.data.add_(torch.randn(p.shape, generator=gen), alpha=scale)
+
+    with torch.inference_mode():
+        perturb(eps)
+        plus = float(loss_fn(model, batch))
+        perturb(-2 * eps)
+        minus = float(loss_fn(model, batch))
+        perturb(eps)
+        perturb(-lr * (plus - minus) / (2 * eps))
+
+
+def speed(mode: str, repeats: int, batch_size: int, seq: int) -> dict:
+    from components.finetune.base import build_strategy
+    from components.modeling import build_classifier, trainable_parameters
+
+    params = load_params()
+    torch.set_num_threads(params.model.num_threads)
+    labels = [f"c{i}" for i in range(10)]
+    model, _ = build_classifier(params, labels)
+    model.train(mode == "adamw")  # forward-only work runs in eval mode, as in the loop
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 29000, (batch_size, seq), generator=gen)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "labels": torch.randint(0, len(labels), (batch_size,), generator=gen)}
+    trainable = trainable_parameters(model)
+    counter = iter(range(10**9))
+    if mode == "forward":
+        def fn():
+            with torch.inference_mode():
+                loss_fn(model, batch)
+    elif mode in ("mezo", "adamw"):
+        params.finetune.strategy = mode
+        strategy = build_strategy(params.finetune, trainable, 10**6)
+
+        def fn():
+            if mode == "adamw":
+                strategy.step(model, batch, loss_fn, next(counter))
+                return
+            with torch.inference_mode():
+                strategy.step(model, batch, loss_fn, next(counter))
+    elif mode == "mezo_naive":
+        ps = [p for _, p in trainable]
+        cfg = params.finetune.mezo
+
+        def fn():
+            naive_mezo_step(ps, model, batch, next(counter), cfg.lr, cfg.eps)
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    gc.collect()
+    reset_peak_rss()
+    cpu0 = time.process_time()
+    samples = time_ms(fn, repeats=repeats, warmup=2)
+    cpu = (time.process_time() - cpu0) / (repeats + 2)
+    return {"mode": mode, **summarize_ms(samples), "samples_ms": samples,
+            "cpu_seconds_per_call": cpu, "phase_peak_rss_mb": phase_peak_rss_mb(),
+            "process_peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads(),
+            "batch": batch_size, "seq": seq}
+
+
+def test_accuracy(model_dir: Path, prepared: Path, batch_size: int = 64) -> float:
+    from components.data import load_split
+    from components.modeling import load_trained
+
+    trained = load_trained(model_dir)
+    texts, ids = load_split(prepared, "test")
+    correct = 0
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            enc = trained.tokenizer(texts[i: i + batch_size], padding=True, truncation=True,
+                                    max_length=trained.meta.get("max_length", 64),
+                                    return_tensors="pt")
+            logits = trained.model(input_ids=enc["input_ids"],
+                                   attention_mask=enc["attention_mask"]).logits
+            correct += int((logits.argmax(-1) == torch.tensor(ids[i: i + batch_size])).sum())
+    return correct / len(texts)
+
+
+def train_run(strategy: str, steps: int, head_init: str, out: Path, extra: list[str]) -> dict:
+    from components.finetune import train
+
+    overrides = [f"finetune.strategy={strategy}", f"finetune.max_steps={steps}",
+                 f"finetune.head_init={head_init}", *extra]
+    params = load_params(overrides=overrides)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    metrics = train(params, params.paths.prepared, out / "model",
+                    checkpoint_dir=out / "checkpoints")
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+    acc = test_accuracy(out / "model", params.paths.prepared)
+    keep = ("steps", "best_step", "stopped_early", "train_seconds", "val_accuracy",
+            "val_macro_f1", "train_loss_initial", "train_loss_final", "trainable_params")
+    return {"strategy": strategy, "head_init": head_init, "overrides": overrides,
+            "cpu_seconds": cpu, "wall_seconds": wall, "test_accuracy": acc,
+            "peak_rss_mb": peak_rss_mb(), **{k: metrics.get(k) for k in keep}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("speed")
+    sp.add_argument("mode")
+    sp.add_argument("--repeats", type=int, default=15)
+    sp.add_argument("--batch", type=int, default=16)
+    sp.add_argument("--seq", type=int, default=64)
+    tp = sub.add_parser("train")
+    tp.add_argument("strategy")
+    tp.add_argument("steps", type=int)
+    tp.add_argument("head_init")
+    tp.add_argument("out", type=Path)
+    tp.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    if args.cmd == "speed":
+        result = speed(args.mode, args.repeats, args.batch, args.seq)
+    else:
+        result = train_run(args.strategy, args.steps, args.head_init, args.out, args.overrides)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
