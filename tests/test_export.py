@@ -114,3 +114,23 @@ def test_export_bad_inputs_leave_nothing_behind(good, tmp_path, tiny_backbone_di
     with pytest.raises(ValueError, match="differ from the prepared label map"):
         export_bundle(good["model"], prepared, tmp_path / "out", params)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt_tuning"])
+def test_peft_models_export_with_exact_fp32_parity(method, tmp_path, tiny_backbone_dir):
+    from components.export import export_model
+    from components.modeling import build_classifier
+
+    params = tiny_test_params(tmp_path, tiny_backbone_dir,
+                              [f"peft.method={method}", "export.latency_repeats=2"])
+    labels = ["a", "b", "c"]
+    model, tokenizer = build_classifier(params, labels)
+    texts = ["goal scored late", "a storm is coming in from the west", "bank", "x y"]
+    result = export_model(model.eval(), tokenizer, labels, tmp_path / "bundle", params,
+                          texts=texts, y_true=[0, 1, 2, 0], meta={"max_length": 32})
+    # Parity of the fp32 graph only: this head is untrained, so int8 agreement is noise.
+    assert result["max_logit_diff"] <= params.gate.max_logit_diff
+    graph = onnx.load(str(tmp_path / "bundle" / FP32_MODEL)).graph
+    # Per layer: 6 linear layers + 2 attention products = the plain BERT graph; an unmerged
+    # LoRA export would add 2 MatMuls per adapted module (query and value: 8 more here).
+    assert sum(node.op_type == "MatMul" for node in graph.node) == 8 * 2
