@@ -144,7 +144,8 @@ def describe_failure(rule: dict[str, Any]) -> str:
     fail_op = "<" if rule["op"] == ">=" else ">"
     text = f"{rule['name']} = {rule['value']:.4g} {fail_op} {rule['threshold']:.4g}"
     if rule.get("outcome"):
-        text += f" ({rule['outcome']}, {rule['method']} at {rule['confidence']:.0%})"
+        how = f", {rule['method']} at {rule['confidence']:.0%}" if "method" in rule else ""
+        text += f" ({rule['outcome']}{how})"
     return text
 
 
@@ -152,6 +153,24 @@ def score_bundle(bundle_dir: Path, texts: list[str], params: Params) -> np.ndarr
     """Logits of the bundle's int8 graph (the served one); verifies its sha256 first."""
     clf = OnnxClassifier(bundle_dir, INT8_MODEL, threads=params.model.num_threads)
     return clf.logits(texts, params.evaluate.batch_size)
+
+
+def _champion_rules(champion_dir: Path, texts: list[str], y: np.ndarray, pred: np.ndarray,
+                    labels: list[str], params: Params) -> tuple[list[dict], dict | None]:
+    """vs_champion rules and the champion's metrics, re-scored on the same test rows.
+
+    A changed label set cannot be compared row by row; it is a deliberate change that a
+    human approves (`tuneline promote`), so it fails the gate with that reason.
+    """
+    champ_labels = read_json(champion_dir / "labels.json")["labels"]
+    if champ_labels != labels:
+        return [make_rule("same_labels_as_champion", 0, 1, ">=", champion_labels=champ_labels,
+                          outcome="label set changed: promote by hand if intended")], None
+    champ_logits = score_bundle(champion_dir, texts, params)
+    metrics = headline_metrics(compute_report(y, champ_logits, labels,
+                                              params.evaluate.ece_bins))
+    return compare_to_champion(y, pred, champ_logits.argmax(axis=1), len(labels),
+                               params.gate), metrics
 
 
 def run_gate(bundle_dir: str | Path, prepared_dir: str | Path, params: Params,
@@ -165,7 +184,7 @@ def run_gate(bundle_dir: str | Path, prepared_dir: str | Path, params: Params,
 
     Raises:
         BundleIntegrityError: a bundle file is missing or fails its sha256 check.
-        ValueError: a gated metric name is unknown, or label maps disagree.
+        ValueError: a gated metric name is unknown.
     """
     from components.data import load_label_map, load_split
     from components.export import PARITY_FILE, latency_ms
@@ -188,14 +207,9 @@ def run_gate(bundle_dir: str | Path, prepared_dir: str | Path, params: Params,
     rules += export_rules(read_json(bundle_dir / PARITY_FILE), latency, size_mb, cfg)
     champion_metrics = None
     if champion_bundle_dir is not None:
-        champ_labels = read_json(Path(champion_bundle_dir) / "labels.json")["labels"]
-        if champ_labels != labels:
-            raise ValueError(f"champion labels {champ_labels} differ from {labels}: the "
-                             "champion cannot be re-scored on this test split")
-        champ_logits = score_bundle(Path(champion_bundle_dir), texts, params)
-        champion_metrics = headline_metrics(compute_report(y, champ_logits, labels,
-                                                           params.evaluate.ece_bins))
-        rules += compare_to_champion(y, pred, champ_logits.argmax(axis=1), len(labels), cfg)
+        champ_rules, champion_metrics = _champion_rules(Path(champion_bundle_dir), texts, y,
+                                                        pred, labels, params)
+        rules += champ_rules
     verdict = {"passed": all(r["passed"] for r in rules), "rules": rules,
                "reasons": [describe_failure(r) for r in rules if not r["passed"]],
                "metrics": headline_metrics(report), "champion_metrics": champion_metrics,

@@ -141,3 +141,17 @@ def test_tampered_bundle_is_refused(bundles, tmp_path, tiny_backbone_dir):
     (copy / INT8_MODEL).write_bytes((copy / INT8_MODEL).read_bytes()[:-10])
     with pytest.raises(BundleIntegrityError):
         run_gate(copy, bundles["good"]["prepared"], params)
+
+
+def test_changed_label_set_needs_a_human(bundles, tmp_path, tiny_backbone_dir):
+    from components.export import write_manifest
+
+    params = tiny_test_params(tmp_path, tiny_backbone_dir)
+    champion = tmp_path / "champion"
+    shutil.copytree(bundles["good"]["bundle"], champion)
+    (champion / "labels.json").write_text(json.dumps({"labels": ["a", "b", "c"]}))
+    write_manifest(champion)
+    verdict = run_gate(bundles["good"]["bundle"], bundles["good"]["prepared"], params, champion)
+    assert not verdict["passed"]
+    assert verdict["reasons"] == ["same_labels_as_champion = 0 < 1 "
+                                  "(label set changed: promote by hand if intended)"]
