@@ -54,8 +54,10 @@ def _kill_after_first_checkpoint(cmd: list[str], ck: Path, timeout: float = 300)
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_params, tiny_prepared, tmp_path):
-    # Enough steps after the first checkpoint that the kill lands mid-training.
-    params = _with(tiny_params, **{"finetune.max_steps": 80, "finetune.eval_every": 10,
+    # Enough steps after the first checkpoint that the kill lands mid-training. One
+    # evaluation, at the end, so the saved weights are the final ones, not an earlier best
+    # that a resume could match by accident.
+    params = _with(tiny_params, **{"finetune.max_steps": 80, "finetune.eval_every": 80,
                                    "finetune.checkpoint_every": 10})
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))

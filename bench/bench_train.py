@@ -1,0 +1,83 @@
+"""Training engine on MiniLM-L6, this CPU, 2 threads; every measurement in its own process.
+
+- steps: forward ms, AdamW full-fine-tune step ms, LoRA step ms (batch 16 x seq 64), with
+  the peak RSS of each process.
+- accuracy: `adamw` full fine-tuning (params.yaml) vs TF-IDF + logistic regression on the
+  demo corpus's test split; goal: fine-tuning wins.
+- mlm: masked-LM pretraining on the demo corpus's unlabeled text; goal: held-out MLM loss
+  goes down.
+
+    flock /tmp/tuneline-cpu.lock .venv/bin/python -m bench.bench_train [--parts steps,accuracy,mlm]
+
+Writes bench/results/train.json (parts not rerun are kept from the previous file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+
+from bench.common import RESULTS_DIR, run_isolated, write_result
+
+MODULE = "bench.train_measure"
+PARTS = ("steps", "accuracy", "mlm")
+
+
+def bench_steps(repeats: int) -> dict:
+    return {mode: run_isolated(MODULE, "step", "--mode", mode, "--repeats", str(repeats))
+            for mode in ("forward", "adamw", "lora")}
+
+
+def bench_accuracy() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        finetuned = run_isolated(MODULE, "finetune", "--out", tmp)
+    baseline = run_isolated(MODULE, "tfidf")
+    return {"adamw_full": finetuned, "tfidf_logreg": baseline,
+            "margin": finetuned["test_accuracy"] - baseline["test_accuracy"]}
+
+
+def bench_mlm() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        return run_isolated(MODULE, "mlm", "--out", tmp)
+
+
+def goals(result: dict) -> dict:
+    out = {}
+    if "accuracy" in result:
+        out["adamw_full_beats_tfidf"] = result["accuracy"]["margin"] > 0
+    if "mlm" in result:
+        out["mlm_heldout_loss_lowered"] = (result["mlm"]["heldout_loss_after"]
+                                           < result["mlm"]["heldout_loss_before"])
+    if "steps" in result:
+        out["all_step_timings_present"] = all(
+            result["steps"][m]["median_ms"] > 0 for m in ("forward", "adamw", "lora"))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help="Comma-separated subset of: " + ", ".join(PARTS))
+    parser.add_argument("--repeats", type=int, default=15, help="Timed steps per mode.")
+    args = parser.parse_args()
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise SystemExit(f"unknown parts: {sorted(unknown)}")
+    previous = RESULTS_DIR / "train.json"
+    result = {}
+    if previous.exists():
+        old = json.loads(previous.read_text())
+        result = {k: old[k] for k in PARTS if k in old and k not in parts}
+    if "steps" in parts:
+        result["steps"] = bench_steps(args.repeats)
+    if "accuracy" in parts:
+        result["accuracy"] = bench_accuracy()
+    if "mlm" in parts:
+        result["mlm"] = bench_mlm()
+    write_result("train", {"model": "all-MiniLM-L6-v2", **result, "goals": goals(result)})
+
+
+if __name__ == "__main__":
+    main()
