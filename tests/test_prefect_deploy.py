@@ -1,0 +1,114 @@
+"""A real Prefect server on 127.0.0.1, the served deployments, and a run triggered
+through the API with a non-default parameter that must reach Completed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from components.config import load_params
+from tests.conftest import tiny_overrides, tiny_rows
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
+    # Own session, so the whole process group can be stopped by PID afterwards.
+    return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=open(log, "wb"),  # noqa: SIM115
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)  # Prefect's runner exits on SIGINT
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def _wait_for(check, timeout: float, what: str, logs: list[Path]):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(1)
+    tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs)
+    raise AssertionError(f"timed out waiting for {what}\n{tails}")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_deployment_run_from_the_api_completes_with_its_parameter(tmp_path, tiny_backbone_dir):
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONUNBUFFERED": "1"}
+    (tmp_path / "raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tiny_rows(30)))
+    overrides = tiny_overrides(tmp_path, tiny_backbone_dir) + [
+        "gate.min_metrics={accuracy: 0.0}", "gate.max_latency_p95_ms=1000",
+        "schedule.sensor_interval_s=86400"]
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(load_params(overrides=overrides).model_dump(mode="json")))
+    logs = [tmp_path / "server.log", tmp_path / "deploy.log"]
+    server = _start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                     str(port)], env, tmp_path, logs[0])
+    runner = None
+    try:
+        http = httpx.Client(base_url=api, timeout=10)
+
+        def healthy() -> bool:
+            try:
+                return http.get("/health").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait_for(healthy, 90, "the Prefect server", logs)
+        runner = _start([str(BIN / "tuneline"), "deploy", "--params", str(params_file)], env,
+                        tmp_path, logs[1])
+
+        def deployment() -> dict | None:
+            r = http.get("/deployments/name/retrain/retrain")
+            return r.json() if r.status_code == 200 else None
+
+        dep = _wait_for(deployment, 120, "the retrain deployment", logs)
+        assert dep["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"
+        assert "config" in dep["parameter_openapi_schema"]["properties"]  # the UI form
+        body = {"parameters": {"config": {"params_file": str(params_file),
+                                          "strategy": "adamw",
+                                          "overrides": ["finetune.max_steps=7"]}}}
+        flow_run = http.post(f"/deployments/{dep['id']}/create_flow_run", json=body).json()
+
+        def finished() -> dict | None:
+            run = http.get(f"/flow_runs/{flow_run['id']}").json()
+            return run if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED",
+                                                   "CANCELLED") else None
+
+        run = _wait_for(finished, 600, "the flow run to finish", logs)
+        assert run["state"]["type"] == "COMPLETED", logs[1].read_text()[-4000:]
+        assert run["parameters"]["config"]["overrides"] == ["finetune.max_steps=7"]
+        meta = json.loads((tmp_path / "model" / "tuneline_model.json").read_text())
+        assert meta["metrics"]["steps"] == 7                       # the parameter was applied
+    finally:
+        if runner is not None:
+            _stop(runner)
+        _stop(server)
+    assert server.poll() is not None and (runner is None or runner.poll() is not None)
