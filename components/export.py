@@ -172,8 +172,9 @@ def export_model(model: Any, tokenizer: Any, labels: list[str], out_dir: str | P
     max_length = int((meta or {}).get("max_length", params.model.max_length))
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        example = tokenizer(texts[:2], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt")
+        # Two rows of different lengths, so neither axis gets specialised to 1 at trace time.
+        example = tokenizer([texts[0], f"{texts[0]} {texts[-1]}"], padding=True,
+                            truncation=True, max_length=max_length, return_tensors="pt")
         export_onnx_fp32(model, example, tmp / FP32_MODEL, params.export.opset)
         quantize_int8(tmp / FP32_MODEL, tmp / INT8_MODEL, params.export.per_channel)
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))

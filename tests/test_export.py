@@ -134,3 +134,15 @@ def test_peft_models_export_with_exact_fp32_parity(method, tmp_path, tiny_backbo
     # Per layer: 6 linear layers + 2 attention products = the plain BERT graph; an unmerged
     # LoRA export would add 2 MatMuls per adapted module (query and value: 8 more here).
     assert sum(node.op_type == "MatMul" for node in graph.node) == 8 * 2
+
+
+def test_export_from_a_single_row_keeps_axes_dynamic(tmp_path, tiny_backbone_dir):
+    from components.export import export_model
+    from components.modeling import build_classifier
+
+    params = tiny_test_params(tmp_path, tiny_backbone_dir, ["export.latency_repeats=2"])
+    model, tokenizer = build_classifier(params, ["a", "b"])
+    export_model(model.eval(), tokenizer, ["a", "b"], tmp_path / "bundle", params,
+                 texts=["one row"], y_true=[0], meta={"max_length": 32})
+    clf = OnnxClassifier(tmp_path / "bundle", FP32_MODEL, threads=1)
+    assert clf.logits(["x", "a much longer text than the only parity row", "y"]).shape == (3, 2)
