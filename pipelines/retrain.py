@@ -55,13 +55,15 @@ def retrain(config: RetrainConfig | None = None) -> dict[str, Any]:
     """Run the whole chain; returns a summary (model version, verdict, what was skipped)."""
     config = config or RetrainConfig()
     params, code = config.resolve(), code_version()
+    timings: dict[str, float] = {}
+    tasks.STAGE_SECONDS.set(timings)
     tasks.prepare_data(params, config.data_path)
     data = tasks.version_data(params, config.data_path)
     init = tasks.pretrain_backbone(params, code) if params.pretrain.enabled else None
     model_fp = tasks.finetune_fingerprint(params, data["data_hash"], code, init)
     existing = tasks.find_registered(params, model_fp)
     if existing is not None:
-        return summarize(params, unchanged=existing)
+        return {**summarize(params, unchanged=existing), "stage_seconds": timings}
     run_id = tasks.start_tracking(params, data, model_fp, code)
     with tasks.tracked(params, run_id):
         trained = tasks.finetune_model(params, model_fp, init, run_id)
@@ -71,6 +73,7 @@ def retrain(config: RetrainConfig | None = None) -> dict[str, Any]:
         published = tasks.publish_model(params, run_id, verdict)
     result = summarize(params, run_id=run_id, trained=trained, evaluation=evaluation,
                        parity=parity, verdict=verdict, published=published, data=data)
+    result["stage_seconds"] = timings
     publish_artifacts(result, verdict)
     if not verdict["passed"]:
         get_run_logger().warning("NOT PROMOTED: %s", "; ".join(verdict["reasons"]))

@@ -9,9 +9,12 @@ something that can fail transiently: reading the input, DVC, MLflow.
 
 from __future__ import annotations
 
+import functools
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +39,27 @@ def _transient(task_, task_run, state) -> bool:
 
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _transient}
 
+# Seconds spent inside each stage's own code, for telling compute from orchestration time.
+STAGE_SECONDS: ContextVar[dict[str, float] | None] = ContextVar("stage_seconds", default=None)
 
-@task(name="prepare-data", cache_policy=NO_CACHE, **IO_RETRIES)
+
+def stage(name: str, io: bool = False) -> Callable[[Callable[..., Any]], Any]:
+    """`@task` with no result caching, timed; retries with backoff when `io` is True."""
+    def wrap(fn: Callable[..., Any]) -> Any:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                sink = STAGE_SECONDS.get()
+                if sink is not None:
+                    sink[name] = sink.get(name, 0.0) + time.perf_counter() - t0
+        return task(name=name, cache_policy=NO_CACHE, **(IO_RETRIES if io else {}))(timed)
+    return wrap
+
+
+@stage("prepare-data", io=True)
 def prepare_data(params: Params, data_path: str | None) -> dict[str, Any]:
     from components.data import prepare_dataset
     from components.demo import resolve_input
@@ -49,7 +71,7 @@ def prepare_data(params: Params, data_path: str | None) -> dict[str, Any]:
     return report
 
 
-@task(name="version-data", cache_policy=NO_CACHE, **IO_RETRIES)
+@stage("version-data", io=True)
 def version_data(params: Params, data_path: str | None) -> dict[str, Any]:
     from components.data import data_version
     from components.demo import resolve_input
@@ -69,7 +91,7 @@ def _skip_if_current(stage: str, out_dir: Path, fp: str) -> bool:
     return False
 
 
-@task(name="pretrain", cache_policy=NO_CACHE)
+@stage("pretrain")
 def pretrain_backbone(params: Params, code: str) -> dict[str, Any]:
     from components.data import data_version, load_split, load_unlabeled
     from components.pretrain import pretrain_mlm
@@ -111,7 +133,7 @@ def release_fingerprint(params: Params, model_fp: str) -> str:
                        model_name=params.registry.model_name)
 
 
-@task(name="find-registered", cache_policy=NO_CACHE, **IO_RETRIES)
+@stage("find-registered", io=True)
 def find_registered(params: Params, model_fp: str) -> dict[str, Any] | None:
     """The registered version made from exactly these inputs, if there is one."""
     from components.registry import find_version
@@ -124,7 +146,7 @@ def find_registered(params: Params, model_fp: str) -> dict[str, Any] | None:
     return found
 
 
-@task(name="start-tracking", cache_policy=NO_CACHE, **IO_RETRIES)
+@stage("start-tracking", io=True)
 def start_tracking(params: Params, data: dict[str, Any], model_fp: str, code: str) -> str:
     from components.tracking import start_run
 
@@ -149,7 +171,7 @@ def tracked(params: Params, run_id: str) -> Iterator[None]:
     end_run(params, run_id)
 
 
-@task(name="finetune", cache_policy=NO_CACHE)
+@stage("finetune")
 def finetune_model(params: Params, model_fp: str, init: dict[str, Any] | None,
                    run_id: str) -> dict[str, Any]:
     from components.finetune import train
@@ -171,7 +193,7 @@ def finetune_model(params: Params, model_fp: str, init: dict[str, Any] | None,
     return {**metrics, "skipped": False}
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@stage("evaluate")
 def evaluate_model(params: Params, model_fp: str, run_id: str) -> dict[str, Any]:
     from components.evaluate import evaluate_model as evaluate
     from components.tracking import log_stage
@@ -189,7 +211,7 @@ def evaluate_model(params: Params, model_fp: str, run_id: str) -> dict[str, Any]
     return metrics
 
 
-@task(name="export", cache_policy=NO_CACHE)
+@stage("export")
 def export_model(params: Params, model_fp: str, run_id: str) -> dict[str, Any]:
     from components.export import export_bundle
     from components.tracking import log_stage
@@ -216,7 +238,7 @@ def _scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-@task(name="gate", cache_policy=NO_CACHE, **IO_RETRIES)
+@stage("gate", io=True)
 def gate_model(params: Params) -> dict[str, Any]:
     """Judge the exported challenger; the champion is re-scored on the same test split."""
     from components.gate import run_gate
@@ -234,7 +256,7 @@ def gate_model(params: Params) -> dict[str, Any]:
     return verdict
 
 
-@task(name="register", cache_policy=NO_CACHE, **IO_RETRIES)
+@stage("register", io=True)
 def publish_model(params: Params, run_id: str, verdict: dict[str, Any]) -> dict[str, Any]:
     from components.registry import publish
     from components.tracking import log_stage
