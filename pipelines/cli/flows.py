@@ -49,14 +49,22 @@ def run(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt = N
 
 @app.command("deploy")
 def deploy(params: ParamsOpt = None, set_: SetOpt = None,
-           limit: Annotated[int, typer.Option(help="Flow runs at once.")] = 1) -> None:
+           limit: Annotated[int, typer.Option(help="Flow runs at once.")] = 1,
+           pool: Annotated[str | None, typer.Option(
+               help="Register on this work pool instead of serving here; run "
+                    "`prefect worker start --pool POOL` to execute.")] = None) -> None:
     """Serve the retrain deployments: cron schedule, data sensor, runs started from the UI.
 
     Needs a Prefect server (`tuneline ui`, or PREFECT_API_URL); runs until interrupted.
     """
-    from pipelines.deployments import serve_deployments
+    from pipelines.deployments import deploy_to_pool, serve_deployments
 
-    serve_deployments(params_or_exit(params, set_), params, set_ or [], limit=limit)
+    p = params_or_exit(params, set_)
+    if pool:
+        ids = deploy_to_pool(p, pool, params, set_ or [])
+        typer.echo(f"registered {len(ids)} deployments on work pool {pool!r}: {ids}")
+        return
+    serve_deployments(p, params, set_ or [], limit=limit)
 
 
 @app.command("ui")
