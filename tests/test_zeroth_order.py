@@ -6,16 +6,19 @@ import copy
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch.nn import functional as F
 
 from components.config import LinearProbeConfig
-from components.finetune import STRATEGIES
+from components.finetune import STRATEGIES, train
 from components.finetune.base import build_strategy
 from components.finetune.linear_probe import fit_linear_probe
 from components.finetune.zeroth_order import centered_ranks, replay_history
 from components.finetune.zo_noise import NoiseTable, ParamNoise
-from components.modeling import build_classifier, trainable_parameters
+from components.modeling import build_classifier, load_trained, trainable_parameters
 from tests.conftest import TINY_LABELS, tiny_rows
+from tests.test_finetune import _train_loss, tuned_backbone_dir  # noqa: F401 (fixture)
+from tests.test_modeling import _with
 
 
 @pytest.fixture(autouse=True)
@@ -184,3 +187,55 @@ def test_linear_probe_fits_only_the_head(tiny_params):
                            .logits.argmax(-1) for b in batches])
     labels = torch.cat([b["labels"] for b in batches])
     assert abs(float((preds == labels).double().mean()) - metrics["accuracy"]) < 1e-9
+
+
+# Per strategy x PEFT method: step sizes that move a tiny model within 40 steps. ZO-sign
+# steps have a fixed length, and ES's rank-shaped steps too, so they need smaller values.
+ZO_MATRIX = {
+    ("mezo", "none"): {"finetune.mezo.lr": 5e-3, "finetune.mezo.eps": 1e-3},
+    ("mezo", "lora"): {"finetune.mezo.lr": 1e-2, "finetune.mezo.eps": 1e-3},
+    ("zo_sign", "none"): {"finetune.zo_sign.lr": 2e-3, "finetune.zo_sign.eps": 1e-3},
+    ("zo_sign", "lora"): {"finetune.zo_sign.lr": 3e-3, "finetune.zo_sign.eps": 1e-3},
+    ("es", "none"): {"finetune.es.lr": 5e-3, "finetune.es.sigma": 1e-2,
+                     "finetune.es.population": 4},
+    ("es", "lora"): {"finetune.es.lr": 1e-2, "finetune.es.sigma": 1e-2,
+                     "finetune.es.population": 4},
+}
+
+
+@pytest.mark.parametrize(("strategy", "method"), sorted(ZO_MATRIX))
+def test_zeroth_order_training_lowers_the_loss(tiny_params, tiny_prepared, tuned_backbone_dir,  # noqa: F811
+                                               tmp_path, strategy, method):
+    params = _with(tiny_params, **{
+        "finetune.strategy": strategy, "peft.method": method, "model.num_threads": 1,
+        "model.name_or_path": str(tuned_backbone_dir), "finetune.max_steps": 40,
+        "finetune.eval_every": 40, "finetune.checkpoint_every": 40,
+        **ZO_MATRIX[(strategy, method)]})
+    start, tokenizer = build_classifier(params, TINY_LABELS)  # same seed -> same start
+    loss_before = _train_loss(start, tokenizer, tiny_prepared, params)
+    metrics = train(params, tiny_prepared, tmp_path / "model", checkpoint_dir=tmp_path / "ck")
+    assert metrics["steps"] == 40 and metrics["strategy"] == strategy
+    trained = load_trained(tmp_path / "model")
+    loss_after = _train_loss(trained.model, tokenizer, tiny_prepared, params)
+    assert loss_after < 0.95 * loss_before, (loss_before, loss_after)
+
+
+def test_mezo_with_linear_probe_resumes_bit_identically(tiny_params, tiny_prepared, tmp_path):
+    params = _with(tiny_params, **{
+        "finetune.strategy": "mezo", "finetune.head_init": "linear_probe",
+        "model.num_threads": 1, "finetune.max_steps": 20, "finetune.eval_every": 20,
+        "finetune.checkpoint_every": 10, "finetune.mezo.lr": 1e-2})
+    logged = []
+    reference = train(params, tiny_prepared, tmp_path / "ref", checkpoint_dir=tmp_path / "ck",
+                      logger=lambda m, step: logged.append(m))
+    probe = next(m for m in logged if "probe/accuracy" in m)
+    assert probe["probe/accuracy"] > probe["probe/accuracy_before"]
+    # The uninterrupted run left its step-10 checkpoint: resuming from it must end the same.
+    resumed = train(params, tiny_prepared, tmp_path / "resumed", checkpoint_dir=tmp_path / "ck",
+                    resume=True)
+    assert resumed["resumed_from"] == 10 and resumed["steps"] == reference["steps"] == 20
+    ref_w = load_file(str(tmp_path / "ref" / "model.safetensors"))
+    new_w = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert ref_w.keys() == new_w.keys()
+    assert all(torch.equal(ref_w[k], new_w[k]) for k in ref_w)
+    assert resumed["val_loss"] == reference["val_loss"]

@@ -1,0 +1,116 @@
+"""Zeroth-order fine-tuning benchmark: speed and memory of a MeZO step, and accuracy.
+
+    flock /tmp/tuneline-cpu.lock .venv/bin/python -m bench.bench_zo [--rounds 3]
+        [--repeats 12] [--budget-cpu-s 600] [--skip-accuracy]
+
+Speed/memory (MiniLM-L6, batch 16, seq 64, params.yaml threads): every measurement is its
+own process (bench/zo_measure.py); forward and MeZO processes alternate for `rounds`
+rounds so both sides see the same machine load, and the ratios use medians over all
+samples. Goals: MeZO step / forward <= 2.2 and MeZO phase-peak RSS / inference
+phase-peak RSS <= 1.05. A textbook in-place MeZO step and an AdamW step are measured once
+for reference.
+
+Accuracy: the real `finetune.train` on the demo corpus for adamw and for mezo with a
+linear-probe head, each given about the same CPU time: steps = budget / CPU seconds per
+step (measured above; the probe's own cost is charged to mezo). Results go to
+bench/results/zo.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from bench.common import run_isolated, write_result
+
+GOAL_STEP_RATIO = 2.2
+GOAL_RSS_RATIO = 1.05
+
+
+def speed_rounds(rounds: int, repeats: int) -> dict:
+    """Alternate forward / mezo processes; pool their samples."""
+    runs: dict[str, list[dict]] = {"forward": [], "mezo": []}
+    for _ in range(rounds):
+        for mode in runs:
+            runs[mode].append(run_isolated("bench.zo_measure", "speed", mode,
+                                           "--repeats", str(repeats)))
+    pooled = {}
+    for mode, results in runs.items():
+        samples = [s for r in results for s in r["samples_ms"]]
+        pooled[mode] = {
+            "median_ms": statistics.median(samples),
+            "per_process_median_ms": [r["median_ms"] for r in results],
+            "phase_peak_rss_mb": statistics.median(r["phase_peak_rss_mb"] for r in results),
+            "process_peak_rss_mb": statistics.median(r["process_peak_rss_mb"] for r in results),
+            "cpu_seconds_per_call": statistics.median(r["cpu_seconds_per_call"]
+                                                      for r in results),
+            "n_samples": len(samples)}
+    return pooled
+
+
+def reference_runs(repeats: int) -> dict:
+    out = {}
+    for mode in ("mezo_naive", "adamw"):
+        r = run_isolated("bench.zo_measure", "speed", mode, "--repeats", str(repeats))
+        out[mode] = {k: r[k] for k in ("median_ms", "p95_ms", "phase_peak_rss_mb",
+                                       "process_peak_rss_mb", "cpu_seconds_per_call")}
+    return out
+
+
+def accuracy_runs(budget_cpu_s: float, step_cpu: dict[str, float], extra: list[str]) -> dict:
+    """adamw (random head) vs mezo (linear-probe head) under the same CPU budget."""
+    plan = [("adamw", "random"), ("mezo", "linear_probe")]
+    out = {"budget_cpu_seconds": budget_cpu_s, "runs": []}
+    with tempfile.TemporaryDirectory(prefix="bench-zo-") as tmp:
+        for strategy, head in plan:
+            steps = max(1, int(budget_cpu_s / step_cpu[strategy]))
+            run = run_isolated("bench.zo_measure", "train", strategy, str(steps), head,
+                               str(Path(tmp) / strategy), *[a for kv in extra
+                                                            for a in ("--set", kv)])
+            if strategy == "mezo" and run["cpu_seconds"] > 1.15 * budget_cpu_s:
+                # The probe (and evaluation) ate into the budget: rerun with fewer steps.
+                steps = max(1, int(steps * budget_cpu_s / run["cpu_seconds"]))
+                run = run_isolated("bench.zo_measure", "train", strategy, str(steps), head,
+                                   str(Path(tmp) / f"{strategy}-2"),
+                                   *[a for kv in extra for a in ("--set", kv)])
+            out["runs"].append({"planned_steps": steps, **run})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=12)
+    parser.add_argument("--budget-cpu-s", type=float, default=600.0)
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--set", dest="extra", action="append", default=[],
+                        help="params override for the accuracy runs, e.g. finetune.mezo.lr=1e-5")
+    args = parser.parse_args()
+
+    speed = speed_rounds(args.rounds, args.repeats)
+    fwd, mezo = speed["forward"], speed["mezo"]
+    step_ratio = mezo["median_ms"] / fwd["median_ms"]
+    rss_ratio = mezo["phase_peak_rss_mb"] / fwd["phase_peak_rss_mb"]
+    result = {
+        "setup": {"model": "all-MiniLM-L6-v2 (packaged)", "batch": 16, "seq": 64,
+                  "rounds": args.rounds, "repeats_per_process": args.repeats},
+        "speed": speed,
+        "reference": reference_runs(max(3, args.repeats // 3)),
+        "ratios": {"mezo_step_over_forward": step_ratio,
+                   "mezo_peak_rss_over_inference": rss_ratio,
+                   "goal_step_ratio": GOAL_STEP_RATIO, "goal_rss_ratio": GOAL_RSS_RATIO,
+                   "step_ratio_met": step_ratio <= GOAL_STEP_RATIO,
+                   "rss_ratio_met": rss_ratio <= GOAL_RSS_RATIO},
+    }
+    if not args.skip_accuracy:
+        step_cpu = {"mezo": mezo["cpu_seconds_per_call"],
+                    "adamw": result["reference"]["adamw"]["cpu_seconds_per_call"]}
+        result["accuracy"] = accuracy_runs(args.budget_cpu_s, step_cpu, args.extra)
+    write_result("zo", result)
+
+
+if __name__ == "__main__":
+    main()
