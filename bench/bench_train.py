@@ -22,6 +22,10 @@ from bench.common import RESULTS_DIR, run_isolated, write_result
 
 MODULE = "bench.train_measure"
 PARTS = ("steps", "accuracy", "mlm")
+# params.yaml's 400 steps (~2 epochs of the demo train split) keep `tuneline run` short; the
+# accuracy comparison trains ~5 epochs with the same lr, evaluating every 100 steps.
+ACCURACY_SETS = ["finetune.max_steps=1000", "finetune.eval_every=100",
+                 "finetune.checkpoint_every=100"]
 
 
 def bench_steps(repeats: int) -> dict:
@@ -29,9 +33,10 @@ def bench_steps(repeats: int) -> dict:
             for mode in ("forward", "adamw", "lora")}
 
 
-def bench_accuracy() -> dict:
+def bench_accuracy(overrides: list[str]) -> dict:
+    sets = [a for o in overrides for a in ("--set", o)]
     with tempfile.TemporaryDirectory() as tmp:
-        finetuned = run_isolated(MODULE, "finetune", "--out", tmp)
+        finetuned = run_isolated(MODULE, "finetune", "--out", tmp, *sets)
     baseline = run_isolated(MODULE, "tfidf")
     return {"adamw_full": finetuned, "tfidf_logreg": baseline,
             "margin": finetuned["test_accuracy"] - baseline["test_accuracy"]}
@@ -60,6 +65,9 @@ def main() -> None:
     parser.add_argument("--parts", default=",".join(PARTS),
                         help="Comma-separated subset of: " + ", ".join(PARTS))
     parser.add_argument("--repeats", type=int, default=15, help="Timed steps per mode.")
+    parser.add_argument("--set", dest="overrides", action="append", default=None,
+                        help="params override for the accuracy fine-tune (repeatable; "
+                             f"default: {' '.join(ACCURACY_SETS)})")
     args = parser.parse_args()
     parts = [p for p in args.parts.split(",") if p]
     unknown = set(parts) - set(PARTS)
@@ -73,7 +81,8 @@ def main() -> None:
     if "steps" in parts:
         result["steps"] = bench_steps(args.repeats)
     if "accuracy" in parts:
-        result["accuracy"] = bench_accuracy()
+        result["accuracy"] = bench_accuracy(
+            ACCURACY_SETS if args.overrides is None else args.overrides)
     if "mlm" in parts:
         result["mlm"] = bench_mlm()
     write_result("train", {"model": "all-MiniLM-L6-v2", **result, "goals": goals(result)})

@@ -75,8 +75,8 @@ def measure_step(mode: str, repeats: int) -> dict[str, Any]:
             "trainable_params": n_train}
 
 
-def measure_finetune(out: Path) -> dict[str, Any]:
-    """adamw full fine-tune of MiniLM-L6 with params.yaml, scored on the demo test split."""
+def measure_finetune(out: Path, overrides: list[str]) -> dict[str, Any]:
+    """adamw full fine-tune of MiniLM-L6 (params.yaml + overrides), scored on the test split."""
     import torch
     from transformers import logging as hf_logging
 
@@ -87,7 +87,7 @@ def measure_finetune(out: Path) -> dict[str, Any]:
     from components.modeling import load_trained
 
     hf_logging.set_verbosity_error()
-    params = _params(["finetune.strategy=adamw", "peft.method=none"])
+    params = _params(["finetune.strategy=adamw", "peft.method=none", *overrides])
     prepared = _prepared(params)
     metrics = train(params, prepared, out / "model", checkpoint_dir=out / "checkpoints")
     trained = load_trained(out / "model")
@@ -97,7 +97,7 @@ def measure_finetune(out: Path) -> dict[str, Any]:
                           params.evaluate.batch_size, len(trained.labels))
     return {"test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
             "train": metrics, "peak_rss_mb": round(peak_rss_mb(), 1),
-            "threads": torch.get_num_threads(), "n_test": len(ids)}
+            "threads": torch.get_num_threads(), "n_test": len(ids), "overrides": overrides}
 
 
 def measure_tfidf() -> dict[str, Any]:
@@ -143,13 +143,15 @@ def main() -> None:
     parser.add_argument("--mode", choices=["forward", "adamw", "lora"], default="forward")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="params override for the fine-tune run (repeatable)")
     args = parser.parse_args()
     if args.what == "step":
         result = measure_step(args.mode, args.repeats)
     elif args.what == "tfidf":
         result = measure_tfidf()
     elif args.what == "finetune":
-        result = measure_finetune(args.out)
+        result = measure_finetune(args.out, args.overrides)
     else:
         result = measure_mlm(args.out)
     print(json.dumps(result))
