@@ -198,7 +198,8 @@ def save_trained(model: nn.Module, tokenizer: Any, labels: list[str], params: Pa
         meta = {"labels": list(labels), "strategy": params.finetune.strategy,
                 "peft_method": params.peft.method, "peft_config": peft_config_dict(model),
                 "params_hash": params.hash(), "max_length": params.model.max_length,
-                "backbone": params.model.name_or_path, "format": 1, **(extra or {})}
+                "backbone": params.model.name_or_path, "format": 1,
+                "params": params.model_dump(mode="json"), **(extra or {})}
         atomic_write_json(tmp / META_FILE, meta)
     return out_dir
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from components.data import load_split
+from components.data import data_version, load_split
 from components.finetune import STRATEGIES, JsonlLogger, TrainingDiverged, train
 from components.finetune import checkpoint as ckpt
 from components.finetune.batching import ShuffledLoader, encode
@@ -75,6 +75,8 @@ def test_adamw_by_peft_matrix(tiny_params, tiny_prepared, tuned_backbone_dir, tm
                          params.evaluate.batch_size, len(TINY_LABELS))
     assert val["loss"] == metrics["val_loss"] and val["accuracy"] == metrics["val_accuracy"]
     assert reloaded.meta["strategy"] == "adamw" and reloaded.meta["peft_method"] == method
+    assert reloaded.meta["data_version"] == data_version(tiny_prepared)
+    assert reloaded.meta["params"]["peft"]["method"] == method
 
 
 def test_early_stopping_and_jsonl_logger(tiny_params, tiny_prepared, tmp_path):

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from components.config import Params
-from components.data import load_label_map, load_split
+from components.data import data_version, load_label_map, load_split
 from components.finetune import checkpoint as ckpt
 from components.finetune.base import Strategy, build_strategy
 from components.finetune.batching import Encoded, ShuffledLoader, encode, sequential_batches
@@ -119,7 +119,8 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
                      "rng": ckpt.rng_state(), "params_hash": params.hash()}
             ckpt.save_checkpoint(root, run.step, model, state, best, cfg.keep_checkpoints)
     bar.close()
-    return _finish(model, tokenizer, labels, params, out_dir, run, best, stopper)
+    return _finish(model, tokenizer, labels, params, out_dir, run, best, stopper,
+                   prepared_dir, init_dir)
 
 
 def _encode_split(tokenizer: Any, prepared_dir: str | Path, split: str,
@@ -206,8 +207,8 @@ def _init_head_linear_probe(model: nn.Module, data: Encoded, params: Params,
 
 
 def _finish(model: nn.Module, tokenizer: Any, labels: list[str], params: Params,
-            out_dir: str | Path, run: RunState, best: dict | None,
-            stopper: EarlyStopper) -> dict[str, Any]:
+            out_dir: str | Path, run: RunState, best: dict | None, stopper: EarlyStopper,
+            prepared_dir: str | Path, init_dir: str | Path | None) -> dict[str, Any]:
     if best is not None:
         ckpt.load_trainable(model, best)  # ship the best-validated weights, not the last
     model.eval()
@@ -222,5 +223,7 @@ def _finish(model: nn.Module, tokenizer: Any, labels: list[str], params: Params,
         "train_loss_final": float(np.mean(run.losses[-window:])),
         "trainable_params": n_train, "total_params": n_total,
         "strategy": params.finetune.strategy, "peft_method": params.peft.method}
-    save_trained(model, tokenizer, labels, params, out_dir, extra={"metrics": metrics})
+    save_trained(model, tokenizer, labels, params, out_dir,
+                 extra={"metrics": metrics, "data_version": data_version(prepared_dir),
+                        "init_dir": str(init_dir) if init_dir else None})
     return metrics
