@@ -79,9 +79,13 @@ def test_perturbed_forward_is_exact_and_leaves_weights_bit_identical(tiny_params
     # Reference: the same direction applied densely, in place, to a copy of the model.
     ref = copy.deepcopy(model)
     noise = ParamNoise([p for _, p in trainable_parameters(ref)], strategy.table)
+    pads = {m: m.weight[m.padding_idx].clone() for m in ref.modules()
+            if isinstance(m, torch.nn.Embedding) and m.padding_idx is not None}
     with torch.no_grad():
         for i in range(len(noise.params)):
             noise.add_(i, seed, 0.05)
+        for m, row in pads.items():  # padding rows are never trained, so never perturbed
+            m.weight[m.padding_idx] = row
         expected = ref(input_ids=batch["input_ids"]).logits
     torch.testing.assert_close(hooked, expected, atol=1e-5, rtol=1e-5)
 
@@ -161,6 +165,9 @@ def test_replay_history_rebuilds_the_run_from_seeds_and_scalars(tiny_params):
         for step, batch in enumerate(batches * 2):
             strategy.step(model, batch, loss_fn, step)
     final = snapshot(model)
+    key = "bert.embeddings.word_embeddings.weight"
+    assert not torch.equal(final[key], start[key])
+    assert torch.equal(final[key][0], start[key][0])  # the padding row is never trained
 
     model.load_state_dict(start)
     fresh = build_strategy(tiny_params.finetune, trainable_parameters(model), 10)

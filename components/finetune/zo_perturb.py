@@ -119,6 +119,11 @@ class Perturbation:
             used, inverse = torch.unique(ids, return_inverse=True)
             weight = self.noise.params[owner.index]
             rows = weight[used] + scale * self.noise.rows(owner.index, seed, used)
+            if module.padding_idx is not None:
+                # nn.Embedding's contract: the padding row is never trained.
+                keep = used != module.padding_idx
+                rows[~keep] = weight[module.padding_idx]
+                used = used[keep]
             prev = self.rows.get(owner.index)
             self.rows[owner.index] = used if prev is None else torch.unique(
                 torch.cat([prev, used]))
