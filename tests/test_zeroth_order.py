@@ -59,7 +59,7 @@ def tiny_model(tiny_params, method):
     return model.eval(), tok
 
 
-@pytest.mark.parametrize("method", ["none", "lora", "prompt_tuning"])
+@pytest.mark.parametrize("method", ["none", "lora", "ia3", "prompt_tuning"])
 def test_perturbed_forward_is_exact_and_leaves_weights_bit_identical(tiny_params, method):
     model, tok = tiny_model(tiny_params, method)
     batch = make_batch(tok, tiny_rows(4)[:8])
