@@ -4,7 +4,8 @@
         [--clients 16] [--seconds 30] [--per-request 1] [--model-dir DIR]
 
 1. A fine-tuned all-MiniLM-L6-v2 classifier on the demo corpus (--model-dir, or trained
-   here for --train-steps steps and cached under artifacts/bench-serve/), exported twice
+   here for --train-steps steps on its own copy of the demo corpus, cached under
+   bench/.cache/serve/ so reruns skip training), exported twice
    with the project's exporter (per-channel and per-tensor int8: two distinct versions).
 2. Both registered in a fresh MLflow SQLite store: v1 @champion, v2 @challenger.
 3. `python -m deploy.serve` follows @champion (serve.reload_interval_s from --reload-s).
@@ -32,7 +33,7 @@ import yaml
 from bench.common import PROJECT_ROOT, run_isolated, write_result
 from components.config import Params, load_params
 
-WORK = PROJECT_ROOT / "artifacts" / "bench-serve"
+WORK = PROJECT_ROOT / "bench" / ".cache" / "serve"
 GOAL_TEXTS_PER_S = 400.0
 GOAL_LATENCY_RATIO = 2.0
 
@@ -45,6 +46,18 @@ def bench_params(work: Path, args: argparse.Namespace) -> Params:
                  "finetune.eval_max_batches=10", f"serve.reload_interval_s={args.reload_s}",
                  "export.latency_repeats=20", *args.set]
     return load_params(overrides=overrides)
+
+
+def prepared_data(params: Params, work: Path) -> Path:
+    """The demo corpus prepared into the work folder (independent of paths.prepared)."""
+    out = work / "prepared"
+    if not (out / "test.jsonl").exists():
+        from components.data import prepare_dataset
+        from components.demo import build_demo_corpus
+
+        build_demo_corpus(work / "demo", params.demo)
+        prepare_dataset(work / "demo" / "labeled.jsonl", out, params.data)
+    return out
 
 
 def trained_model(params: Params, prepared: Path, work: Path, model_dir: Path | None) -> dict:
@@ -108,7 +121,7 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("server exited; see artifacts/bench-serve/server.log")
+            raise RuntimeError(f"server exited; see {WORK / 'server.log'}")
         try:
             resp = httpx.get(url + "/readyz", timeout=5)
             if resp.status_code == 200:
@@ -165,7 +178,7 @@ def run(args: argparse.Namespace) -> dict:
     work = WORK
     work.mkdir(parents=True, exist_ok=True)
     params = bench_params(work, args)
-    prepared = Path(args.prepared or params.paths.prepared)
+    prepared = Path(args.prepared) if args.prepared else prepared_data(params, work)
     model = trained_model(params, prepared, work, args.model_dir)
     bundles = exported_bundles(params, Path(model["model_dir"]), prepared, work)
     versions = fresh_registry(params, work, bundles)
@@ -239,7 +252,7 @@ def main() -> None:
     parser.add_argument("--reload-s", type=float, default=2.0, help="serve.reload_interval_s")
     parser.add_argument("--train-steps", type=int, default=150)
     parser.add_argument("--model-dir", type=Path, help="a fine-tuned model folder to use")
-    parser.add_argument("--prepared", type=Path, help="prepared data (default paths.prepared)")
+    parser.add_argument("--prepared", type=Path, help="prepared data (default: the demo corpus)")
     parser.add_argument("--set", action="append", default=[], help="param override")
     parser.add_argument("--name", default="serve", help="result name in bench/results/")
     args = parser.parse_args()

@@ -68,7 +68,7 @@ def test_a_request_is_never_split_and_an_oversized_one_runs_alone():
     assert [len(r) for _, r in replies] == [3, 3, 9]
 
 
-def test_lone_request_does_not_wait_but_an_expected_one_is_waited_for():
+def test_lone_request_does_not_wait_but_one_with_company_holds_the_batch_open():
     async def lone(b):
         t0 = time.perf_counter()
         await b.submit(["x"])
@@ -79,11 +79,11 @@ def test_lone_request_does_not_wait_but_an_expected_one_is_waited_for():
     rec = Recorder()
 
     async def expected(b):
-        b.expect()  # another request is being parsed: hold the batch open for it
+        b.enter()  # the first request
+        b.enter()  # another request is in the server (being parsed): hold the batch open
 
         async def late():
             await asyncio.sleep(0.05)
-            b.arrived()
             return await b.submit(["second"])
 
         return await asyncio.gather(b.submit(["first"]), late())
@@ -96,7 +96,8 @@ def test_max_wait_closes_the_batch():
     rec = Recorder()
 
     async def body(b):
-        b.expect()  # announced but never arrives
+        b.enter()  # this request
+        b.enter()  # another one in the server that never submits (e.g. rejected late)
         t0 = time.perf_counter()
         await b.submit(["only"])
         return time.perf_counter() - t0

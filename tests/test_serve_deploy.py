@@ -111,3 +111,13 @@ def test_entry_point_rejects_bad_params():
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "serve.port" in proc.stderr
+
+
+def test_tuneline_cli_stays_torch_free_until_a_command_needs_it():
+    """`tuneline serve` runs in the CLI process: importing the CLI must not pull in torch."""
+    code = ("import sys, pipelines.cli\n"
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

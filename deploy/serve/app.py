@@ -155,8 +155,7 @@ def _add_routes(app: FastAPI, params: Params, auth: Callable) -> None:
                         media_type=CONTENT_TYPE_LATEST)
 
     @app.post(PREDICT_PATH, dependencies=[Depends(auth)])
-    async def predict(body: PredictRequest, request: Request) -> JSONResponse:
-        ObserveMiddleware.mark_arrived(request.scope, batcher)
+    async def predict(body: PredictRequest) -> JSONResponse:
         _check_limits(body.texts, cfg.max_texts, cfg.max_text_chars)
         if holder.current is None:
             raise HTTPException(503, "no model loaded yet; see /readyz")

@@ -2,10 +2,10 @@
 
 A batch closes when it holds `max_batch` texts or its first request has waited
 `max_wait_ms`, whichever comes first, with one refinement: when the queue is empty and no
-other request is on its way in (parsed but not yet queued), it closes at once. So a lone
-client pays no batching delay, while under load requests that arrive during a running
-batch are gathered for the next. Requests are never split across batches, so every text
-of one request is scored by the same model version.
+other predict request is in the server at all, it closes at once. So a lone client pays
+no batching delay, while under load (other requests being parsed, or answered and about
+to send their next one) the batch is held open to gather them. Requests are never split
+across batches, so every text of one request is scored by the same model version.
 
 Inference runs on one worker thread (ONNX Runtime and `tokenizers` release the GIL), so
 the event loop keeps accepting and parsing requests while a batch runs.
@@ -43,7 +43,7 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_wait_s = max(0.0, max_wait_ms) / 1e3
         self._pending: deque[_Item] = deque()
-        self._arriving = 0
+        self._in_flight = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -65,13 +65,13 @@ class MicroBatcher:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
-    def expect(self) -> None:
-        """A request that will probably call `submit` soon has arrived (see module doc)."""
-        self._arriving += 1
+    def enter(self) -> None:
+        """A predict request entered the server (called by the HTTP layer)."""
+        self._in_flight += 1
 
-    def arrived(self) -> None:
-        """An `expect`ed request has either been queued or rejected."""
-        self._arriving = max(0, self._arriving - 1)
+    def leave(self) -> None:
+        """A predict request has been answered, whatever the outcome."""
+        self._in_flight = max(0, self._in_flight - 1)
 
     async def submit(self, texts: list[str]) -> tuple[Any, list[Any]]:
         """Queue `texts`; return (batch tag, their results) once their batch has run."""
@@ -104,7 +104,8 @@ class MicroBatcher:
                 size += len(item.texts)
                 continue
             remaining = deadline - time.perf_counter()
-            if self._arriving <= 0 or remaining <= 0:
+            others = self._in_flight - len(batch)
+            if others <= 0 or remaining <= 0:
                 break
             self._wakeup.clear()
             try:

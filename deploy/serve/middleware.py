@@ -1,4 +1,4 @@
-"""Plain ASGI middleware: per-request metrics, the body-size cap, and arrival counting.
+"""Plain ASGI middleware: per-request metrics, the body-size cap, in-flight counting.
 
 Written against raw ASGI rather than Starlette's BaseHTTPMiddleware because it sits on
 every request of a latency-sensitive path and only needs to see the response status.
@@ -17,7 +17,6 @@ PREDICT_PATH = "/v1/predict"
 _ROUTES = {PREDICT_PATH, "/healthz", "/readyz", "/metrics"}
 _REASONS = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
             413: "too_large", 422: "invalid_request", 500: "internal", 503: "not_ready"}
-_EXPECTED_KEY = "tuneline_expected"
 
 
 class ObserveMiddleware:
@@ -48,19 +47,19 @@ class ObserveMiddleware:
                 await self._reject_size(send_status)
                 return
             if route == PREDICT_PATH:
-                # Tell the batcher a request is on its way so it may hold a batch open.
-                self.batcher.expect()
-                scope.setdefault("state", {})[_EXPECTED_KEY] = True
-            await self.app(scope, receive, send_status)
+                await self._predict(scope, receive, send_status)
+            else:
+                await self.app(scope, receive, send_status)
         finally:
-            self.mark_arrived(scope, self.batcher)
             self._observe(route, status, time.perf_counter() - t0)
 
-    @staticmethod
-    def mark_arrived(scope: dict[str, Any], batcher: MicroBatcher) -> None:
-        """Called once the request is queued (or failed): it is no longer on its way."""
-        if scope.get("state", {}).pop(_EXPECTED_KEY, False):
-            batcher.arrived()
+    async def _predict(self, scope: dict[str, Any], receive, send) -> None:
+        # The batcher holds a batch open only while other predict requests are in flight.
+        self.batcher.enter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.batcher.leave()
 
     def _too_large(self, scope: dict[str, Any]) -> bool:
         for name, value in scope.get("headers", ()):
