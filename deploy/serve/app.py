@@ -71,8 +71,9 @@ def create_app(params: Params, *, bundle_dir: str | Path | None = None, alias: s
     token = api_token if api_token is not None else os.environ.get(TOKEN_ENV, "")
     metrics = ServeMetrics()
     holder = ModelHolder(source or build_source(params, bundle_dir, alias, cache_dir),
-                         threads=cfg.threads, metrics=metrics)
-    batcher = MicroBatcher(_infer_fn(holder, metrics, cfg.max_batch), cfg.max_batch,
+                         threads=cfg.threads, metrics=metrics,
+                         call_cost_tokens=cfg.bucket_call_cost_tokens, max_rows=cfg.max_batch)
+    batcher = MicroBatcher(_infer_fn(holder, metrics), cfg.max_batch,
                            cfg.max_wait_ms)
 
     @contextlib.asynccontextmanager
@@ -96,13 +97,13 @@ def create_app(params: Params, *, bundle_dir: str | Path | None = None, alias: s
     return app
 
 
-def _infer_fn(holder: ModelHolder, metrics: ServeMetrics, max_batch: int) -> Callable:
+def _infer_fn(holder: ModelHolder, metrics: ServeMetrics) -> Callable:
     def infer(texts: list[str]):
         model = holder.current  # one snapshot per batch: a swap mid-batch does not affect it
         if model is None:
             raise ModelNotReady("no model loaded yet")
         t0 = time.perf_counter()
-        preds = model.classifier.predict(texts, batch_size=max_batch)
+        preds = model.classifier.predict(texts)
         metrics.inference.observe(time.perf_counter() - t0)
         metrics.batch_size.observe(len(texts))
         metrics.texts.inc(len(texts))

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from components.config import Params
 from components.predictor import INT8_MODEL, OnnxClassifier
+from deploy.serve.inference import BucketedClassifier
 
 log = logging.getLogger("tuneline.serve")
 
@@ -96,7 +97,7 @@ class RegistrySource:
 @dataclass(frozen=True)
 class LoadedModel:
     version: str
-    classifier: OnnxClassifier
+    classifier: BucketedClassifier
     sha256: str | None
     bundle_dir: Path
     loaded_at: float
@@ -114,9 +115,12 @@ class ReloadStatus:
 class ModelHolder:
     """Holds the served model and swaps it when the source names a new version."""
 
-    def __init__(self, source: ModelSource, threads: int = 2, metrics=None) -> None:
+    def __init__(self, source: ModelSource, threads: int = 2, metrics=None,
+                 call_cost_tokens: int = 64, max_rows: int = 32) -> None:
         self.source = source
         self.threads = threads
+        self.call_cost_tokens = call_cost_tokens
+        self.max_rows = max_rows
         self.metrics = metrics
         self.current: LoadedModel | None = None
         self.status = ReloadStatus()
@@ -148,9 +152,10 @@ class ModelHolder:
     def _swap_in(self, version: str) -> None:
         t0 = time.perf_counter()
         bundle = self.source.fetch(version)
-        clf = OnnxClassifier(bundle, threads=self.threads, verify=True)
+        onnx = OnnxClassifier(bundle, threads=self.threads, verify=True)
+        clf = BucketedClassifier(onnx, self.call_cost_tokens, self.max_rows)
         clf.predict(["warm up"])  # first run allocates; keep that off the request path
-        loaded = LoadedModel(version, clf, clf.sha256, Path(bundle), time.time())
+        loaded = LoadedModel(version, clf, onnx.sha256, Path(bundle), time.time())
         old = self.current
         self.current = loaded  # the swap: one reference assignment
         self.status.reloads += 1
@@ -159,7 +164,7 @@ class ModelHolder:
         if self.metrics is not None:
             self.metrics.reloads.labels("success").inc()
             self.metrics.reload_failing.set(0)
-            self.metrics.set_model(version, clf.sha256, self.source.description)
+            self.metrics.set_model(version, onnx.sha256, self.source.description)
         log.info("serving version %s (%s) after %.2fs load; previous %s", version,
                  self.source.description, time.perf_counter() - t0,
                  old.version if old else None)
