@@ -95,7 +95,12 @@ def run_all(work: Path, overrides: list[str], repeats_b1: int, repeats_b32: int)
         "train": train_info, "test_rows": parity["rows"],
         "accuracy_torch": parity["accuracy_torch"], "accuracy_fp32": parity["accuracy_fp32"],
         "accuracy_int8": parity["accuracy_int8"], "accuracy_drop_pt": drop_pt,
-        "agreement": parity["int8_agreement"], "max_logit_diff_torch_vs_fp32":
+        "agreement": parity["int8_agreement"],
+        "int8_disagreements": parity["int8_disagreements"],
+        "int8_disagreement_max_fp32_margin": parity["int8_disagreement_max_margin"],
+        "quantization": {"method": "dynamic", "weight_type": "QInt8",
+                         "per_channel": params.export.per_channel},
+        "max_logit_diff_torch_vs_fp32":
             parity["max_logit_diff"], "max_logit_diff_int8_vs_fp32":
             parity["int8_max_logit_diff"],
         "size_mb": {"fp32": parity["size_mb_fp32"], "int8": parity["size_mb_int8"]},

@@ -20,7 +20,7 @@ import numpy as np
 
 from components.config import Params
 from components.io import atomic_dir, atomic_write_json, sha256_file
-from components.predictor import FP32_MODEL, INT8_MODEL, OnnxClassifier
+from components.predictor import FP32_MODEL, INT8_MODEL, OnnxClassifier, softmax
 
 PARITY_FILE = "parity.json"
 INPUT_NAMES = ["input_ids", "attention_mask"]
@@ -101,7 +101,12 @@ def parity_report(torch_logits: np.ndarray, fp32_logits: np.ndarray,
     fp32_pred, int8_pred = fp32_logits.argmax(1), int8_logits.argmax(1)
     acc_torch = float(np.mean(torch_logits.argmax(1) == y))
     acc_fp32, acc_int8 = float(np.mean(fp32_pred == y)), float(np.mean(int8_pred == y))
-    return {"rows": int(len(y)), "max_logit_diff": float(np.abs(torch_logits - fp32_logits).max()),
+    # How close to a tie the rows int8 flips were: fp32 top-1 minus top-2 probability.
+    top2 = np.sort(softmax(fp32_logits.astype(np.float64)), axis=1)[:, -2:]
+    flipped = fp32_pred != int8_pred
+    margin = float((top2[:, 1] - top2[:, 0])[flipped].max()) if flipped.any() else 0.0
+    return {"int8_disagreements": int(flipped.sum()), "int8_disagreement_max_margin": margin,
+            "rows": int(len(y)), "max_logit_diff": float(np.abs(torch_logits - fp32_logits).max()),
             "int8_max_logit_diff": float(np.abs(int8_logits - fp32_logits).max()),
             "accuracy_torch": acc_torch, "accuracy_fp32": acc_fp32, "accuracy_int8": acc_int8,
             "int8_agreement": float(np.mean(fp32_pred == int8_pred)),

@@ -146,3 +146,15 @@ def test_export_from_a_single_row_keeps_axes_dynamic(tmp_path, tiny_backbone_dir
                  texts=["one row"], y_true=[0], meta={"max_length": 32})
     clf = OnnxClassifier(tmp_path / "bundle", FP32_MODEL, threads=1)
     assert clf.logits(["x", "a much longer text than the only parity row", "y"]).shape == (3, 2)
+
+
+def test_parity_report_counts_flips_and_their_margin():
+    from components.export import parity_report
+
+    fp32 = np.array([[2.0, 0.0], [0.1, 0.0], [0.0, 3.0]])
+    int8 = np.array([[1.9, 0.0], [0.0, 0.1], [0.0, 2.9]])  # only the near-tie row flips
+    r = parity_report(fp32 + 1e-7, fp32, int8, [0, 0, 1])
+    assert r["int8_disagreements"] == 1 and r["int8_agreement"] == pytest.approx(2 / 3)
+    assert r["int8_accuracy_drop"] == pytest.approx(1 / 3)
+    assert r["int8_disagreement_max_margin"] == pytest.approx(np.tanh(0.05), abs=1e-6)
+    assert r["max_logit_diff"] == pytest.approx(1e-7)
