@@ -70,7 +70,8 @@ class OnnxClassifier:
     """Tokenize with `tokenizers`, run ONNX Runtime, return logits or labelled scores."""
 
     def __init__(self, bundle_dir: str | Path, model_file: str = INT8_MODEL,
-                 threads: int = 2, verify: bool = True) -> None:
+                 threads: int = 2, verify: bool = True,
+                 session_config: dict[str, str] | None = None) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -86,6 +87,8 @@ class OnnxClassifier:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        for key, value in (session_config or {}).items():  # e.g. intra-op spinning off
+            opts.add_session_config_entry(key, value)
         self.session = ort.InferenceSession(
             str(self.bundle_dir / model_file), opts, providers=["CPUExecutionProvider"]
         )
