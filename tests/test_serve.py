@@ -158,3 +158,20 @@ def test_no_model_yet_means_not_ready_but_alive(tmp_path):
         predict = httpx.post(url + "/v1/predict", json={"texts": ["hello"]})
     assert ready.status_code == 503 and ready.json()["ready"] is False
     assert predict.status_code == 503 and "no model loaded" in predict.json()["error"]
+
+
+def test_predict_command_in_process_and_against_the_server(server, bundle, tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app as cli
+
+    url, _ = server
+    runner = CliRunner()
+    local = runner.invoke(cli, ["predict", "--bundle", str(bundle), *TEXTS[:2]])
+    assert local.exit_code == 0, local.output
+    remote = runner.invoke(cli, ["predict", "--url", url, *TEXTS[:2]])
+    assert remote.exit_code == 0, remote.output
+    local_labels = [p["label"] for p in json.loads(local.stdout)["predictions"]]
+    assert local_labels == [p["label"] for p in json.loads(remote.stdout)["predictions"]]
+    missing = runner.invoke(cli, ["predict", "--bundle", str(tmp_path / "nope"), "x"])
+    assert missing.exit_code != 0 and "cannot load the model" in missing.output

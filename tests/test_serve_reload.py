@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -80,6 +81,18 @@ def predict(url: str) -> dict:
     return resp.json()
 
 
+def cli_predict(tmp_path: Path) -> dict:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app as cli
+
+    result = CliRunner().invoke(cli, [
+        "predict", "--set", f"registry.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        "--set", f"registry.artifact_root={tmp_path}/mlartifacts", TEXTS[0]])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
 def served_version(url: str) -> str:
     return httpx.get(url + "/readyz").json()["model_version"]
 
@@ -100,6 +113,7 @@ def test_server_follows_champion_and_survives_a_bad_version(tmp_path, bundles):
         assert first["model_version"] == "1"
         expected = OnnxClassifier(bundles[0]).predict(TEXTS)
         assert [p["label"] for p in first["predictions"]] == [e.label for e in expected]
+        assert cli_predict(tmp_path)["model_version"] == "1"  # `tuneline predict` from @champion
 
         with Hammer(url) as hammer:
             wait_for(lambda: len(hammer.results) > 5)
