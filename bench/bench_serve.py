@@ -61,18 +61,17 @@ def prepared_data(params: Params, work: Path) -> Path:
 
 
 def trained_model(params: Params, prepared: Path, work: Path, model_dir: Path | None) -> dict:
-    """The fine-tuned MiniLM folder: given, cached from an earlier run, or trained now."""
-    if model_dir is not None:
-        return {"model_dir": str(model_dir), "trained_here": False}
-    out = work / "model"
+    """The fine-tuned MiniLM folder (given, cached, or trained now) and its own metadata."""
+    out = model_dir or work / "model"
     if not (out / "tuneline_model.json").exists():
         from components.finetune import train
 
-        metrics = train(params, prepared, out)
-        (work / "train_metrics.json").write_text(json.dumps(metrics, default=str))
-    metrics = json.loads((work / "train_metrics.json").read_text())
-    return {"model_dir": str(out), "trained_here": True, "train_steps": metrics.get("steps"),
-            "val_accuracy": metrics.get("val_accuracy")}
+        train(params, prepared, out)
+    meta = json.loads((out / "tuneline_model.json").read_text())
+    metrics = meta.get("metrics", {})
+    return {"model_dir": str(out), "backbone": meta.get("backbone"),
+            "strategy": metrics.get("strategy"), "train_steps": metrics.get("steps"),
+            "val_accuracy": metrics.get("val_accuracy"), "max_length": meta.get("max_length")}
 
 
 def exported_bundles(params: Params, model_dir: Path, prepared: Path, work: Path) -> list[Path]:
@@ -181,6 +180,8 @@ def run(args: argparse.Namespace) -> dict:
     prepared = Path(args.prepared) if args.prepared else prepared_data(params, work)
     model = trained_model(params, prepared, work, args.model_dir)
     bundles = exported_bundles(params, Path(model["model_dir"]), prepared, work)
+    if args.prepare_only:
+        return {"prepared_only": True, "model": model, "bundles": [str(b) for b in bundles]}
     versions = fresh_registry(params, work, bundles)
     texts, _ = load_split(prepared, "test")
     texts_file = work / "texts.json"
@@ -221,8 +222,7 @@ def summarize(params, model, versions, first, final, raw_before, raw_after, late
         "champion_switched_under_load": switched,
     }
     return {
-        "model": {**model, "backbone": params.model.name_or_path,
-                  "max_length": params.model.max_length, "registered_versions": versions},
+        "model": {**model, "registered_versions": versions},
         "serve": params.serve.model_dump(),
         "raw_ort_int8": {"before": raw_before, "after": raw_after,
                          "session_run_b1_p50_ms": raw_p50,
@@ -255,8 +255,14 @@ def main() -> None:
     parser.add_argument("--prepared", type=Path, help="prepared data (default: the demo corpus)")
     parser.add_argument("--set", action="append", default=[], help="param override")
     parser.add_argument("--name", default="serve", help="result name in bench/results/")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="train and export into the cache, measure nothing")
     args = parser.parse_args()
-    write_result(args.name, run(args))
+    result = run(args)
+    if args.prepare_only:
+        print(json.dumps(result, indent=2))
+    else:
+        write_result(args.name, result)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ def create_app(params: Params, *, bundle_dir: str | Path | None = None, alias: s
     metrics = ServeMetrics()
     holder = ModelHolder(source or build_source(params, bundle_dir, alias, cache_dir),
                          threads=cfg.threads, metrics=metrics,
-                         call_cost_tokens=cfg.bucket_call_cost_tokens, max_rows=cfg.max_batch)
+                         call_cost_tokens=cfg.bucket_call_cost_tokens, max_rows=cfg.max_batch,
+                         retry_base_s=cfg.reload_interval_s)
     batcher = MicroBatcher(_infer_fn(holder, metrics), cfg.max_batch,
                            cfg.max_wait_ms)
 
@@ -192,6 +193,7 @@ def readiness(holder: ModelHolder) -> dict:
         "last_check_at": status.last_check_at,
         "last_reload_error": status.last_error,
         "failed_version": status.failed_version,
+        "next_retry_at": status.retry_at if status.failed_version else None,
         "reloads": status.reloads,
         "reload_failures": status.failures,
     }

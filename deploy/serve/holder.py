@@ -108,6 +108,8 @@ class ReloadStatus:
     last_check_at: float | None = None
     last_error: str | None = None
     failed_version: str | None = None
+    failures_in_row: int = 0
+    retry_at: float = 0.0
     reloads: int = 0
     failures: int = 0
 
@@ -116,8 +118,10 @@ class ModelHolder:
     """Holds the served model and swaps it when the source names a new version."""
 
     def __init__(self, source: ModelSource, threads: int = 2, metrics=None,
-                 call_cost_tokens: int = 64, max_rows: int = 32) -> None:
+                 call_cost_tokens: int = 64, max_rows: int = 32,
+                 retry_base_s: float = 10.0) -> None:
         self.source = source
+        self.retry_base_s = retry_base_s
         self.threads = threads
         self.call_cost_tokens = call_cost_tokens
         self.max_rows = max_rows
@@ -143,6 +147,8 @@ class ModelHolder:
                     return False
                 if self.current is not None and wanted == self.current.version:
                     return False
+                if wanted == self.status.failed_version and time.time() < self.status.retry_at:
+                    return False  # back off: a broken version is retried less and less often
                 self._swap_in(wanted)
                 return True
             except Exception as exc:  # keep serving the old model whatever went wrong
@@ -161,6 +167,7 @@ class ModelHolder:
         self.status.reloads += 1
         self.status.last_error = None
         self.status.failed_version = None
+        self.status.failures_in_row = 0
         if self.metrics is not None:
             self.metrics.reloads.labels("success").inc()
             self.metrics.reload_failing.set(0)
@@ -171,7 +178,13 @@ class ModelHolder:
 
     def _record_failure(self, exc: Exception, version: str | None) -> None:
         self.status.failures += 1
+        if version != self.status.failed_version:
+            self.status.failures_in_row = 0
         self.status.failed_version = version
+        self.status.failures_in_row += 1
+        # 1, 2, 4 ... 32 reload intervals between attempts at the same broken version
+        delay = self.retry_base_s * min(2 ** (self.status.failures_in_row - 1), 32)
+        self.status.retry_at = time.time() + delay
         self.status.last_error = f"{type(exc).__name__}: {exc}"
         if self.metrics is not None:
             self.metrics.reloads.labels("failure").inc()
