@@ -119,8 +119,11 @@ class ModelHolder:
 
     def __init__(self, source: ModelSource, threads: int = 2, metrics=None,
                  call_cost_tokens: int = 64, max_rows: int = 32,
-                 retry_base_s: float = 10.0) -> None:
+                 retry_base_s: float = 10.0, spinning: bool = True) -> None:
         self.source = source
+        # Busy-waiting ORT workers cut latency when the process is alone on its cores, but
+        # steal CPU from the HTTP event loop when it is not.
+        self.session_config = {} if spinning else {"session.intra_op.allow_spinning": "0"}
         self.retry_base_s = retry_base_s
         self.threads = threads
         self.call_cost_tokens = call_cost_tokens
@@ -158,7 +161,8 @@ class ModelHolder:
     def _swap_in(self, version: str) -> None:
         t0 = time.perf_counter()
         bundle = self.source.fetch(version)
-        onnx = OnnxClassifier(bundle, threads=self.threads, verify=True)
+        onnx = OnnxClassifier(bundle, threads=self.threads, verify=True,
+                              session_config=self.session_config)
         clf = BucketedClassifier(onnx, self.call_cost_tokens, self.max_rows)
         clf.predict(["warm up"])  # first run allocates; keep that off the request path
         loaded = LoadedModel(version, clf, onnx.sha256, Path(bundle), time.time())
