@@ -88,7 +88,7 @@ def test_lone_request_does_not_wait_but_one_with_company_holds_the_batch_open():
 
         return await asyncio.gather(b.submit(["first"]), late())
 
-    run(with_batcher(rec, 8, 1000, expected))
+    run(with_batcher(rec, 8, 300, expected))
     assert rec.batches == [["first", "second"]]
 
 

@@ -1,11 +1,12 @@
 """Micro-batching: concurrent requests share one ONNX Runtime call.
 
-A batch closes when it holds `max_batch` texts or its first request has waited
-`max_wait_ms`, whichever comes first, with one refinement: when the queue is empty and no
-other predict request is in the server at all, it closes at once. So a lone client pays
-no batching delay, while under load (other requests being parsed, or answered and about
-to send their next one) the batch is held open to gather them. Requests are never split
-across batches, so every text of one request is scored by the same model version.
+A batch opens when the worker is free and a request is queued. It closes when it holds
+`max_batch` texts or has been open `max_wait_ms`, whichever comes first, with one
+refinement: if no other predict request is in the server when it opens (a lone client),
+it closes at once, so a lone client pays no batching delay. Under load, requests answered
+by the previous batch come back within the wait and join, instead of the clients splitting
+into groups that take turns. Requests are never split across batches, so every text of
+one request is scored by the same model version.
 
 Inference runs on one worker thread (ONNX Runtime and `tokenizers` release the GIL), so
 the event loop keeps accepting and parsing requests while a batch runs.
@@ -19,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # infer(texts) -> (tag shared by the whole batch, one result per text)
@@ -30,7 +31,6 @@ InferFn = Callable[[list[str]], tuple[Any, Sequence[Any]]]
 class _Item:
     texts: list[str]
     future: asyncio.Future
-    enqueued_at: float = field(default_factory=time.perf_counter)
 
 
 class MicroBatcher:
@@ -92,9 +92,12 @@ class MicroBatcher:
             await self._execute(batch)
 
     async def _collect(self) -> list[_Item]:
+        # Decided once, when the batch opens: is anyone besides the queued requests in the
+        # server (being parsed, or just answered and about to send again)?
+        hold_open = self._in_flight > len(self._pending)
         first = self._pending.popleft()
         batch, size = [first], len(first.texts)
-        deadline = first.enqueued_at + self.max_wait_s
+        deadline = time.perf_counter() + self.max_wait_s
         while size < self.max_batch:
             if self._pending:
                 if size + len(self._pending[0].texts) > self.max_batch:
@@ -104,8 +107,7 @@ class MicroBatcher:
                 size += len(item.texts)
                 continue
             remaining = deadline - time.perf_counter()
-            others = self._in_flight - len(batch)
-            if others <= 0 or remaining <= 0:
+            if not hold_open or remaining <= 0:
                 break
             self._wakeup.clear()
             try:
