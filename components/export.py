@@ -136,6 +136,11 @@ def measure_bundle(model: Any, bundle: Path, texts: list[str], y_true: list[int]
     fp32_out = np.concatenate([fp32.session.run(["logits"], f)[0] for f in feeds])
     int8_out = np.concatenate([int8.session.run(["logits"], f)[0] for f in feeds])
     result: dict[str, Any] = parity_report(torch_out, fp32_out, int8_out, y_true)
+    # Dynamic int8 scales activations per batch (padding included), so a row's int8 output
+    # depends on its batch-mates; also report each row run alone, as at batch 1.
+    alone = np.concatenate([int8.session.run(["logits"], int8.encode([t]))[0] for t in texts])
+    result["int8_agreement_b1"] = float(np.mean(alone.argmax(1) == fp32_out.argmax(1)))
+    result["accuracy_int8_b1"] = float(np.mean(alone.argmax(1) == np.asarray(y_true)))
     fp32_mb = (bundle / FP32_MODEL).stat().st_size / 2**20
     int8_mb = (bundle / INT8_MODEL).stat().st_size / 2**20
     result.update(size_mb_fp32=fp32_mb, size_mb_int8=int8_mb, size_ratio=int8_mb / fp32_mb)
