@@ -232,7 +232,7 @@ class ServeConfig(Section):
     reload_interval_s: float = Field(10, gt=0)
     threads: int = Field(2, ge=1)
     bucket_call_cost_tokens: int = Field(64, ge=0)
-    ort_spinning: bool = True
+    ort_spinning: bool = False
 
 
 class ScheduleConfig(Section):

@@ -119,7 +119,7 @@ class ModelHolder:
 
     def __init__(self, source: ModelSource, threads: int = 2, metrics=None,
                  call_cost_tokens: int = 64, max_rows: int = 32,
-                 retry_base_s: float = 10.0, spinning: bool = True) -> None:
+                 retry_base_s: float = 10.0, spinning: bool = False) -> None:
         self.source = source
         # Busy-waiting ORT workers cut latency when the process is alone on its cores, but
         # steal CPU from the HTTP event loop when it is not.
