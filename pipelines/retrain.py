@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from components.config import Params, load_params
 from components.lineage import code_version
 from pipelines import tasks
+from pipelines.quiet import quiet_libraries
 from pipelines.reporting import publish_artifacts, summarize
 
 
@@ -53,6 +54,7 @@ class RetrainConfig(BaseModel):
 @flow(name="retrain", description="Retrain, gate and promote the text classifier.")
 def retrain(config: RetrainConfig | None = None) -> dict[str, Any]:
     """Run the whole chain; returns a summary (model version, verdict, what was skipped)."""
+    quiet_libraries()
     config = config or RetrainConfig()
     params, code = config.resolve(), code_version()
     timings: dict[str, float] = {}
