@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -176,6 +177,7 @@ def run(args: argparse.Namespace) -> dict:
 
     work = WORK
     work.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
     params = bench_params(work, args)
     prepared = Path(args.prepared) if args.prepared else prepared_data(params, work)
     model = trained_model(params, prepared, work, args.model_dir)
@@ -203,6 +205,7 @@ def run(args: argparse.Namespace) -> dict:
         server.terminate()
         server.wait(30)
     raw_after = run_isolated("bench.serve_load", *raw_args)
+    args.loadavg = {"before": load_before, "after": os.getloadavg()}
     return summarize(params, model, versions, first, final, raw_before, raw_after, latency,
                      load, server_metrics, args)
 
@@ -237,6 +240,8 @@ def summarize(params, model, versions, first, final, raw_before, raw_after, late
                    "final_version": final["model_version"]},
         "goals": {"min_texts_per_s": GOAL_TEXTS_PER_S, "max_b1_ratio": GOAL_LATENCY_RATIO,
                   "met": goals, "all_met": all(goals.values())},
+        # 1-minute load averages: how busy the 2-core machine was around the run
+        "loadavg_1m": {k: v[0] for k, v in args.loadavg.items()},
         "command": "flock /tmp/tuneline-cpu.lock .venv/bin/python -m bench.bench_serve "
                    + " ".join(sys.argv[1:]),
     }
