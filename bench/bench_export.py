@@ -29,19 +29,27 @@ def _params(overrides: list[str]):
     return load_params(overrides=overrides)
 
 
+def train_key(params) -> str:
+    """Hash of the params sections that decide the trained weights (not serving etc.)."""
+    from components.config import params_hash
+
+    dump = params.model_dump(mode="json")
+    return params_hash({k: dump[k] for k in ("data", "model", "peft", "pretrain", "finetune")})
+
+
 def train_model(work: Path, overrides: list[str]) -> dict:
-    """Fine-tune into work/model unless a model with the same params hash is there."""
+    """Fine-tune into work/model unless a model trained with the same settings is there."""
     from components.finetune import train
 
     params = _params(overrides)
-    meta_path = work / "model" / "tuneline_model.json"
     cached = work / "train.json"
-    if meta_path.exists() and cached.exists() and \
-            json.loads(meta_path.read_text()).get("params_hash") == params.hash():
+    if (work / "model" / "tuneline_model.json").exists() and cached.exists() and \
+            json.loads(cached.read_text()).get("train_key") == train_key(params):
         return {**json.loads(cached.read_text()), "reused": True}
     result = train(params, params.paths.prepared, work / "model",
                    checkpoint_dir=work / "checkpoints")
     keep = {k: v for k, v in result.items() if isinstance(v, int | float | str)}
+    keep["train_key"] = train_key(params)
     cached.write_text(json.dumps(keep))
     return {**keep, "reused": False}
 
