@@ -189,7 +189,8 @@ def run(args: argparse.Namespace) -> dict:
     texts_file = work / "texts.json"
     texts_file.write_text(json.dumps(texts))
     raw_args = ["raw", "--bundle", str(bundles[0]), "--texts", str(texts_file),
-                "--repeats", str(args.repeats), "--threads", str(params.serve.threads)]
+                "--repeats", str(args.repeats), "--threads", str(params.serve.threads),
+                *(["--spinning"] if params.serve.ort_spinning else [])]
     raw_before = run_isolated("bench.serve_load", *raw_args)
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -35,11 +35,15 @@ def load_texts(path: str) -> list[str]:
     return json.loads(Path(path).read_text())
 
 
-def measure_raw(bundle: str, texts: list[str], repeats: int, threads: int) -> dict:
-    """In-process ONNX Runtime int8: batch-1 session.run alone and with tokenize+softmax."""
+def measure_raw(bundle: str, texts: list[str], repeats: int, threads: int,
+                spinning: bool) -> dict:
+    """In-process ONNX Runtime int8: batch-1 session.run alone and with tokenize+softmax.
+
+    The session is configured as the server configures it (threads, spinning)."""
     from components.predictor import OnnxClassifier
 
-    clf = OnnxClassifier(bundle, threads=threads)
+    config = {} if spinning else {"session.intra_op.allow_spinning": "0"}
+    clf = OnnxClassifier(bundle, threads=threads, session_config=config)
     feeds = [clf.encode([texts[i % len(texts)]]) for i in range(repeats)]
     for f in feeds[:5]:
         clf.session.run(["logits"], f)
@@ -161,13 +165,14 @@ def main() -> None:
     parser.add_argument("--url")
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--spinning", action="store_true", help="ORT workers busy-wait")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--per-request", type=int, default=1)
     args = parser.parse_args()
     texts = load_texts(args.texts)
     if args.mode == "raw":
-        result = measure_raw(args.bundle, texts, args.repeats, args.threads)
+        result = measure_raw(args.bundle, texts, args.repeats, args.threads, args.spinning)
     elif args.mode == "latency":
         result = asyncio.run(measure_latency(args.url, texts, args.repeats))
     else:
