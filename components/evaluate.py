@@ -177,12 +177,9 @@ def torch_logits(model: Any, tokenizer: Any, texts: list[str], max_length: int,
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def evaluate_model(model_dir: str | Path, prepared_dir: str | Path, out_dir: str | Path,
-                   params: Any) -> dict[str, float]:
-    """Score a trained model folder on the test split and write the report folder.
-
-    Returns:
-        Headline metrics: accuracy, macro_f1, ece, n.
+def load_with_test_split(model_dir: str | Path, prepared_dir: str | Path
+                         ) -> tuple[Any, list[str], list[int]]:
+    """The trained model folder reloaded, with the test split's texts and label ids.
 
     Raises:
         FileNotFoundError: the model folder or the prepared test split is missing.
@@ -197,12 +194,27 @@ def evaluate_model(model_dir: str | Path, prepared_dir: str | Path, out_dir: str
         raise ValueError(f"model labels {trained.labels} differ from the prepared label map "
                          f"{labels} in {prepared_dir}")
     texts, y_true = load_split(prepared_dir, "test")
+    return trained, texts, y_true
+
+
+def evaluate_model(model_dir: str | Path, prepared_dir: str | Path, out_dir: str | Path,
+                   params: Any) -> dict[str, float]:
+    """Score a trained model folder on the test split and write the report folder.
+
+    Returns:
+        Headline metrics: accuracy, macro_f1, ece, n.
+
+    Raises:
+        FileNotFoundError: the model folder or the prepared test split is missing.
+        ValueError: the model's labels differ from the prepared label map.
+    """
+    trained, texts, y_true = load_with_test_split(model_dir, prepared_dir)
     if not texts:
         raise ValueError(f"{prepared_dir}/test.jsonl is empty: nothing to evaluate")
     max_length = int(trained.meta.get("max_length", params.model.max_length))
     logits = torch_logits(trained.model, trained.tokenizer, texts, max_length,
                           params.evaluate.batch_size)
-    report = compute_report(y_true, logits, labels, params.evaluate.ece_bins)
+    report = compute_report(y_true, logits, trained.labels, params.evaluate.ece_bins)
     report.update(split="test", model={k: trained.meta.get(k) for k in
                                        ("strategy", "peft_method", "params_hash", "backbone")})
     write_report(report, out_dir)

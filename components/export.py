@@ -216,15 +216,9 @@ def export_bundle(model_dir: str | Path, prepared_dir: str | Path, out_dir: str 
         FileNotFoundError: the model folder or the prepared test split is missing.
         ValueError: the model's labels differ from the prepared label map.
     """
-    from components.data import load_label_map, load_split
-    from components.modeling import load_trained
+    from components.evaluate import load_with_test_split
 
-    trained = load_trained(model_dir)
-    labels = load_label_map(prepared_dir)
-    if trained.labels != labels:
-        raise ValueError(f"model labels {trained.labels} differ from the prepared label map "
-                         f"{labels} in {prepared_dir}")
-    texts, y_true = load_split(prepared_dir, "test")
+    trained, texts, y_true = load_with_test_split(model_dir, prepared_dir)
     return export_model(trained.model, trained.tokenizer, trained.labels, out_dir, params,
                         texts=texts, y_true=y_true, meta=trained.meta)
 

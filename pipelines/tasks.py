@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components.config import Params
 from components.io import read_json
-from components.lineage import fingerprint, is_current, mark_current
+from components.lineage import FINGERPRINT_FILE, fingerprint, is_current, mark_current
 
 
 def _transient(task_, task_run, state) -> bool:
@@ -91,6 +91,16 @@ def _skip_if_current(stage: str, out_dir: Path, fp: str) -> bool:
     return False
 
 
+def _reuse_or_run(stage: str, out_dir: Path, fp: str, compute: Callable[[], dict[str, Any]]
+                  ) -> tuple[dict[str, Any], bool]:
+    """(result, skipped): the result stored with a current output, else `compute()`'s."""
+    if _skip_if_current(stage, out_dir, fp):
+        return read_json(out_dir / FINGERPRINT_FILE)["result"], True
+    result = compute()
+    mark_current(out_dir, fp, result=result)
+    return result, False
+
+
 @stage("pretrain")
 def pretrain_backbone(params: Params, code: str) -> dict[str, Any]:
     from components.data import data_version, load_split, load_unlabeled
@@ -101,17 +111,16 @@ def pretrain_backbone(params: Params, code: str) -> dict[str, Any]:
     fp = fingerprint("pretrain", data=data_version(source), code=code,
                      model=params.model.model_dump(mode="json"),
                      pretrain=params.pretrain.model_dump(mode="json"))
-    out = Path(params.paths.pretrained)
-    if _skip_if_current("pretrain", out, fp):
-        return {**read_json(out / "fingerprint.json")["metrics"], "fingerprint": fp,
-                "skipped": True}
-    texts = (load_unlabeled(source) if source == unlabeled
-             else load_split(params.paths.prepared, "train")[0])
-    metrics = pretrain_mlm(params, texts, out)
-    mark_current(out, fp, metrics=metrics)
+
+    def compute() -> dict[str, Any]:
+        texts = (load_unlabeled(source) if source == unlabeled
+                 else load_split(params.paths.prepared, "train")[0])
+        return pretrain_mlm(params, texts, params.paths.pretrained)
+
+    metrics, skipped = _reuse_or_run("pretrain", Path(params.paths.pretrained), fp, compute)
     get_run_logger().info("pretrain: held-out MLM loss %.3f -> %.3f",
                           metrics["heldout_loss_before"], metrics["heldout_loss_after"])
-    return {**metrics, "fingerprint": fp, "skipped": False}
+    return {**metrics, "fingerprint": fp, "skipped": skipped}
 
 
 def finetune_fingerprint(params: Params, data_hash: str, code: str,
@@ -200,11 +209,8 @@ def evaluate_model(params: Params, model_fp: str, run_id: str) -> dict[str, Any]
 
     fp = fingerprint("evaluate", model=model_fp, cfg=params.evaluate.model_dump(mode="json"))
     out = Path(params.paths.eval)
-    if _skip_if_current("evaluate", out, fp):
-        metrics = read_json(out / "fingerprint.json")["metrics"]
-    else:
-        metrics = evaluate(params.paths.model, params.paths.prepared, out, params)
-        mark_current(out, fp, metrics=metrics)
+    metrics, _ = _reuse_or_run("evaluate", out, fp, lambda: evaluate(
+        params.paths.model, params.paths.prepared, out, params))
     log_stage(params, run_id, "test", metrics, out)
     get_run_logger().info("evaluate: %s", {k: round(v, 4) for k, v in metrics.items()
                                            if isinstance(v, float)})
@@ -218,11 +224,8 @@ def export_model(params: Params, model_fp: str, run_id: str) -> dict[str, Any]:
 
     fp = fingerprint("export", model=model_fp, cfg=params.export.model_dump(mode="json"))
     out = Path(params.paths.export)
-    if _skip_if_current("export", out, fp):
-        parity = read_json(out / "fingerprint.json")["parity"]
-    else:
-        parity = export_bundle(params.paths.model, params.paths.prepared, out, params)
-        mark_current(out, fp, parity=parity)
+    parity, _ = _reuse_or_run("export", out, fp, lambda: export_bundle(
+        params.paths.model, params.paths.prepared, out, params))
     log_stage(params, run_id, "export", _scalars(parity))
     get_run_logger().info("export: fp32 + int8 ONNX bundle in %s", out)
     return parity
