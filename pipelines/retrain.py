@@ -7,6 +7,7 @@ wrapped by a task in pipelines/tasks.py; dvc.yaml runs the same functions withou
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
@@ -54,6 +55,7 @@ class RetrainConfig(BaseModel):
 @flow(name="retrain", description="Retrain, gate and promote the text classifier.")
 def retrain(config: RetrainConfig | None = None) -> dict[str, Any]:
     """Run the whole chain; returns a summary (model version, verdict, what was skipped)."""
+    started = time.perf_counter()
     quiet_libraries()
     config = config or RetrainConfig()
     params, code = config.resolve(), code_version()
@@ -65,7 +67,8 @@ def retrain(config: RetrainConfig | None = None) -> dict[str, Any]:
     model_fp = tasks.finetune_fingerprint(params, data["data_hash"], code, init)
     existing = tasks.find_registered(params, model_fp)
     if existing is not None:
-        return {**summarize(params, unchanged=existing), "stage_seconds": timings}
+        return {**summarize(params, unchanged=existing), "stage_seconds": timings,
+                "flow_seconds": time.perf_counter() - started}
     run_id = tasks.start_tracking(params, data, model_fp, code)
     with tasks.tracked(params, run_id):
         trained = tasks.finetune_model(params, model_fp, init, run_id)
@@ -75,7 +78,7 @@ def retrain(config: RetrainConfig | None = None) -> dict[str, Any]:
         published = tasks.publish_model(params, run_id, verdict)
     result = summarize(params, run_id=run_id, trained=trained, evaluation=evaluation,
                        parity=parity, verdict=verdict, published=published, data=data)
-    result["stage_seconds"] = timings
+    result.update(stage_seconds=timings, flow_seconds=time.perf_counter() - started)
     publish_artifacts(result, verdict)
     if not verdict["passed"]:
         get_run_logger().warning("NOT PROMOTED: %s", "; ".join(verdict["reasons"]))

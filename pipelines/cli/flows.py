@@ -25,7 +25,10 @@ InputOpt = Annotated[Path | None, typer.Option(
 
 @app.command("run")
 def run(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt = None,
-        pretrain: PretrainOpt = None, params: ParamsOpt = None, set_: SetOpt = None) -> None:
+        pretrain: PretrainOpt = None, params: ParamsOpt = None, set_: SetOpt = None,
+        json_out: Annotated[Path | None, typer.Option(
+            "--json", help="Also write the run summary (with stage timings) here.")] = None
+        ) -> None:
     """The main job: retrain -> gate -> promote, locally (Prefect starts a temporary server)."""
     from pydantic import ValidationError
 
@@ -39,7 +42,12 @@ def run(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt = N
                                params_file=str(params) if params else None)
     except ValidationError as exc:
         fail(str(exc))
+    started = time.perf_counter()
     result = retrain(config)
+    if json_out is not None:
+        from components.io import atomic_write_json
+
+        atomic_write_json(json_out, {**result, "wall_seconds": time.perf_counter() - started})
     typer.echo("\n" + render_summary(result))
     typer.echo("Look closer:\n"
                "  tuneline models           versions, aliases, metrics, gate verdicts\n"
