@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -70,3 +71,30 @@ def test_dvc_repro_prepare_in_a_fresh_copy(tmp_path):
     shutil.rmtree(repo / "data")
     run("dvc", "pull", "prepare")
     assert data_version(repo / "data" / "prepared") == out["md5"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_dvc_repro_runs_the_whole_chain_in_a_fresh_copy(tmp_path, tiny_backbone_dir):
+    from components.config import load_params
+
+    repo = _copy_project(tmp_path / "repo")
+    tiny = load_params(repo / "params.yaml", [
+        f"model.name_or_path={tiny_backbone_dir}", "model.max_length=32",
+        "finetune.max_steps=6", "finetune.eval_every=3", "finetune.checkpoint_every=3",
+        "export.latency_repeats=3", "export.parity_max_rows=64"])
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny.model_dump(mode="json")))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1"}
+    for cmd in (["git", "init", "-q"], ["dvc", "repro"]):
+        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True,
+                              timeout=900)
+        assert proc.returncode == 0, f"{cmd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) >= {"demo", "prepare", "pretrain", "finetune", "evaluate",
+                                   "export"}
+    assert (repo / "artifacts" / "export" / "model.int8.onnx").stat().st_size > 0
+    assert json.loads((repo / "metrics" / "finetune.json").read_text())["steps"] == 6
+    status = subprocess.run(["dvc", "status"], cwd=repo, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert "up to date" in status.stdout
