@@ -17,6 +17,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Flow runs in tests go to a throwaway Prefect database, not the user's ~/.prefect.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="tuneline-test-prefect-"))
+# INFO lines (e.g. the temporary server stopping at exit, after pytest closed its
+# streams) would only add noise; warnings and errors still show.
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 from components.config import Params, load_params  # noqa: E402
 
