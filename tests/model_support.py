@@ -19,17 +19,13 @@ SWAP = {"weather": "finance", "finance": "weather"}
 
 
 def tiny_overrides(root: Path, backbone: Path) -> list[str]:
-    """Params overrides for tiny, fast runs with every output under `root`."""
-    out = [f"model.name_or_path={backbone}", "model.max_length=32", "model.num_threads=1",
-           "finetune.batch_size=8", "finetune.max_steps=150", "finetune.eval_every=50",
-           "finetune.checkpoint_every=50", "finetune.adamw.lr=3e-3",
-           "finetune.early_stopping.patience=0", "export.latency_repeats=20",
-           f"registry.tracking_uri=sqlite:///{root}/mlflow.db",
-           f"registry.artifact_root={root}/mlartifacts"]
-    for name in ("corpus", "prepared", "pretrained", "model", "checkpoints", "eval",
-                 "export", "gate"):
-        out.append(f"paths.{name}={root / name}")
-    return out
+    """The shared tiny overrides, trained long enough for a confident head (later wins)."""
+    from tests.conftest import tiny_overrides as shared
+
+    return shared(root, backbone) + [
+        "model.num_threads=1", "finetune.max_steps=150", "finetune.eval_every=50",
+        "finetune.checkpoint_every=50", "finetune.early_stopping.patience=0",
+        "export.latency_repeats=20"]
 
 
 def tiny_test_params(root: Path, backbone: Path, extra: list[str] | None = None) -> Params:
