@@ -23,7 +23,7 @@ def summarize(params: Params, *, unchanged: dict[str, Any] | None = None, run_id
                 "skipped": ["finetune", "evaluate", "export", "gate", "register"]}
     trained, evaluation = trained or {}, evaluation or {}
     verdict, published = verdict or {}, published or {}
-    skipped = [name for name, out in (("finetune", trained),) if out.get("skipped")]
+    skipped = ["finetune"] if trained.get("skipped") else []
     return {
         **base,
         "status": "promoted" if verdict.get("passed") else "not promoted",
