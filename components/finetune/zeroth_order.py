@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from components.config import ESConfig, ZOConfig, ZONoiseSection, ZOSignConfig
+from components.config import ZONoiseSection
 from components.finetune.base import LossFn, Strategy, register_strategy
 from components.finetune.zo_noise import NoiseTable, ParamNoise, mix_seed
 from components.finetune.zo_perturb import Perturbation
@@ -114,9 +114,6 @@ class MeZOStrategy(ZerothOrderStrategy):
     name = "mezo"
     config_key = "mezo"
 
-    def __init__(self, cfg: ZOConfig, params, total_steps: int, seed: int) -> None:
-        super().__init__(cfg, params, total_steps, seed)
-
     def step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
              step: int) -> dict[str, float]:
         cfg, n = self.cfg, self.cfg.n_samples
@@ -141,9 +138,6 @@ class ZOSignStrategy(ZerothOrderStrategy):
 
     name = "zo_sign"
     config_key = "zo_sign"
-
-    def __init__(self, cfg: ZOSignConfig, params, total_steps: int, seed: int) -> None:
-        super().__init__(cfg, params, total_steps, seed)
 
     def step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
              step: int) -> dict[str, float]:
@@ -186,9 +180,6 @@ class ESStrategy(ZerothOrderStrategy):
 
     name = "es"
     config_key = "es"
-
-    def __init__(self, cfg: ESConfig, params, total_steps: int, seed: int) -> None:
-        super().__init__(cfg, params, total_steps, seed)
 
     def step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
              step: int) -> dict[str, float]:
