@@ -1,12 +1,13 @@
 """Zeroth-order fine-tuning benchmark: speed and memory of a MeZO step, and accuracy.
 
-    flock /tmp/tuneline-cpu.lock .venv/bin/python -m bench.bench_zo [--rounds 3]
+    flock /tmp/tuneline-cpu.lock .venv/bin/python -m bench.bench_zo [--rounds 5]
         [--repeats 12] [--budget-cpu-s 600] [--skip-accuracy]
 
 Speed/memory (MiniLM-L6, batch 16, seq 64, params.yaml threads): every measurement is its
 own process (bench/zo_measure.py); forward and MeZO processes alternate for `rounds`
 rounds so both sides see the same machine load, and the ratios use medians over all
-samples. Goals: MeZO step / forward <= 2.2 and MeZO phase-peak RSS / inference
+samples. A cross-check alternates forward and MeZO step inside single processes (a
+load change then hits both sides alike); the step goal must hold in both. Goals: MeZO step / forward <= 2.2 and MeZO phase-peak RSS / inference
 phase-peak RSS <= 1.05. A textbook in-place MeZO step and an AdamW step are measured once
 for reference.
 
@@ -79,24 +80,44 @@ def accuracy_runs(budget_cpu_s: float, step_cpu: dict[str, float], extra: list[s
     return out
 
 
-def judge(speed: dict) -> dict:
-    """Ratios against the goals. A MeZO step runs two forward passes, so a step ratio
-    below ~1.9 means the machine load changed between samples: the timing is then
-    reported as invalid rather than as a met goal."""
+def interleaved_runs(rounds: int, repeats: int) -> dict:
+    """Forward and MeZO alternating inside each process: the same-moment cross-check."""
+    results = [run_isolated("bench.zo_measure", "speed", "interleaved",
+                            "--repeats", str(repeats)) for _ in range(rounds)]
+    fwd = [s for r in results for s in r["forward_samples_ms"]]
+    step = [s for r in results for s in r["mezo_samples_ms"]]
+    return {"forward_median_ms": statistics.median(fwd),
+            "mezo_median_ms": statistics.median(step),
+            "ratio": statistics.median(step) / statistics.median(fwd),
+            "per_process_ratio": [r["ratio_of_medians"] for r in results],
+            "n_pairs": len(fwd)}
+
+
+def judge(speed: dict, same_process: dict) -> dict:
+    """Ratios against the goals.
+
+    The step goal is judged on separate processes (the issue's method) and must also hold
+    in the interleaved same-process check. A MeZO step runs two forward passes, so a
+    ratio below ~1.9 means the load changed between samples: such a timing is reported
+    as invalid rather than as a met goal.
+    """
     step_ratio = speed["mezo"]["median_ms"] / speed["forward"]["median_ms"]
+    check = same_process["ratio"]
     rss_ratio = speed["mezo"]["phase_peak_rss_mb"] / speed["forward"]["phase_peak_rss_mb"]
-    valid = step_ratio >= 1.9
-    return {"mezo_step_over_forward": step_ratio, "mezo_peak_rss_over_inference": rss_ratio,
+    valid = step_ratio >= 1.9 and check >= 1.9
+    return {"mezo_step_over_forward": step_ratio,
+            "mezo_step_over_forward_interleaved": check,
+            "mezo_peak_rss_over_inference": rss_ratio,
             "goal_step_ratio": GOAL_STEP_RATIO, "goal_rss_ratio": GOAL_RSS_RATIO,
             "step_timing_valid": valid,
-            "step_ratio_met": valid and step_ratio <= GOAL_STEP_RATIO,
+            "step_ratio_met": valid and max(step_ratio, check) <= GOAL_STEP_RATIO,
             "rss_ratio_met": rss_ratio <= GOAL_RSS_RATIO}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=12)
     parser.add_argument("--budget-cpu-s", type=float, default=600.0)
     parser.add_argument("--skip-accuracy", action="store_true")
@@ -105,13 +126,15 @@ def main() -> None:
     args = parser.parse_args()
 
     speed = speed_rounds(args.rounds, args.repeats)
+    same_process = interleaved_runs(max(1, args.rounds // 2), args.repeats)
     mezo = speed["mezo"]
     result = {
         "setup": {"model": "all-MiniLM-L6-v2 (packaged)", "batch": 16, "seq": 64,
                   "rounds": args.rounds, "repeats_per_process": args.repeats},
         "speed": speed,
+        "interleaved": same_process,
         "reference": reference_runs(max(3, args.repeats // 3)),
-        "ratios": judge(speed),
+        "ratios": judge(speed, same_process),
     }
     if not args.skip_accuracy:
         step_cpu = {"mezo": mezo["cpu_seconds_per_call"],

@@ -3,6 +3,7 @@
     python -m bench.zo_measure speed MODE [--repeats N] [--batch B] [--seq S]
         MODE: forward | mezo | mezo_naive | adamw. Times one forward / one training step
         on MiniLM-L6 and reports the peak RSS of the measured phase.
+        MODE interleaved: forward and MeZO step alternately in one process (ratio check).
     python -m bench.zo_measure train STRATEGY STEPS HEAD_INIT OUT_DIR [--set k=v ...]
         Runs the real `finetune.train` on the demo corpus and scores the test split.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -58,26 +60,35 @@ def naive_mezo_step(params, model, batch, seed, lr, eps):
         perturb(-lr * (plus - minus) / (2 * eps))
 
 
-def speed(mode: str, repeats: int, batch_size: int, seq: int) -> dict:
-    from components.finetune.base import build_strategy
-    from components.modeling import build_classifier, trainable_parameters
+def setup(batch_size: int, seq: int):
+    """MiniLM-L6 with a 10-class head and one fixed random batch, at params threads."""
+    from components.modeling import build_classifier
 
     params = load_params()
     torch.set_num_threads(params.model.num_threads)
     labels = [f"c{i}" for i in range(10)]
     model, _ = build_classifier(params, labels)
-    model.train(mode == "adamw")  # forward-only work runs in eval mode, as in the loop
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 29000, (batch_size, seq), generator=gen)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
              "labels": torch.randint(0, len(labels), (batch_size,), generator=gen)}
+    return params, model, batch
+
+
+def step_fn(mode: str, params, model, batch):
+    """A no-argument callable doing one unit of `mode`'s work on `batch`."""
+    from components.finetune.base import build_strategy
+    from components.modeling import trainable_parameters
+
+    model.train(mode == "adamw")  # forward-only work runs in eval mode, as in the loop
     trainable = trainable_parameters(model)
     counter = iter(range(10**9))
     if mode == "forward":
         def fn():
             with torch.inference_mode():
                 loss_fn(model, batch)
-    elif mode in ("mezo", "adamw"):
+        return fn
+    if mode in ("mezo", "adamw"):
         params.finetune.strategy = mode
         strategy = build_strategy(params.finetune, trainable, 10**6)
 
@@ -87,23 +98,51 @@ def speed(mode: str, repeats: int, batch_size: int, seq: int) -> dict:
                 return
             with torch.inference_mode():
                 strategy.step(model, batch, loss_fn, next(counter))
-    elif mode == "mezo_naive":
+        return fn
+    if mode == "mezo_naive":
         ps = [p for _, p in trainable]
         cfg = params.finetune.mezo
 
         def fn():
             naive_mezo_step(ps, model, batch, next(counter), cfg.lr, cfg.eps)
-    else:
-        raise SystemExit(f"unknown mode {mode!r}")
+        return fn
+    raise SystemExit(f"unknown mode {mode!r}")
+
+
+def speed(mode: str, repeats: int, batch_size: int, seq: int, warmup: int) -> dict:
+    params, model, batch = setup(batch_size, seq)
+    fn = step_fn(mode, params, model, batch)
     gc.collect()
     reset_peak_rss()
     cpu0 = time.process_time()
-    samples = time_ms(fn, repeats=repeats, warmup=2)
-    cpu = (time.process_time() - cpu0) / (repeats + 2)
+    samples = time_ms(fn, repeats=repeats, warmup=warmup)
+    cpu = (time.process_time() - cpu0) / (repeats + warmup)
     return {"mode": mode, **summarize_ms(samples), "samples_ms": samples,
             "cpu_seconds_per_call": cpu, "phase_peak_rss_mb": phase_peak_rss_mb(),
             "process_peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads(),
             "batch": batch_size, "seq": seq}
+
+
+def interleaved(repeats: int, batch_size: int, seq: int, warmup: int) -> dict:
+    """Forward and MeZO step alternately in one process: both see the same machine load
+    at nearly the same moment, a cross-check on the separate-process ratio."""
+    params, model, batch = setup(batch_size, seq)
+    forward = step_fn("forward", params, model, batch)
+    mezo = step_fn("mezo", params, model, batch)
+    for _ in range(warmup):
+        forward()
+        mezo()
+    fwd, step = [], []
+    for _ in range(repeats):
+        fwd += time_ms(forward, repeats=1, warmup=0)
+        step += time_ms(mezo, repeats=1, warmup=0)
+    ratios = [s / f for s, f in zip(step, fwd, strict=True)]
+    return {"mode": "interleaved", "forward_median_ms": statistics.median(fwd),
+            "mezo_median_ms": statistics.median(step),
+            "ratio_of_medians": statistics.median(step) / statistics.median(fwd),
+            "median_pair_ratio": statistics.median(ratios),
+            "forward_samples_ms": fwd, "mezo_samples_ms": step,
+            "threads": torch.get_num_threads(), "batch": batch_size, "seq": seq}
 
 
 def test_accuracy(model_dir: Path, prepared: Path, batch_size: int = 64) -> float:
@@ -150,6 +189,7 @@ def main() -> None:
     sp.add_argument("--repeats", type=int, default=15)
     sp.add_argument("--batch", type=int, default=16)
     sp.add_argument("--seq", type=int, default=64)
+    sp.add_argument("--warmup", type=int, default=4)
     tp = sub.add_parser("train")
     tp.add_argument("strategy")
     tp.add_argument("steps", type=int)
@@ -158,7 +198,10 @@ def main() -> None:
     tp.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     if args.cmd == "speed":
-        result = speed(args.mode, args.repeats, args.batch, args.seq)
+        if args.mode == "interleaved":
+            result = interleaved(args.repeats, args.batch, args.seq, args.warmup)
+        else:
+            result = speed(args.mode, args.repeats, args.batch, args.seq, args.warmup)
     else:
         result = train_run(args.strategy, args.steps, args.head_init, args.out, args.overrides)
     print(json.dumps(result))

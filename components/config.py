@@ -77,6 +77,7 @@ class DemoConfig(Section):
 class ModelConfig(Section):
     name_or_path: str = "packaged:all-MiniLM-L6-v2"
     max_length: int = Field(64, ge=8)
+    pooling: Literal["cls", "mean"] = "cls"
     num_threads: int = Field(2, ge=1)
 
 
@@ -136,7 +137,7 @@ class ZONoiseSection(Section):
     uses, since the loss does not depend on the others.
     """
 
-    noise_table_size: int = Field(1_048_576, ge=1024)
+    noise_table_size: int = Field(262_144, ge=1024)
     sparse_embeddings: bool = True
 
 
@@ -170,6 +171,7 @@ class FinetuneConfig(Section):
     head_init: Literal["random", "linear_probe"] = "random"
     seed: int = 42
     batch_size: int = Field(16, ge=1)
+    sort_window: int = Field(0, ge=0)
     max_steps: int = Field(400, ge=1)
     eval_every: int = Field(50, ge=1)
     eval_max_batches: int = Field(0, ge=0)

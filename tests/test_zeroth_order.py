@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torch.nn import functional as F
 from components.config import LinearProbeConfig
 from components.finetune import STRATEGIES, train
 from components.finetune.base import build_strategy
+from components.finetune.checkpoint import flatten_state, unflatten_state
 from components.finetune.linear_probe import fit_linear_probe
 from components.finetune.zeroth_order import centered_ranks, replay_history
 from components.finetune.zo_noise import NoiseTable, ParamNoise
@@ -171,7 +173,10 @@ def test_replay_history_rebuilds_the_run_from_seeds_and_scalars(tiny_params):
 
     model.load_state_dict(start)
     fresh = build_strategy(tiny_params.finetune, trainable_parameters(model), 10)
-    fresh.load_state_dict(strategy.state_dict())
+    # Through the checkpoint format (JSON + tensors), as a resumed run would see it.
+    tensors: dict[str, torch.Tensor] = {}
+    saved = json.loads(json.dumps(flatten_state(strategy.state_dict(), tensors)))
+    fresh.load_state_dict(unflatten_state(saved, tensors))
     replay_history(fresh, model)
     assert_bit_identical(model, final)
     assert len(fresh.history) == 2 * len(batches) * 2

@@ -95,16 +95,25 @@ class Perturbation:
         """A reusable buffer for a perturbed copy of `owner`'s parameter.
 
         Fresh allocations would page-fault on every forward (tens of MB of new pages per
-        pass on MiniLM); reused buffers stay mapped and mostly in cache. Buffers are shared
-        by owners of equal (shape, dtype, slot, depth): two swaps alive at the same time are
-        in the same module (different slots) or nested modules (different depths).
+        pass on MiniLM); reused buffers stay mapped and mostly in cache. Two swaps alive at
+        the same time are in the same module (different slots) or in nested modules
+        (different depths), so one flat buffer per (dtype, slot, depth), sized for the
+        largest parameter it serves, is enough: on BERT the FFN's (1536, 384) and
+        (384, 1536) weights share one buffer instead of holding two.
         """
         p = self.noise.params[owner.index]
-        key = (tuple(p.shape), p.dtype, owner.slot, owner.depth)
+        key = (p.dtype, owner.slot, owner.depth)
         buf = self._scratch.get(key)
         if buf is None:
-            buf = self._scratch[key] = torch.empty_like(p, requires_grad=False)
-        return buf
+            size = max(q.numel() for q in self._params_at(key))
+            buf = self._scratch[key] = torch.empty(size, dtype=p.dtype)
+        return buf[: p.numel()].view(p.shape)
+
+    def _params_at(self, key: tuple) -> list[torch.Tensor]:
+        """Every dense trainable parameter whose swaps use the scratch buffer `key`."""
+        return [self.noise.params[o.index] for owners in self._targets.values()
+                for o in owners if not o.sparse_rows
+                and (self.noise.params[o.index].dtype, o.slot, o.depth) == key]
 
     def _swap_out(self, owners: list[_Owner]):
         def hook(module, args, output):
@@ -118,7 +127,9 @@ class Perturbation:
             ids = args[0] if args else kwargs["input"]
             used, inverse = torch.unique(ids, return_inverse=True)
             weight = self.noise.params[owner.index]
-            rows = weight[used] + scale * self.noise.rows(owner.index, seed, used)
+            # One new (rows, width) tensor: the gathered z, scaled and shifted in place.
+            rows = self.noise.rows(owner.index, seed, used).mul_(scale)
+            rows.add_(weight.index_select(0, used))
             if module.padding_idx is not None:
                 # nn.Embedding's contract: the padding row is never trained.
                 keep = used != module.padding_idx
