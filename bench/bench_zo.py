@@ -8,8 +8,8 @@ own process (bench/zo_measure.py); forward and MeZO processes alternate for `rou
 rounds so both sides see the same machine load, and the ratios use medians over all
 samples. A cross-check alternates forward and MeZO step inside single processes (a
 load change then hits both sides alike); the step goal must hold in both. Goals: MeZO
-step / forward <= 2.2 and MeZO phase-peak RSS / inference phase-peak RSS <= 1.05. A textbook in-place MeZO step and an AdamW step are measured once
-for reference.
+step / forward <= 2.2 and MeZO phase-peak RSS / inference phase-peak RSS <= 1.05. A
+textbook in-place MeZO step and an AdamW step are measured once for reference.
 
 Accuracy: the real `finetune.train` on the demo corpus for adamw and for mezo with a
 linear-probe head, each given about the same CPU time: steps = budget / CPU seconds per
