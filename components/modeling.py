@@ -5,7 +5,7 @@ A saved model folder holds:
     model.safetensors      every weight of the (possibly PEFT-wrapped) module; never pickle
     tokenizer files        what `AutoTokenizer.from_pretrained` reads
     tuneline_model.json    labels, strategy, peft method + config, params hash, max_length,
-                           backbone, extra metrics
+                           backbone, pooling (components/pooling.py), extra metrics
 
 Reloading rebuilds the same module from config.json (no backbone download needed), wraps it
 with the same PEFT config, and loads the weights strictly, so logits are bit-identical.
@@ -23,6 +23,7 @@ from torch import nn
 
 from components.config import Params
 from components.io import atomic_dir, read_json
+from components.pooling import classifier_class, finish_mean_pooling
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -151,15 +152,19 @@ def build_classifier(params: Params, labels: list[str], init_dir: Path | None = 
     Returns:
         (model in train mode, tokenizer)
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     if len(labels) < 2:
         raise ValueError(f"need at least 2 labels to train a classifier, got {labels}")
     source = str(init_dir) if init_dir else resolve_backbone(params.model.name_or_path)
     torch.manual_seed(params.finetune.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
+    config = AutoConfig.from_pretrained(
         source, num_labels=len(labels), id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)})
+    model_cls = classifier_class(config, params.model.pooling)
+    model = model_cls.from_pretrained(source, config=config)
+    if params.model.pooling == "mean":
+        finish_mean_pooling(model)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = wrap_peft(model, make_peft_config(params))
     model.train()
@@ -198,7 +203,8 @@ def save_trained(model: nn.Module, tokenizer: Any, labels: list[str], params: Pa
         meta = {"labels": list(labels), "strategy": params.finetune.strategy,
                 "peft_method": params.peft.method, "peft_config": peft_config_dict(model),
                 "params_hash": params.hash(), "max_length": params.model.max_length,
-                "backbone": params.model.name_or_path, "format": 1,
+                "backbone": params.model.name_or_path, "pooling": params.model.pooling,
+                "format": 1,
                 "params": params.model_dump(mode="json"), **(extra or {})}
         atomic_write_json(tmp / META_FILE, meta)
     return out_dir
@@ -212,7 +218,7 @@ def load_trained(model_dir: str | Path) -> TrainedModel:
     """
     import peft
     from safetensors.torch import load_model
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     model_dir = Path(model_dir)
     for name in (META_FILE, WEIGHTS_FILE, "config.json"):
@@ -220,7 +226,10 @@ def load_trained(model_dir: str | Path) -> TrainedModel:
             raise FileNotFoundError(f"{model_dir} is not a trained model folder: no {name}")
     meta = read_json(model_dir / META_FILE)
     config = AutoConfig.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_config(config)
+    pooling = meta.get("pooling", "cls")  # folders written before pooling was a choice: cls
+    model = classifier_class(config, pooling)._from_config(config)
+    if pooling == "mean":
+        finish_mean_pooling(model)
     if meta.get("peft_config"):
         model = peft.get_peft_model(model, peft.get_peft_config(dict(meta["peft_config"])))
     load_model(model, str(model_dir / WEIGHTS_FILE), strict=True)

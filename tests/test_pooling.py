@@ -1,0 +1,94 @@
+"""`model.pooling: mean`: the head reads the masked mean of the tokens; reload, PEFT,
+training and ONNX export behave exactly as with the [CLS] pooler."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from components.modeling import build_classifier, load_trained, save_trained
+from components.pooling import classifier_class, masked_mean
+from tests.conftest import TINY_LABELS
+from tests.test_modeling import _logits, _with
+
+TEXTS = ["stock market rally", "rain and cold wind tonight over the hills"]
+
+
+def _mean(params, **updates):
+    return _with(params, **{"model.pooling": "mean", **updates})
+
+
+def test_masked_mean_ignores_padded_positions():
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    assert torch.equal(masked_mean(hidden, torch.tensor([[1, 1, 0]])),
+                       torch.tensor([[2.0, 3.0]]))
+
+
+@pytest.mark.parametrize("method", ["none", "lora", "ia3", "prompt_tuning"])
+def test_mean_pooled_model_reloads_to_identical_logits(tiny_params, tmp_path, method):
+    params = _mean(tiny_params, **{"peft.method": method})
+    model, tokenizer = build_classifier(params, TINY_LABELS)
+    model.eval()
+    with torch.no_grad():  # move trainable weights off their init so the check means something
+        for _, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    before = _logits(model, tokenizer)
+    save_trained(model, tokenizer, TINY_LABELS, params, tmp_path / "m")
+    reloaded = load_trained(tmp_path / "m")
+    assert torch.equal(_logits(reloaded.model, reloaded.tokenizer), before)
+    assert reloaded.meta["pooling"] == "mean"
+
+
+def test_mean_pooling_drops_the_pooler_and_ignores_padding(tiny_params):
+    cls_model, _ = build_classifier(tiny_params, TINY_LABELS)
+    model, tokenizer = build_classifier(_mean(tiny_params), TINY_LABELS)
+    assert model.bert.pooler is None and cls_model.bert.pooler is not None
+    assert not any("pooler" in name for name in model.state_dict())
+    model.eval()
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    alone = tokenizer(TEXTS[:1], return_tensors="pt")
+    assert batch["input_ids"].shape[1] > alone["input_ids"].shape[1]  # row 0 is padded
+    with torch.inference_mode():
+        padded = model(**batch).logits[0]
+        single = model(**alone).logits[0]
+    assert torch.allclose(padded, single, atol=1e-5)
+    # Same seed, same head init: only the pooled vector differs between the two choices.
+    assert torch.equal(model.classifier.weight, cls_model.classifier.weight)
+
+
+def test_folder_without_pooling_in_its_meta_reloads_as_cls(tiny_params, tmp_path):
+    import json
+
+    model, tokenizer = build_classifier(tiny_params, TINY_LABELS)
+    save_trained(model, tokenizer, TINY_LABELS, tiny_params, tmp_path / "m")
+    meta_path = tmp_path / "m" / "tuneline_model.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["pooling"]
+    meta_path.write_text(json.dumps(meta))
+    assert load_trained(tmp_path / "m").model.bert.pooler is not None
+
+
+def test_unknown_pooling_is_refused(tiny_params):
+    from components.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.pooling"):
+        _mean(tiny_params, **{"model.pooling": "max"})
+    model, _ = build_classifier(tiny_params, TINY_LABELS)
+    with pytest.raises(ValueError, match="unknown pooling"):
+        classifier_class(model.config, "max")
+
+
+def test_mean_pooled_training_lowers_loss_and_exports_with_fp32_parity(
+        tiny_params, tiny_prepared, tmp_path):
+    from components.export import export_model
+    from components.finetune import train
+
+    params = _mean(tiny_params, **{"export.latency_repeats": 2})
+    metrics = train(params, tiny_prepared, tmp_path / "model", checkpoint_dir=tmp_path / "ck")
+    assert metrics["train_loss_final"] < 0.8 * metrics["train_loss_initial"]
+    trained = load_trained(tmp_path / "model")
+    result = export_model(trained.model, trained.tokenizer, TINY_LABELS, tmp_path / "bundle",
+                          params, texts=TEXTS + ["goal", "a b c d e f g"], y_true=[2, 1, 0, 0],
+                          meta={"max_length": 32})
+    assert result["max_logit_diff"] <= params.gate.max_logit_diff
