@@ -85,7 +85,7 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
     train_data = _encode_split(tokenizer, prepared_dir, "train", params)
     val_data = _encode_split(tokenizer, prepared_dir, "validation", params)
     strategy = build_strategy(cfg, trainable_parameters(model), cfg.max_steps)
-    loader = ShuffledLoader(train_data, cfg.batch_size, cfg.seed)
+    loader = ShuffledLoader(train_data, cfg.batch_size, cfg.seed, cfg.sort_window)
     stopper = EarlyStopper.from_config(cfg.early_stopping)
     run, best = RunState(), None
     root = Path(checkpoint_dir or params.paths.checkpoints)
@@ -201,7 +201,7 @@ def _init_head_linear_probe(model: nn.Module, data: Encoded, params: Params,
     # Imported lazily: the probe belongs to the zeroth-order strategies' module set.
     from components.finetune.linear_probe import fit_linear_probe
 
-    batches = list(sequential_batches(data, params.finetune.batch_size))
+    batches = list(sequential_batches(data, params.finetune.batch_size, by_length=True))
     metrics = fit_linear_probe(model, batches, params.finetune.linear_probe)
     log({f"probe/{k}": float(v) for k, v in metrics.items()}, 0)
 
