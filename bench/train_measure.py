@@ -1,7 +1,7 @@
 """One training-engine measurement per process; prints one JSON line (see bench_train.py).
 
     python -m bench.train_measure step --mode forward|adamw|lora [--repeats 15]
-    python -m bench.train_measure finetune --out DIR      (adamw full fine-tune, demo data)
+    python -m bench.train_measure finetune --out DIR [--set k=v]  (adamw full fine-tune, demo data)
     python -m bench.train_measure tfidf                   (TF-IDF + logistic regression)
     python -m bench.train_measure mlm --out DIR           (MLM pretraining held-out loss)
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,15 +90,25 @@ def measure_finetune(out: Path, overrides: list[str]) -> dict[str, Any]:
     hf_logging.set_verbosity_error()
     params = _params(["finetune.strategy=adamw", "peft.method=none", *overrides])
     prepared = _prepared(params)
+    t0 = time.perf_counter()
     metrics = train(params, prepared, out / "model", checkpoint_dir=out / "checkpoints")
+    wall = time.perf_counter() - t0  # the whole stage: load, steps, evaluations, checkpoints
     trained = load_trained(out / "model")
     texts, ids = load_split(prepared, "test")
+    lengths = [len(x) for x in trained.tokenizer(texts)["input_ids"]]
     test = evaluate_split(trained.model, encode(trained.tokenizer, texts, ids,
                                                 params.model.max_length),
                           params.evaluate.batch_size, len(trained.labels))
+    ft = params.finetune
+    settings = {"model": params.model.model_dump(mode="json"), "batch_size": ft.batch_size,
+                "max_steps": ft.max_steps, "sort_window": ft.sort_window,
+                "head_init": ft.head_init, "eval_every": ft.eval_every,
+                "adamw": ft.adamw.model_dump(mode="json")}
     return {"test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
-            "train": metrics, "peak_rss_mb": round(peak_rss_mb(), 1),
-            "threads": torch.get_num_threads(), "n_test": len(ids), "overrides": overrides}
+            "train": metrics, "train_wall_seconds": round(wall, 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads(),
+            "n_test": len(ids), "overrides": overrides, "settings": settings,
+            "test_texts_truncated": sum(n > params.model.max_length for n in lengths) / len(ids)}
 
 
 def measure_tfidf() -> dict[str, Any]:
@@ -120,7 +131,7 @@ def measure_tfidf() -> dict[str, Any]:
             best = (val, c, clf)
     val_acc, c, clf = best
     return {"test_accuracy": float((clf.predict(fte) == yte).mean()), "val_accuracy": val_acc,
-            "C": c, "n_test": len(yte)}
+            "C": c, "n_test": len(yte), "input": "whole text (no token limit)"}
 
 
 def measure_mlm(out: Path) -> dict[str, Any]:
