@@ -169,6 +169,7 @@ class LinearProbeConfig(Section):
 class FinetuneConfig(Section):
     strategy: str = "adamw"
     head_init: Literal["random", "linear_probe"] = "random"
+    freeze_embeddings: bool = False
     seed: int = 42
     batch_size: int = Field(16, ge=1)
     sort_window: int = Field(0, ge=0)

@@ -167,6 +167,10 @@ def build_classifier(params: Params, labels: list[str], init_dir: Path | None = 
         finish_mean_pooling(model)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = wrap_peft(model, make_peft_config(params))
+    if params.finetune.freeze_embeddings:
+        # Only the rows of tokens seen in training would move; the rest (words only the
+        # test or production text has) would stay where pretraining left them, out of step.
+        model.get_input_embeddings().weight.requires_grad_(False)
     model.train()
     return model, tokenizer
 

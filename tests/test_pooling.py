@@ -1,5 +1,6 @@
 """`model.pooling: mean`: the head reads the masked mean of the tokens; reload, PEFT,
-training and ONNX export behave exactly as with the [CLS] pooler."""
+training and ONNX export behave exactly as with the [CLS] pooler. Also
+`finetune.freeze_embeddings`, the other knob of the demo's default fine-tune."""
 
 from __future__ import annotations
 
@@ -92,3 +93,19 @@ def test_mean_pooled_training_lowers_loss_and_exports_with_fp32_parity(
                           params, texts=TEXTS + ["goal", "a b c d e f g"], y_true=[2, 1, 0, 0],
                           meta={"max_length": 32})
     assert result["max_logit_diff"] <= params.gate.max_logit_diff
+
+
+def test_frozen_embeddings_stay_as_pretrained_and_the_rest_trains(
+        tiny_params, tiny_prepared, tmp_path):
+    from components.finetune import train
+    from components.modeling import trainable_parameters
+
+    params = _mean(tiny_params, **{"finetune.freeze_embeddings": True})
+    start, _ = build_classifier(params, TINY_LABELS)
+    names = [n for n, _ in trainable_parameters(start)]
+    assert "bert.embeddings.word_embeddings.weight" not in names and names
+    train(params, tiny_prepared, tmp_path / "model", checkpoint_dir=tmp_path / "ck")
+    trained = load_trained(tmp_path / "model").model
+    assert torch.equal(trained.bert.embeddings.word_embeddings.weight,
+                       start.bert.embeddings.word_embeddings.weight)
+    assert not torch.equal(trained.classifier.weight, start.classifier.weight)
