@@ -9,7 +9,8 @@ Bundle layout (written by `components.export`):
     model.int8.onnx     the same graph, dynamically quantized to int8
     tokenizer.json      the `tokenizers` tokenizer
     labels.json         {"labels": [name, ...]}  index = class id
-    export_config.json  max_length, opset, quantization settings, source model meta
+    export_config.json  max_length, opset, quantization settings, how the graph was made,
+                        ONNX Runtime optimizers to disable, source model meta
     manifest.json       {"files": {file name: sha256}}
 """
 
@@ -89,9 +90,11 @@ class OnnxClassifier:
         opts.inter_op_num_threads = 1
         for key, value in (session_config or {}).items():  # e.g. intra-op spinning off
             opts.add_session_config_entry(key, value)
+        # Bundles name the session-time fusions to skip (slower kernels on this runtime).
+        disabled = list(config.get("onnxruntime", {}).get("disabled_optimizers", []))
         self.session = ort.InferenceSession(
-            str(self.bundle_dir / model_file), opts, providers=["CPUExecutionProvider"]
-        )
+            str(self.bundle_dir / model_file), opts, providers=["CPUExecutionProvider"],
+            disabled_optimizers=disabled)
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         encs = self.tokenizer.encode_batch(list(texts))

@@ -49,8 +49,16 @@ def test_bundle_layout_manifest_and_no_pickle(good):
 def test_int8_graph_is_quantized(good):
     int8 = onnx.load(str(good["bundle"] / INT8_MODEL))
     ops = [node.op_type for node in int8.graph.node]
-    # 2 layers x (q, k, v, attention out, intermediate, output) linear layers at least.
-    assert ops.count("MatMulInteger") >= 12
+    # The graph is fused (one Attention op per layer, taking q, k and v) and each of the 2
+    # layers quantizes it as QAttention plus the attention-out, intermediate and output
+    # linear layers as MatMulInteger.
+    assert ops.count("QAttention") == 2
+    assert ops.count("MatMulInteger") >= 6
+    assert "QEmbedLayerNormalization" in ops
+    # The kernels this ONNX Runtime runs slower than their unfused parts are left out.
+    assert "SkipLayerNormalization" not in ops and "BiasGelu" not in ops
+    config = json.loads((good["bundle"] / "export_config.json").read_text())
+    assert config["graph"]["exporter"] == "torchscript+ort_fusion"
     fp32_size = (good["bundle"] / FP32_MODEL).stat().st_size
     assert (good["bundle"] / INT8_MODEL).stat().st_size < 0.5 * fp32_size
 
@@ -132,9 +140,11 @@ def test_peft_models_export_with_exact_fp32_parity(method, tmp_path, tiny_backbo
     # Parity of the fp32 graph only: this head is untrained, so int8 agreement is noise.
     assert result["max_logit_diff"] <= params.gate.max_logit_diff
     graph = onnx.load(str(tmp_path / "bundle" / FP32_MODEL)).graph
-    # Per layer: 6 linear layers + 2 attention products = the plain BERT graph; an unmerged
-    # LoRA export would add 2 MatMuls per adapted module (query and value: 8 more here).
-    assert sum(node.op_type == "MatMul" for node in graph.node) == 8 * 2
+    ops = [node.op_type for node in graph.node]
+    # Per layer, the plain BERT graph fused: one Attention op (q, k, v and both attention
+    # products) + 3 linear layers; an unmerged LoRA export would add 2 MatMuls per adapted
+    # module (query and value: 8 more here) and keep attention from fusing.
+    assert (ops.count("Attention"), ops.count("MatMul")) == (2, 3 * 2), method
 
 
 def test_export_from_a_single_row_keeps_axes_dynamic(tmp_path, tiny_backbone_dir):
