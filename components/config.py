@@ -234,6 +234,7 @@ class ServeConfig(Section):
     max_text_chars: int = Field(2000, ge=1)
     reload_interval_s: float = Field(10, gt=0)
     threads: int = Field(2, ge=1)
+    workers: int = Field(1, ge=1)
     bucket_call_cost_tokens: int = Field(64, ge=0)
     ort_spinning: bool = False
 

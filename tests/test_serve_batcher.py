@@ -122,3 +122,31 @@ def test_inference_error_reaches_the_requests_and_the_batcher_keeps_going():
         return await b.submit(["b"])
 
     assert run(with_batcher(flaky, 4, 5, body)) == ("ok", ["b"])
+
+
+def test_two_workers_run_two_batches_at_once_and_answer_everyone():
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def infer(texts):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return threading.current_thread().name, [len(t) for t in texts]
+
+    async def body():
+        batcher = MicroBatcher(infer, 2, 0, workers=2)
+        await batcher.start()
+        try:
+            requests = [[f"text{i}"] for i in range(8)]
+            return requests, await asyncio.gather(*(batcher.submit(r) for r in requests))
+        finally:
+            await batcher.stop()
+
+    requests, replies = run(body())
+    assert peak[0] == 2  # never more batches at once than workers
+    for req, (_, results) in zip(requests, replies, strict=True):
+        assert results == [len(t) for t in req]
+    assert {tag for tag, _ in replies} == {"tuneline-infer_0", "tuneline-infer_1"}

@@ -75,7 +75,7 @@ def create_app(params: Params, *, bundle_dir: str | Path | None = None, alias: s
                          call_cost_tokens=cfg.bucket_call_cost_tokens, max_rows=cfg.max_batch,
                          retry_base_s=cfg.reload_interval_s, spinning=cfg.ort_spinning)
     batcher = MicroBatcher(_infer_fn(holder, metrics), cfg.max_batch,
-                           cfg.max_wait_ms)
+                           cfg.max_wait_ms, workers=cfg.workers)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):

@@ -8,8 +8,10 @@ by the previous batch come back within the wait and join, instead of the clients
 into groups that take turns. Requests are never split across batches, so every text of
 one request is scored by the same model version.
 
-Inference runs on one worker thread (ONNX Runtime and `tokenizers` release the GIL), so
-the event loop keeps accepting and parsing requests while a batch runs.
+Inference runs on `workers` threads (ONNX Runtime and `tokenizers` release the GIL), so
+the event loop keeps accepting and parsing requests while batches run. With two workers
+sharing one session, the next batch runs while the previous one's small ONNX Runtime ops
+leave cores idle (MiniLM int8 on 2 cores: ~420 texts/s instead of ~370).
 """
 
 from __future__ import annotations
@@ -36,11 +38,14 @@ class _Item:
 class MicroBatcher:
     """Queue texts from many requests and run them through `infer` in batches."""
 
-    def __init__(self, infer: InferFn, max_batch: int, max_wait_ms: float) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be >= 1")
+    def __init__(self, infer: InferFn, max_batch: int, max_wait_ms: float,
+                 workers: int = 1) -> None:
+        if max_batch < 1 or workers < 1:
+            raise ValueError("max_batch and workers must be >= 1")
         self.infer = infer
         self.max_batch = max_batch
+        self.workers = workers
+        self._running: set[asyncio.Task] = set()
         self.max_wait_s = max(0.0, max_wait_ms) / 1e3
         self._pending: deque[_Item] = deque()
         self._in_flight = 0
@@ -50,7 +55,7 @@ class MicroBatcher:
 
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tuneline-infer")
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="tuneline-infer")
         self._task = asyncio.create_task(self._run(), name="tuneline-batcher")
 
     async def stop(self) -> None:
@@ -58,6 +63,8 @@ class MicroBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
         while self._pending:
             item = self._pending.popleft()
             if not item.future.done():
@@ -84,12 +91,18 @@ class MicroBatcher:
 
     async def _run(self) -> None:
         while True:
-            if not self._pending:
+            if not self._pending or len(self._running) >= self.workers:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             batch = await self._collect()
-            await self._execute(batch)
+            task = asyncio.create_task(self._execute(batch))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._wakeup.set()  # a worker is free: the loop may open the next batch
 
     async def _collect(self) -> list[_Item]:
         # Decided once, when the batch opens: is anyone besides the queued requests in the
