@@ -102,7 +102,8 @@ def measure_finetune(out: Path, overrides: list[str]) -> dict[str, Any]:
     ft = params.finetune
     settings = {"model": params.model.model_dump(mode="json"), "batch_size": ft.batch_size,
                 "max_steps": ft.max_steps, "sort_window": ft.sort_window,
-                "head_init": ft.head_init, "eval_every": ft.eval_every,
+                "head_init": ft.head_init, "freeze_embeddings": ft.freeze_embeddings,
+                "eval_every": ft.eval_every,
                 "adamw": ft.adamw.model_dump(mode="json")}
     return {"test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
             "train": metrics, "train_wall_seconds": round(wall, 1),

@@ -85,9 +85,14 @@ def tiny_prepared(tmp_path) -> Path:
     return write_prepared(tmp_path / "prepared", tiny_rows())
 
 
+# The demo's head defaults (mean pooling, linear-probe head, frozen embeddings) suit a
+# pretrained sentence encoder, not random weights; tests/test_pooling.py covers them.
+TINY_HEAD = ["model.pooling=cls", "finetune.head_init=random", "finetune.freeze_embeddings=false"]
+
+
 def tiny_overrides(tmp_path: Path, backbone_dir: Path) -> list[str]:
     """`--set` overrides pointing params at the tiny model and temp output folders."""
-    overrides = [f"model.name_or_path={backbone_dir}", "model.max_length=32",
+    overrides = [f"model.name_or_path={backbone_dir}", "model.max_length=32", *TINY_HEAD,
                  "finetune.batch_size=8", "finetune.max_steps=30", "finetune.eval_every=10",
                  "finetune.checkpoint_every=10", "finetune.adamw.lr=3e-3",
                  "pretrain.max_steps=10", "pretrain.batch_size=8",

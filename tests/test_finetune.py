@@ -35,11 +35,11 @@ def tuned_backbone_dir(tmp_path_factory, tiny_backbone_dir):
     weights the frozen features carry no signal and only the head's bias can move.
     """
     from components.config import load_params
-    from tests.conftest import tiny_rows, write_prepared
+    from tests.conftest import TINY_HEAD, tiny_rows, write_prepared
 
     root = tmp_path_factory.mktemp("tuned")
     prepared = write_prepared(root / "prepared", tiny_rows(seed=1))
-    params = load_params(overrides=[f"model.name_or_path={tiny_backbone_dir}",
+    params = load_params(overrides=[f"model.name_or_path={tiny_backbone_dir}", *TINY_HEAD,
                                     "model.max_length=32", "finetune.batch_size=8",
                                     "finetune.max_steps=60", "finetune.adamw.lr=3e-3"])
     train(params, prepared, root / "model", checkpoint_dir=root / "ck")
