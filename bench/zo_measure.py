@@ -61,10 +61,14 @@ def naive_mezo_step(params, model, batch, seed, lr, eps):
 
 
 def setup(batch_size: int, seq: int):
-    """MiniLM-L6 with a 10-class head and one fixed random batch, at params threads."""
+    """MiniLM-L6 with a 10-class head and one fixed random batch, at params threads.
+
+    Every parameter is trainable (embeddings too), whatever params.yaml chooses for
+    training runs: the speed and memory goals are about full-model steps.
+    """
     from components.modeling import build_classifier
 
-    params = load_params()
+    params = load_params(overrides=["finetune.freeze_embeddings=false"])
     torch.set_num_threads(params.model.num_threads)
     labels = [f"c{i}" for i in range(10)]
     model, _ = build_classifier(params, labels)
