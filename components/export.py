@@ -36,22 +36,20 @@ SERVED_FILES = [INT8_MODEL, "tokenizer.json", "labels.json", "export_config.json
                 PARITY_FILE, "manifest.json"]
 
 
-class _LogitsOnly:
-    """ONNX needs a plain tensor output; HF models return a ModelOutput (built lazily: torch)."""
+def _logits_only(model: Any) -> Any:
+    """`model` as a module returning the logits tensor: ONNX needs a plain tensor output,
+    and HF models return a ModelOutput. Built here so importing this module needs no torch."""
+    import torch
 
-    @staticmethod
-    def wrap(model: Any) -> Any:
-        import torch
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
 
-        class LogitsOnly(torch.nn.Module):
-            def __init__(self, inner: torch.nn.Module) -> None:
-                super().__init__()
-                self.inner = inner
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
 
-            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-                return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
-
-        return LogitsOnly(model).eval()
+    return LogitsOnly(model).eval()
 
 
 def _export_dynamo(model: Any, args: tuple, path: Path, opset: int) -> None:
@@ -62,7 +60,7 @@ def _export_dynamo(model: Any, args: tuple, path: Path, opset: int) -> None:
 
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     raw = path.with_name(path.name + ".raw.onnx")
-    torch.onnx.export(_LogitsOnly.wrap(model), args, str(raw), dynamo=True,
+    torch.onnx.export(_logits_only(model), args, str(raw), dynamo=True,
                       opset_version=opset, input_names=INPUT_NAMES, output_names=["logits"],
                       dynamic_shapes={"input_ids": {0: batch, 1: seq},
                                       "attention_mask": {0: batch, 1: seq}})
@@ -93,7 +91,7 @@ def _export_fused(model: Any, args: tuple, path: Path, opset: int) -> dict[str, 
                    "logits": {0: "batch"}}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes on shape arithmetic it records
-            torch.onnx.export(_LogitsOnly.wrap(model), args, str(raw), dynamo=False,
+            torch.onnx.export(_logits_only(model), args, str(raw), dynamo=False,
                               opset_version=opset, input_names=INPUT_NAMES,
                               output_names=["logits"], dynamic_axes=dynamic)
     finally:

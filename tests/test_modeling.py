@@ -52,9 +52,10 @@ def test_resolve_local_folder_and_errors(tiny_backbone_dir, tmp_path):
     assert resolve_backbone("org/some-model") == "org/some-model"  # hub id passes through
 
 
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
 @pytest.mark.parametrize("method", METHODS)
-def test_saved_model_reloads_to_identical_logits(tiny_params, tmp_path, method):
-    params = _with(tiny_params, **{"peft.method": method})
+def test_saved_model_reloads_to_identical_logits(tiny_params, tmp_path, method, pooling):
+    params = _with(tiny_params, **{"peft.method": method, "model.pooling": pooling})
     model, tokenizer = build_classifier(params, TINY_LABELS)
     model.eval()
     with torch.no_grad():  # move trainable weights off their init so the check means something
@@ -68,6 +69,7 @@ def test_saved_model_reloads_to_identical_logits(tiny_params, tmp_path, method):
     assert reloaded.labels == TINY_LABELS and not reloaded.model.training
     meta = reloaded.meta
     assert meta["peft_method"] == method and meta["params_hash"] == params.hash()
+    assert meta["pooling"] == pooling
     assert (meta["peft_config"] is None) == (method == "none")
     files = {p.suffix for p in (tmp_path / "m").iterdir()}
     assert ".safetensors" in files and not files & {".bin", ".pt", ".pkl", ".pth"}

@@ -10,7 +10,7 @@ import torch
 from components.modeling import build_classifier, load_trained, save_trained
 from components.pooling import classifier_class, masked_mean
 from tests.conftest import TINY_LABELS
-from tests.test_modeling import _logits, _with
+from tests.test_modeling import _with
 
 TEXTS = ["stock market rally", "rain and cold wind tonight over the hills"]
 
@@ -23,22 +23,6 @@ def test_masked_mean_ignores_padded_positions():
     hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
     assert torch.equal(masked_mean(hidden, torch.tensor([[1, 1, 0]])),
                        torch.tensor([[2.0, 3.0]]))
-
-
-@pytest.mark.parametrize("method", ["none", "lora", "ia3", "prompt_tuning"])
-def test_mean_pooled_model_reloads_to_identical_logits(tiny_params, tmp_path, method):
-    params = _mean(tiny_params, **{"peft.method": method})
-    model, tokenizer = build_classifier(params, TINY_LABELS)
-    model.eval()
-    with torch.no_grad():  # move trainable weights off their init so the check means something
-        for _, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(0.01 * torch.randn_like(p))
-    before = _logits(model, tokenizer)
-    save_trained(model, tokenizer, TINY_LABELS, params, tmp_path / "m")
-    reloaded = load_trained(tmp_path / "m")
-    assert torch.equal(_logits(reloaded.model, reloaded.tokenizer), before)
-    assert reloaded.meta["pooling"] == "mean"
 
 
 def test_mean_pooling_drops_the_pooler_and_ignores_padding(tiny_params):
