@@ -19,6 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -150,21 +151,12 @@ def interleaved(repeats: int, batch_size: int, seq: int, warmup: int) -> dict:
 
 
 def test_accuracy(model_dir: Path, prepared: Path, batch_size: int = 64) -> float:
-    from components.data import load_split
-    from components.modeling import load_trained
+    from components.evaluate import load_with_test_split, torch_logits
 
-    trained = load_trained(model_dir)
-    texts, ids = load_split(prepared, "test")
-    correct = 0
-    with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            enc = trained.tokenizer(texts[i: i + batch_size], padding=True, truncation=True,
-                                    max_length=trained.meta.get("max_length", 64),
-                                    return_tensors="pt")
-            logits = trained.model(input_ids=enc["input_ids"],
-                                   attention_mask=enc["attention_mask"]).logits
-            correct += int((logits.argmax(-1) == torch.tensor(ids[i: i + batch_size])).sum())
-    return correct / len(texts)
+    trained, texts, y_true = load_with_test_split(model_dir, prepared)
+    logits = torch_logits(trained.model, trained.tokenizer, texts,
+                          int(trained.meta.get("max_length", 64)), batch_size)
+    return float((logits.argmax(-1) == np.asarray(y_true)).mean())
 
 
 def train_run(strategy: str, steps: int, head_init: str, out: Path, extra: list[str]) -> dict:

@@ -23,7 +23,7 @@ from torch import nn
 
 from components.config import Params
 from components.io import atomic_dir, read_json
-from components.pooling import classifier_class, finish_mean_pooling
+from components.pooling import classifier_class, finish_pooling
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -162,9 +162,8 @@ def build_classifier(params: Params, labels: list[str], init_dir: Path | None = 
         source, num_labels=len(labels), id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)})
     model_cls = classifier_class(config, params.model.pooling)
-    model = model_cls.from_pretrained(source, config=config)
-    if params.model.pooling == "mean":
-        finish_mean_pooling(model)
+    model = finish_pooling(model_cls.from_pretrained(source, config=config),
+                           params.model.pooling)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = wrap_peft(model, make_peft_config(params))
     if params.finetune.freeze_embeddings:
@@ -231,9 +230,7 @@ def load_trained(model_dir: str | Path) -> TrainedModel:
     meta = read_json(model_dir / META_FILE)
     config = AutoConfig.from_pretrained(model_dir)
     pooling = meta.get("pooling", "cls")  # folders written before pooling was a choice: cls
-    model = classifier_class(config, pooling)._from_config(config)
-    if pooling == "mean":
-        finish_mean_pooling(model)
+    model = finish_pooling(classifier_class(config, pooling)._from_config(config), pooling)
     if meta.get("peft_config"):
         model = peft.get_peft_model(model, peft.get_peft_config(dict(meta["peft_config"])))
     load_model(model, str(model_dir / WEIGHTS_FILE), strict=True)

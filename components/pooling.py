@@ -49,8 +49,13 @@ def classifier_class(config: Any, pooling: str) -> type:
     return _MEAN_CLASSES[base]
 
 
-def finish_mean_pooling(model: nn.Module) -> nn.Module:
-    """Check a freshly built mean-pooled model's head and drop its unused pooler (in place)."""
+def finish_pooling(model: nn.Module, pooling: str) -> nn.Module:
+    """Complete a freshly built model of `classifier_class(config, pooling)` (in place).
+
+    cls: nothing to do. mean: check the head and drop the unused pooler.
+    """
+    if pooling != "mean":
+        return model
     backbone = getattr(model, model.base_model_prefix)
     head = getattr(model, "classifier", None)
     if not (isinstance(head, nn.Linear) and isinstance(getattr(model, "dropout", None),
