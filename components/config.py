@@ -127,6 +127,7 @@ class AdamWConfig(Section):
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     max_grad_norm: float = Field(1.0, ge=0)
+    layer_decay: float = Field(1.0, gt=0, le=1)
 
 
 class ZONoiseSection(Section):
@@ -170,6 +171,7 @@ class FinetuneConfig(Section):
     strategy: str = "adamw"
     head_init: Literal["random", "linear_probe"] = "random"
     freeze_embeddings: bool = False
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 42
     batch_size: int = Field(16, ge=1)
     sort_window: int = Field(0, ge=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import torch
@@ -14,6 +15,46 @@ from components.finetune.base import LossFn, Strategy, register_strategy
 # Biases and LayerNorm weights are not decayed: shrinking them towards zero only hurts
 # (they set offsets and scales, not feature weights).
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "LayerNorm.bias")
+_LAYER = re.compile(r"\.layers?\.(\d+)\.")
+
+
+def layer_depths(names: list[str]) -> dict[str, int]:
+    """Distance of each parameter from the output: 0 for the head, 1 for the last
+    transformer layer, ..., num_layers + 1 for the embeddings.
+
+    Parameters named neither `...layer.<i>...` nor `...embeddings...` (head, pooler,
+    PEFT prompt encoders) count as the top.
+    """
+    found = [int(m.group(1)) for n in names if (m := _LAYER.search(n))]
+    top = max(found, default=-1) + 1
+    depths = {}
+    for name in names:
+        m = _LAYER.search(name)
+        if m:
+            depths[name] = top - int(m.group(1))
+        elif "embeddings" in name and "prompt" not in name:
+            depths[name] = top + 1
+        else:
+            depths[name] = 0
+    return depths
+
+
+def param_groups(params: list[tuple[str, nn.Parameter]], cfg: AdamWConfig) -> list[dict]:
+    """AdamW groups: weight decay off for bias/LayerNorm; lr * layer_decay ** depth.
+
+    Layer-wise decay keeps the lower layers (general language features) closer to the
+    pretrained weights than the top ones, which matter most for the new task.
+    """
+    depths = layer_depths([n for n, _ in params])
+    groups: dict[tuple[bool, int], dict] = {}
+    for name, p in params:
+        no_decay = name.endswith(_NO_DECAY)
+        depth = depths[name] if cfg.layer_decay < 1.0 else 0
+        group = groups.setdefault((no_decay, depth), {
+            "params": [], "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+            "lr": cfg.lr * cfg.layer_decay ** depth})
+        group["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
 
 
 def warmup_linear(step: int, total: int, warmup: int) -> float:
@@ -36,11 +77,7 @@ class AdamWStrategy(Strategy):
         super().__init__(cfg, params, total_steps, seed)
         if not params:
             raise ValueError("adamw: the model has no trainable parameters")
-        decay = [p for n, p in params if not n.endswith(_NO_DECAY)]
-        no_decay = [p for n, p in params if n.endswith(_NO_DECAY)]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+        self.optimizer = torch.optim.AdamW(param_groups(params, cfg), lr=cfg.lr)
         warmup = int(math.ceil(cfg.warmup_ratio * total_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: warmup_linear(s, total_steps, warmup))
@@ -57,7 +94,8 @@ class AdamWStrategy(Strategy):
         grads = [p for _, p in self.params]
         # max_grad_norm 0 = no clipping; the norm is still reported.
         norm = torch.nn.utils.clip_grad_norm_(grads, self.cfg.max_grad_norm or float("inf"))
-        lr = self.optimizer.param_groups[0]["lr"]
+        first = self.optimizer.param_groups[0]
+        lr = self.cfg.lr * first["lr"] / first["initial_lr"]  # the top layers' lr
         self.optimizer.step()
         self.scheduler.step()
         return {"loss": value, "lr": lr, "grad_norm": float(norm)}

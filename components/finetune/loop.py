@@ -10,9 +10,11 @@ produces the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,10 +101,11 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
     model.train(strategy.uses_grad)  # forward-only strategies run without dropout noise
 
     n_classes = len(labels)
+    loss_fn = functools.partial(classification_loss, label_smoothing=cfg.label_smoothing)
     bar = tqdm(total=cfg.max_steps, initial=run.step, desc="finetune", disable=None)
     while run.step < cfg.max_steps and not run.stopped_early:
         t0 = time.perf_counter()
-        out = _one_step(model, strategy, loader.next_batch(), run.step)
+        out = _one_step(model, strategy, loader.next_batch(), run.step, loss_fn)
         run.train_seconds += time.perf_counter() - t0
         _guard_finite(out["loss"], run.step, model, root, strategy)
         run.step += 1
@@ -129,12 +132,13 @@ def _encode_split(tokenizer: Any, prepared_dir: str | Path, split: str,
     return encode(tokenizer, texts, ids, params.model.max_length)
 
 
-def _one_step(model: nn.Module, strategy: Strategy, batch: dict, step: int) -> dict[str, float]:
+def _one_step(model: nn.Module, strategy: Strategy, batch: dict, step: int,
+              loss_fn: Callable) -> dict[str, float]:
     if strategy.uses_grad:
-        return strategy.step(model, batch, classification_loss, step)
+        return strategy.step(model, batch, loss_fn, step)
     # Zeroth-order strategies: no autograd graph is ever built.
     with torch.inference_mode():
-        return strategy.step(model, batch, classification_loss, step)
+        return strategy.step(model, batch, loss_fn, step)
 
 
 def _validate(model: nn.Module, val_data: Encoded, params: Params, n_classes: int,

@@ -12,10 +12,11 @@ from components.config import EarlyStoppingConfig
 from components.finetune.batching import Batch, Encoded, sequential_batches
 
 
-def classification_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+def classification_loss(model: nn.Module, batch: Batch,
+                        label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy of the model's logits against `batch["labels"]`."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return F.cross_entropy(logits, batch["labels"])
+    return F.cross_entropy(logits, batch["labels"], label_smoothing=label_smoothing)
 
 
 def macro_f1(preds: torch.Tensor, labels: torch.Tensor, n_classes: int) -> float:
