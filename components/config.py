@@ -128,6 +128,7 @@ class AdamWConfig(Section):
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     max_grad_norm: float = Field(1.0, ge=0)
     layer_decay: float = Field(1.0, gt=0, le=1)
+    ema_decay: float = Field(0.0, ge=0, lt=1)
 
 
 class ZONoiseSection(Section):

@@ -6,8 +6,9 @@ early stopping, checkpoints and logging. Adding a strategy = one class + `@regis
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -50,6 +51,12 @@ class Strategy(ABC):
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor], loss_fn: LossFn,
              step: int) -> dict[str, float]:
         """Update the parameters in place; return metrics, at least {"loss": float}."""
+
+    @contextlib.contextmanager
+    def evaluation_weights(self) -> Iterator[None]:
+        """Within the block the model holds the weights to evaluate and ship (default: the
+        current ones; a strategy keeping an average of its weights swaps that in)."""
+        yield
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-identically (optimizer state, counters)."""

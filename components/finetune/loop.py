@@ -114,7 +114,8 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
         bar.update(1)
         bar.set_postfix(loss=f"{out['loss']:.4f}")
         if run.step % cfg.eval_every == 0 or run.step == cfg.max_steps:
-            best = _validate(model, val_data, params, n_classes, stopper, run, best, log)
+            with strategy.evaluation_weights():
+                best = _validate(model, val_data, params, n_classes, stopper, run, best, log)
         if run.step % cfg.checkpoint_every == 0 and run.step < cfg.max_steps:
             _guard_weights(model, run.step, root, strategy)
             state = {"run": vars(run), "strategy": strategy.state_dict(),
