@@ -124,11 +124,13 @@ class ParamNoise:
         for start, stop, z in self._slices(index, seed):
             flat[start:stop].add_(z, alpha=scale)
 
-    def rows(self, index: int, seed: int, rows: torch.Tensor) -> torch.Tensor:
+    def rows(self, index: int, seed: int, rows: torch.Tensor,
+             out: torch.Tensor | None = None) -> torch.Tensor:
         """z restricted to `rows` (first-dimension indices): shape (len(rows), *row shape).
 
         Row r holds the same values the dense direction holds there, so sparse and dense
-        use of one parameter agree.
+        use of one parameter agree. `out` (len(rows) x row width, contiguous) receives the
+        values instead of a new tensor.
         """
         self._load(seed)
         param = self.params[index]
@@ -142,7 +144,10 @@ class ParamNoise:
         # Every window [start, start + width) of the table, as a view: one gather per row.
         values = self.table.values
         windows = values.as_strided((values.numel() - width + 1, width), (1, 1))
-        return windows.index_select(0, starts).view(len(rows), *param.shape[1:])
+        if out is None:
+            return windows.index_select(0, starts).view(len(rows), *param.shape[1:])
+        torch.index_select(windows, 0, starts, out=out.view(len(rows), width))
+        return out
 
     def add_rows_(self, index: int, seed: int, rows: torch.Tensor, scale: float) -> None:
         """In place: parameter[rows] += scale * z[rows]."""

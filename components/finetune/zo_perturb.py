@@ -122,14 +122,21 @@ class Perturbation:
         return hook
 
     def _sparse_rows(self, owner: _Owner, seed: int, scale: float):
-        """Forward hook on an nn.Embedding: rebuild its output from perturbed used rows."""
+        """Forward hook on an nn.Embedding: overwrite its output with perturbed used rows.
+
+        Everything is written into buffers that already exist (the lookup's own output
+        and two reused scratch buffers): on this kind of VM a fresh MB-sized tensor costs
+        more in page faults than the arithmetic on it.
+        """
         def hook(module, args, kwargs, output):
             ids = args[0] if args else kwargs["input"]
             used, inverse = torch.unique(ids, return_inverse=True)
             weight = self.noise.params[owner.index]
-            # One new (rows, width) tensor: the gathered z, scaled and shifted in place.
-            rows = self.noise.rows(owner.index, seed, used).mul_(scale)
-            rows.add_(weight.index_select(0, used))
+            width = weight.shape[1]
+            z, w = self._row_buffers(weight, len(used))
+            self.noise.rows(owner.index, seed, used, out=z)
+            torch.index_select(weight.detach(), 0, used, out=w)
+            rows = w.add_(z, alpha=scale)
             if module.padding_idx is not None:
                 # nn.Embedding's contract: the padding row is never trained.
                 keep = used != module.padding_idx
@@ -138,8 +145,19 @@ class Perturbation:
             prev = self.rows.get(owner.index)
             self.rows[owner.index] = used if prev is None else torch.unique(
                 torch.cat([prev, used]))
+            if output.is_contiguous() and output.dtype == rows.dtype:
+                torch.index_select(rows, 0, inverse.view(-1), out=output.view(-1, width))
+                return output
             return rows[inverse]
         return hook
+
+    def _row_buffers(self, weight: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two reused (n, width) buffers for gathered rows, grown when a batch needs more."""
+        key = ("rows", weight.dtype, weight.shape[1])
+        buf = self._scratch.get(key)
+        if buf is None or buf.shape[0] < 2 * n:
+            buf = self._scratch[key] = torch.empty(2 * n, weight.shape[1], dtype=weight.dtype)
+        return buf[:n], buf[n: 2 * n]
 
     def add_noise_(self, seed: int, scale: float) -> None:
         """In place: theta += scale * z(seed), on the rows of the last forward for sparse ones.
