@@ -150,3 +150,26 @@ def test_two_workers_run_two_batches_at_once_and_answer_everyone():
     for req, (_, results) in zip(requests, replies, strict=True):
         assert results == [len(t) for t in req]
     assert {tag for tag, _ in replies} == {"tuneline-infer_0", "tuneline-infer_1"}
+
+
+def test_join_gap_closes_a_held_batch_before_max_wait():
+    rec = Recorder()
+
+    async def body(b):
+        b.enter()  # this request
+        b.enter()  # another one in the server that never submits
+        t0 = time.perf_counter()
+        await b.submit(["only"])
+        return time.perf_counter() - t0
+
+    async def with_gap(body):
+        batcher = MicroBatcher(rec, 8, 1000, join_gap_ms=20)
+        await batcher.start()
+        try:
+            return await body(batcher)
+        finally:
+            await batcher.stop()
+
+    waited = run(with_gap(body))
+    assert 0.015 <= waited < 0.5  # the 20 ms gap, not the 1 s max wait
+    assert rec.batches == [["only"]]

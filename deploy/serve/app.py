@@ -74,8 +74,8 @@ def create_app(params: Params, *, bundle_dir: str | Path | None = None, alias: s
                          threads=cfg.threads, metrics=metrics,
                          call_cost_tokens=cfg.bucket_call_cost_tokens, max_rows=cfg.max_batch,
                          retry_base_s=cfg.reload_interval_s, spinning=cfg.ort_spinning)
-    batcher = MicroBatcher(_infer_fn(holder, metrics), cfg.max_batch,
-                           cfg.max_wait_ms, workers=cfg.workers)
+    batcher = MicroBatcher(_infer_fn(holder, metrics), cfg.max_batch, cfg.max_wait_ms,
+                           workers=cfg.workers, join_gap_ms=cfg.join_gap_ms)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):

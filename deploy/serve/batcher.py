@@ -1,12 +1,15 @@
 """Micro-batching: concurrent requests share one ONNX Runtime call.
 
-A batch opens when the worker is free and a request is queued. It closes when it holds
-`max_batch` texts or has been open `max_wait_ms`, whichever comes first, with one
-refinement: if no other predict request is in the server when it opens (a lone client),
-it closes at once, so a lone client pays no batching delay. Under load, requests answered
-by the previous batch come back within the wait and join, instead of the clients splitting
-into groups that take turns. Requests are never split across batches, so every text of
-one request is scored by the same model version.
+A batch opens when a worker is free and a request is queued. It closes when it holds
+`max_batch` texts, has been open `max_wait_ms`, or no request has joined it for
+`join_gap_ms`, whichever comes first, with one refinement: if no other predict request is
+in the server when it opens (a lone client), it closes at once, so a lone client pays no
+batching delay. Under load, requests answered by the previous batch come back within a
+millisecond or so and join, instead of the clients splitting into groups that take turns;
+the join gap then closes the batch as soon as that burst is over, where waiting out the
+whole `max_wait_ms` left the worker idle for most of it (measured: ~1.3 of 2 cores busy
+with a 5 ms wait, ~1.8 with a 1 ms gap). Requests are never split across batches, so
+every text of one request is scored by the same model version.
 
 Inference runs on `workers` threads (ONNX Runtime and `tokenizers` release the GIL), so
 the event loop keeps accepting and parsing requests while batches run. With two workers
@@ -39,7 +42,7 @@ class MicroBatcher:
     """Queue texts from many requests and run them through `infer` in batches."""
 
     def __init__(self, infer: InferFn, max_batch: int, max_wait_ms: float,
-                 workers: int = 1) -> None:
+                 workers: int = 1, join_gap_ms: float | None = None) -> None:
         if max_batch < 1 or workers < 1:
             raise ValueError("max_batch and workers must be >= 1")
         self.infer = infer
@@ -47,6 +50,9 @@ class MicroBatcher:
         self.workers = workers
         self._running: set[asyncio.Task] = set()
         self.max_wait_s = max(0.0, max_wait_ms) / 1e3
+        # An open batch also closes once no request has joined it for this long: the
+        # requests that were coming have come, and the worker should not sit idle.
+        self.join_gap_s = self.max_wait_s if join_gap_ms is None else max(0.0, join_gap_ms) / 1e3
         self._pending: deque[_Item] = deque()
         self._in_flight = 0
         self._wakeup: asyncio.Event | None = None
@@ -124,7 +130,7 @@ class MicroBatcher:
                 break
             self._wakeup.clear()
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+                await asyncio.wait_for(self._wakeup.wait(), min(remaining, self.join_gap_s))
             except TimeoutError:
                 break
         return batch
