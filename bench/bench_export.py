@@ -110,7 +110,8 @@ def run_all(work: Path, overrides: list[str], repeats_b1: int, repeats_b32: int)
         "accuracy_int8_b1": parity["accuracy_int8_b1"],
         "int8_disagreement_max_fp32_margin": parity["int8_disagreement_max_margin"],
         "quantization": {"method": "dynamic", "weight_type": "QInt8",
-                         "per_channel": params.export.per_channel},
+                         "per_channel": params.export.per_channel,
+                         "per_token_ffn": params.export.per_token_ffn},
         "max_logit_diff_torch_vs_fp32":
             parity["max_logit_diff"], "max_logit_diff_int8_vs_fp32":
             parity["int8_max_logit_diff"],

@@ -197,6 +197,7 @@ class EvaluateConfig(Section):
 class ExportConfig(Section):
     opset: int = Field(18, ge=13)
     per_channel: bool = True
+    per_token_ffn: bool = False
     parity_max_rows: int = Field(0, ge=0)
     latency_repeats: int = Field(50, ge=1)
 
