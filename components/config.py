@@ -234,7 +234,7 @@ class ServeConfig(Section):
     port: int = Field(8000, ge=1, le=65535)
     max_batch: int = Field(32, ge=1)
     max_wait_ms: float = Field(5, ge=0)
-    join_gap_ms: float = Field(1, ge=0)
+    join_gap_ms: float = Field(5, ge=0)
     max_texts: int = Field(64, ge=1)
     max_text_chars: int = Field(2000, ge=1)
     reload_interval_s: float = Field(10, gt=0)

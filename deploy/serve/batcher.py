@@ -5,11 +5,13 @@ A batch opens when a worker is free and a request is queued. It closes when it h
 `join_gap_ms`, whichever comes first, with one refinement: if no other predict request is
 in the server when it opens (a lone client), it closes at once, so a lone client pays no
 batching delay. Under load, requests answered by the previous batch come back within a
-millisecond or so and join, instead of the clients splitting into groups that take turns;
-the join gap then closes the batch as soon as that burst is over, where waiting out the
-whole `max_wait_ms` left the worker idle for most of it (measured: ~1.3 of 2 cores busy
-with a 5 ms wait, ~1.8 with a 1 ms gap). Requests are never split across batches, so
-every text of one request is scored by the same model version.
+millisecond or so and join, instead of the clients splitting into groups that take turns.
+A short join gap closes the batch once that burst is over instead of idling the worker
+until `max_wait_ms`; with single-threaded sessions it raised busy CPU from ~1.3 to ~1.6
+of 2 cores, but on the default two-thread session the 16-client benchmark showed no
+throughput difference beyond run-to-run noise (1 ms: 272-338 texts/s, 5 ms: 258-291), and
+batches were smaller, so the default gap equals the wait. Requests are never split across
+batches, so every text of one request is scored by the same model version.
 
 Inference runs on `workers` threads (ONNX Runtime and `tokenizers` release the GIL), so
 the event loop keeps accepting and parsing requests while batches run. With two workers
