@@ -27,13 +27,12 @@ def layer_depths(names: list[str]) -> dict[str, int]:
     Parameters named neither `...layer.<i>...` nor `...embeddings...` (head, pooler,
     PEFT prompt encoders) count as the top.
     """
-    found = [int(m.group(1)) for n in names if (m := _LAYER.search(n))]
-    top = max(found, default=-1) + 1
+    layer = {n: int(m.group(1)) for n in names if (m := _LAYER.search(n))}
+    top = max(layer.values(), default=-1) + 1
     depths = {}
     for name in names:
-        m = _LAYER.search(name)
-        if m:
-            depths[name] = top - int(m.group(1))
+        if name in layer:
+            depths[name] = top - layer[name]
         elif "embeddings" in name and "prompt" not in name:
             depths[name] = top + 1
         else:
@@ -89,7 +88,6 @@ class AdamWStrategy(Strategy):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: warmup_linear(s, total_steps, warmup))
         self.ema = ([p.detach().clone() for _, p in params] if cfg.ema_decay > 0 else None)
-        self.ema_updates = 0
 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor], loss_fn: LossFn,
              step: int) -> dict[str, float]:
@@ -114,10 +112,10 @@ class AdamWStrategy(Strategy):
     def _update_ema(self) -> None:
         if self.ema is None:
             return
-        self.ema_updates += 1
+        updates = self.scheduler.last_epoch  # applied steps, this one included
         # Warm-up of the decay (as in tf.train.ExponentialMovingAverage's num_updates):
         # early on the average follows the weights instead of the pretrained start.
-        decay = min(self.cfg.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
+        decay = min(self.cfg.ema_decay, (1 + updates) / (10 + updates))
         for avg, (_, p) in zip(self.ema, self.params, strict=True):
             avg.lerp_(p.detach(), 1.0 - decay)
 
@@ -139,7 +137,7 @@ class AdamWStrategy(Strategy):
         state = {"optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict()}
         if self.ema is not None:
-            state["ema"] = {"updates": self.ema_updates, "weights": list(self.ema)}
+            state["ema"] = list(self.ema)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -148,6 +146,5 @@ class AdamWStrategy(Strategy):
         if self.ema is not None:
             if "ema" not in state:
                 raise ValueError("adamw: the checkpoint has no weight average (ema_decay was 0)")
-            self.ema_updates = int(state["ema"]["updates"])
-            for avg, saved in zip(self.ema, state["ema"]["weights"], strict=True):
+            for avg, saved in zip(self.ema, state["ema"], strict=True):
                 avg.copy_(saved)

@@ -14,7 +14,6 @@ import functools
 import math
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 from components.config import Params
 from components.data import data_version, load_label_map, load_split
 from components.finetune import checkpoint as ckpt
-from components.finetune.base import Strategy, build_strategy
+from components.finetune.base import LossFn, Strategy, build_strategy
 from components.finetune.batching import Encoded, ShuffledLoader, encode, sequential_batches
 from components.finetune.loggers import MetricsLogger, null_logger
 from components.finetune.validation import EarlyStopper, classification_loss, evaluate_split
@@ -134,7 +133,7 @@ def _encode_split(tokenizer: Any, prepared_dir: str | Path, split: str,
 
 
 def _one_step(model: nn.Module, strategy: Strategy, batch: dict, step: int,
-              loss_fn: Callable) -> dict[str, float]:
+              loss_fn: LossFn) -> dict[str, float]:
     if strategy.uses_grad:
         return strategy.step(model, batch, loss_fn, step)
     # Zeroth-order strategies: no autograd graph is ever built.

@@ -145,10 +145,9 @@ class Perturbation:
             prev = self.rows.get(owner.index)
             self.rows[owner.index] = used if prev is None else torch.unique(
                 torch.cat([prev, used]))
-            if output.is_contiguous() and output.dtype == rows.dtype:
-                torch.index_select(rows, 0, inverse.view(-1), out=output.view(-1, width))
-                return output
-            return rows[inverse]
+            # The lookup's output is a fresh contiguous (..., width) tensor of weight's dtype.
+            torch.index_select(rows, 0, inverse.view(-1), out=output.view(-1, width))
+            return output
         return hook
 
     def _row_buffers(self, weight: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
