@@ -93,7 +93,7 @@ def _lbfgs(x64: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
         return loss
 
     opt.step(closure)
-    return w.detach(), b.detach(), float(closure())
+    return w.detach(), b.detach(), float(closure().detach())
 
 
 def fit_linear_probe(model: nn.Module, batches: Iterable[Batch],
