@@ -19,7 +19,7 @@ import argparse
 import json
 import tempfile
 
-from bench.common import RESULTS_DIR, run_isolated, write_result
+from bench.common import PROJECT_ROOT, RESULTS_DIR, run_isolated, write_result
 
 MODULE = "bench.train_measure"
 PARTS = ("steps", "accuracy", "mlm")
@@ -37,10 +37,35 @@ def bench_accuracy(overrides: list[str]) -> dict:
     baseline = run_isolated(MODULE, "tfidf")
     command = " ".join(["flock /tmp/tuneline-cpu.lock .venv/bin/python -m bench.bench_train",
                         "--parts accuracy", *sets])
+    model_pred = finetuned.pop("test_pred")
     return {"adamw_full": finetuned, "tfidf_logreg": baseline,
             "margin": finetuned["test_accuracy"] - baseline["test_accuracy"],
+            "paired_vs_tfidf": paired_difference(model_pred, baseline.pop("test_pred")),
+            "paired_vs_tfidf_first_tokens": paired_difference(
+                model_pred, baseline["first_tokens_only"].pop("test_pred")),
             "params": "params.yaml defaults" if not overrides else "params.yaml + overrides",
             "command": command}
+
+
+def paired_difference(model_pred: list[int], baseline_pred: list[int]) -> dict:
+    """Test accuracy of the model minus the baseline's, with the gate's noise measures: a
+    paired bootstrap interval and McNemar's p (params.yaml gate.noise)."""
+    import numpy as np
+
+    from components.config import load_params
+    from components.data import load_split
+    from components.gate import bootstrap_delta_ci, mcnemar_pvalue
+
+    params = load_params()
+    _, gold = load_split(PROJECT_ROOT / params.paths.prepared, "test")
+    y, a, b = np.asarray(gold), np.asarray(model_pred), np.asarray(baseline_pred)
+    noise = params.gate.noise
+    lo, hi = bootstrap_delta_ci(y, a, b, "accuracy", int(y.max()) + 1, noise)
+    return {"delta": float((a == y).mean() - (b == y).mean()),
+            "ci": [lo, hi], "confidence": noise.confidence,
+            "mcnemar_p": mcnemar_pvalue(a == y, b == y),
+            "model_only_right": int(np.sum((a == y) & (b != y))),
+            "baseline_only_right": int(np.sum((a != y) & (b == y)))}
 
 
 def bench_mlm() -> dict:

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -82,9 +84,8 @@ def measure_finetune(out: Path, overrides: list[str]) -> dict[str, Any]:
     from transformers import logging as hf_logging
 
     from components.data import load_split
+    from components.evaluate import accuracy, macro_f1, torch_logits
     from components.finetune import train
-    from components.finetune.batching import encode
-    from components.finetune.validation import evaluate_split
     from components.modeling import load_trained
 
     hf_logging.set_verbosity_error()
@@ -96,32 +97,53 @@ def measure_finetune(out: Path, overrides: list[str]) -> dict[str, Any]:
     trained = load_trained(out / "model")
     texts, ids = load_split(prepared, "test")
     lengths = [len(x) for x in trained.tokenizer(texts)["input_ids"]]
-    test = evaluate_split(trained.model, encode(trained.tokenizer, texts, ids,
-                                                params.model.max_length),
-                          params.evaluate.batch_size, len(trained.labels))
+    pred = torch_logits(trained.model, trained.tokenizer, texts, params.model.max_length,
+                        params.evaluate.batch_size).argmax(1)
+    gold = np.asarray(ids)
     ft = params.finetune
     settings = {"model": params.model.model_dump(mode="json"), "batch_size": ft.batch_size,
                 "max_steps": ft.max_steps, "sort_window": ft.sort_window,
                 "head_init": ft.head_init, "freeze_embeddings": ft.freeze_embeddings,
                 "eval_every": ft.eval_every,
                 "adamw": ft.adamw.model_dump(mode="json")}
-    return {"test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+    return {"test_accuracy": accuracy(gold, pred),
+            "test_macro_f1": macro_f1(gold, pred, len(trained.labels)),
             "train": metrics, "train_wall_seconds": round(wall, 1),
             "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads(),
             "n_test": len(ids), "overrides": overrides, "settings": settings,
-            "test_texts_truncated": sum(n > params.model.max_length for n in lengths) / len(ids)}
+            "test_texts_truncated": sum(n > params.model.max_length for n in lengths) / len(ids),
+            "test_pred": pred.tolist()}
 
 
 def measure_tfidf() -> dict[str, Any]:
-    """TF-IDF (word 1-2 grams) + logistic regression; C chosen on the validation split."""
+    """TF-IDF (word 1-2 grams) + logistic regression, C chosen on the validation split; on
+    the whole text, and on only the first `model.max_length` tokens (what the model sees)."""
+    from transformers import AutoTokenizer
+
+    from components.data import load_split
+    from components.modeling import resolve_backbone
+
+    params = _params([])
+    prepared = _prepared(params)
+    splits = [load_split(prepared, s) for s in ("train", "validation", "test")]
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(params.model.name_or_path))
+
+    def first_tokens(texts: list[str]) -> list[str]:
+        ids = tokenizer(texts, truncation=True, max_length=params.model.max_length)["input_ids"]
+        return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    whole = _tfidf_logreg(splits)
+    seen = _tfidf_logreg([(first_tokens(x), y) for x, y in splits])
+    return {**whole, "input": "whole text (no token limit)",
+            "first_tokens_only": {**seen, "input": f"first {params.model.max_length} "
+                                                   "tokens of the model's tokenizer, decoded"}}
+
+
+def _tfidf_logreg(splits: list[tuple[list[str], list[int]]]) -> dict[str, Any]:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from components.data import load_split
-
-    prepared = _prepared(_params([]))
-    (xtr, ytr), (xva, yva), (xte, yte) = (load_split(prepared, s)
-                                          for s in ("train", "validation", "test"))
+    (xtr, ytr), (xva, yva), (xte, yte) = splits
     vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
     ftr, fva, fte = vec.fit_transform(xtr), vec.transform(xva), vec.transform(xte)
     best = None
@@ -131,8 +153,9 @@ def measure_tfidf() -> dict[str, Any]:
         if best is None or val > best[0]:
             best = (val, c, clf)
     val_acc, c, clf = best
-    return {"test_accuracy": float((clf.predict(fte) == yte).mean()), "val_accuracy": val_acc,
-            "C": c, "n_test": len(yte), "input": "whole text (no token limit)"}
+    pred = clf.predict(fte)
+    return {"test_accuracy": float((pred == yte).mean()), "val_accuracy": val_acc, "C": c,
+            "n_test": len(yte), "test_pred": [int(v) for v in pred]}
 
 
 def measure_mlm(out: Path) -> dict[str, Any]:
