@@ -72,7 +72,8 @@ class OnnxClassifier:
 
     def __init__(self, bundle_dir: str | Path, model_file: str = INT8_MODEL,
                  threads: int = 2, verify: bool = True,
-                 session_config: dict[str, str] | None = None) -> None:
+                 session_config: dict[str, str] | None = None,
+                 profile_prefix: str | None = None) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -90,6 +91,9 @@ class OnnxClassifier:
         opts.inter_op_num_threads = 1
         for key, value in (session_config or {}).items():  # e.g. intra-op spinning off
             opts.add_session_config_entry(key, value)
+        if profile_prefix:  # ONNX Runtime writes per-node timings; see session.end_profiling()
+            opts.enable_profiling = True
+            opts.profile_file_prefix = profile_prefix
         # Bundles name the session-time fusions to skip (slower kernels on this runtime).
         disabled = list(config.get("onnxruntime", {}).get("disabled_optimizers", []))
         self.session = ort.InferenceSession(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -244,3 +245,20 @@ def test_per_token_rewrite_refuses_a_node_it_cannot_rewrite():
         rewrite_per_token(_ffn_graph(np.random.default_rng(0)), ["gelu"])
     with pytest.raises(ValueError, match="'missing' is not a MatMul"):
         rewrite_per_token(_ffn_graph(np.random.default_rng(0)), ["missing"])
+
+
+def test_profile_shares_name_the_quantized_kernels(good, tmp_path):
+    from bench.profile_ort import op_shares
+
+    clf = OnnxClassifier(good["bundle"], INT8_MODEL, threads=1,
+                         profile_prefix=str(tmp_path / "ort"))
+    feeds = clf.encode(["a short text", "a somewhat longer text about sockets and files"])
+    for _ in range(3):
+        clf.session.run(["logits"], feeds)
+    trace = json.loads(Path(clf.session.end_profiling()).read_text())
+    shares, total_ms = op_shares(trace)
+    assert total_ms > 0
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert {"QAttention", "QEmbedLayerNormalization"} <= set(shares)
+    with pytest.raises(ValueError, match="no node kernel timings"):
+        op_shares([{"cat": "Session", "name": "model_run", "dur": 5}])
