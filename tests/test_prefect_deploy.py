@@ -95,7 +95,19 @@ def test_deployment_run_from_the_api_completes_with_its_parameter(tmp_path, tiny
         body = {"parameters": {"config": {"params_file": str(params_file),
                                           "strategy": "adamw",
                                           "overrides": ["finetune.max_steps=7"]}}}
-        flow_run = http.post(f"/deployments/{dep['id']}/create_flow_run", json=body).json()
+        answers: list[str] = []
+
+        def created() -> dict | None:
+            # The runner may still be finishing the deployment it has just registered: a
+            # refusal is retried until the wait ends, then reported with the server's answer.
+            r = http.post(f"/deployments/{dep['id']}/create_flow_run", json=body)
+            answers.append(f"{r.status_code} {r.text[:500]}")
+            return r.json() if r.status_code == 201 else None
+
+        try:
+            flow_run = _wait_for(created, 60, "a flow run to be created", logs)
+        except AssertionError as exc:
+            raise AssertionError(f"create_flow_run answered: {answers[-3:]}") from exc
 
         def finished() -> dict | None:
             run = http.get(f"/flow_runs/{flow_run['id']}").json()
