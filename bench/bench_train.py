@@ -19,7 +19,10 @@ import argparse
 import json
 import tempfile
 
+import numpy as np
+
 from bench.common import PROJECT_ROOT, RESULTS_DIR, run_isolated, write_result
+from components.config import NoiseConfig
 
 MODULE = "bench.train_measure"
 PARTS = ("steps", "accuracy", "mlm")
@@ -31,36 +34,40 @@ def bench_steps(repeats: int) -> dict:
 
 
 def bench_accuracy(overrides: list[str]) -> dict:
+    from components.config import load_params
+    from components.data import load_label_map, load_split
+
     sets = [a for o in overrides for a in ("--set", o)]
     with tempfile.TemporaryDirectory() as tmp:
         finetuned = run_isolated(MODULE, "finetune", "--out", tmp, *sets)
     baseline = run_isolated(MODULE, "tfidf")
     command = " ".join(["flock /tmp/tuneline-cpu.lock .venv/bin/python -m bench.bench_train",
                         "--parts accuracy", *sets])
-    model_pred = finetuned.pop("test_pred")
+    params = load_params()
+    prepared = PROJECT_ROOT / params.paths.prepared
+    gold = np.asarray(load_split(prepared, "test")[1])
+    n_labels = len(load_label_map(prepared))
+    model_pred = np.asarray(finetuned.pop("test_pred"))
+
+    def versus(baseline_pred: list[int]) -> dict:
+        return paired_difference(gold, model_pred, np.asarray(baseline_pred), n_labels,
+                                 params.gate.noise)
+
     return {"adamw_full": finetuned, "tfidf_logreg": baseline,
             "margin": finetuned["test_accuracy"] - baseline["test_accuracy"],
-            "paired_vs_tfidf": paired_difference(model_pred, baseline.pop("test_pred")),
-            "paired_vs_tfidf_first_tokens": paired_difference(
-                model_pred, baseline["first_tokens_only"].pop("test_pred")),
+            "paired_vs_tfidf": versus(baseline.pop("test_pred")),
+            "paired_vs_tfidf_first_tokens": versus(baseline["first_tokens_only"].pop("test_pred")),
             "params": "params.yaml defaults" if not overrides else "params.yaml + overrides",
             "command": command}
 
 
-def paired_difference(model_pred: list[int], baseline_pred: list[int]) -> dict:
-    """Test accuracy of the model minus the baseline's, with the gate's noise measures: a
+def paired_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_labels: int,
+                      noise: NoiseConfig) -> dict:
+    """Accuracy of predictions `a` minus `b` on gold `y`, with the gate's noise measures: a
     paired bootstrap interval and McNemar's p (params.yaml gate.noise)."""
-    import numpy as np
-
-    from components.config import load_params
-    from components.data import load_split
     from components.gate import bootstrap_delta_ci, mcnemar_pvalue
 
-    params = load_params()
-    _, gold = load_split(PROJECT_ROOT / params.paths.prepared, "test")
-    y, a, b = np.asarray(gold), np.asarray(model_pred), np.asarray(baseline_pred)
-    noise = params.gate.noise
-    lo, hi = bootstrap_delta_ci(y, a, b, "accuracy", int(y.max()) + 1, noise)
+    lo, hi = bootstrap_delta_ci(y, a, b, "accuracy", n_labels, noise)
     return {"delta": float((a == y).mean() - (b == y).mean()),
             "ci": [lo, hi], "confidence": noise.confidence,
             "mcnemar_p": mcnemar_pvalue(a == y, b == y),
