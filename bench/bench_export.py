@@ -64,7 +64,7 @@ def export(work: Path, overrides: list[str]) -> dict:
 def measure(bundle: Path, model_file: str, batch: int, repeats: int,
             overrides: list[str]) -> dict:
     """Served-path latency of one graph at one batch size (run in its own process)."""
-    from components.data import load_split
+    from components.data_io import load_split
     from components.predictor import OnnxClassifier
 
     params = _params(overrides)
@@ -110,8 +110,7 @@ def run_all(work: Path, overrides: list[str], repeats_b1: int, repeats_b32: int)
         "accuracy_int8_b1": parity["accuracy_int8_b1"],
         "int8_disagreement_max_fp32_margin": parity["int8_disagreement_max_margin"],
         "quantization": {"method": "dynamic", "weight_type": "QInt8",
-                         "per_channel": params.export.per_channel,
-                         "per_token_ffn": params.export.per_token_ffn},
+                         "per_channel": params.export.per_channel},
         "max_logit_diff_torch_vs_fp32":
             parity["max_logit_diff"], "max_logit_diff_int8_vs_fp32":
             parity["int8_max_logit_diff"],

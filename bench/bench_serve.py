@@ -173,7 +173,7 @@ def load_with_champion_move(params: Params, url: str, texts_file: Path, args, ne
 
 
 def run(args: argparse.Namespace) -> dict:
-    from components.data import load_split
+    from components.data_io import load_split
 
     work = WORK
     work.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,7 @@ def _verdict_tags(verdict: dict[str, Any]) -> dict[str, str]:
 
 
 def publish(params: Params, run_id: str, bundle_dir: str | Path,
-            verdict: dict[str, Any]) -> dict[str, Any]:
+            verdict: dict[str, Any], tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Register the bundle as a new version of `registry.model_name` and move aliases.
 
     Gate passed: the old @champion becomes @previous, the new version @champion.
@@ -101,7 +101,8 @@ def publish(params: Params, run_id: str, bundle_dir: str | Path,
     description = "gate passed" if passed else "gate rejected: " + "; ".join(verdict["reasons"])
     mv = client.create_model_version(
         name, source=f"{run.info.artifact_uri}/bundle", run_id=run_id,
-        tags={**lineage, **_verdict_tags(verdict), "sha256": sha, "registered_at": _now()},
+        tags={**lineage, **(tags or {}), **_verdict_tags(verdict), "sha256": sha,
+              "registered_at": _now()},
         description=description[:MAX_TAG_CHARS])
     version, moves = str(mv.version), []
     if passed:
@@ -190,6 +191,17 @@ def resolve_ref(params: Params, ref: str) -> str:
     return version
 
 
+def version_tags(params: Params, ref: str) -> tuple[str, dict[str, str]]:
+    """(version number, tags) of a version number or alias.
+
+    Raises:
+        LookupError: unknown alias or version.
+    """
+    version = resolve_ref(params, ref)
+    mv = _get_version(get_client(params), params.registry.model_name, version)
+    return version, dict(mv.tags or {})
+
+
 def download_bundle(params: Params, ref: str, dst: str | Path) -> tuple[str, Path]:
     """Fetch a version's bundle into `dst` (replaced atomically) and verify it.
 
@@ -225,11 +237,21 @@ def download_bundle(params: Params, ref: str, dst: str | Path) -> tuple[str, Pat
     return version, dst
 
 
+def champion_ref(params: Params) -> dict[str, str] | None:
+    """{"version", "sha256"} of the @champion, None when there is none."""
+    version = get_alias_version(params, CHAMPION)
+    if version is None:
+        return None
+    mv = _get_version(get_client(params), params.registry.model_name, version)
+    return {"version": version, "sha256": (mv.tags or {}).get("sha256", "")}
+
+
 def champion_bundle(params: Params, dst: str | Path) -> Path | None:
     """Download the @champion bundle into `dst` for re-scoring; None when there is none."""
-    if get_alias_version(params, CHAMPION) is None:
+    ref = champion_ref(params)
+    if ref is None:
         return None
-    return download_bundle(params, CHAMPION, dst)[1]
+    return download_bundle(params, ref["version"], dst)[1]
 
 
 def list_versions(params: Params) -> list[dict[str, Any]]:

@@ -64,7 +64,7 @@ def lineage_tags(params: Params, prepared_dir: str | Path | None) -> dict[str, s
             "strategy": params.finetune.strategy, "peft_method": params.peft.method,
             "backbone": params.model.name_or_path}
     if prepared_dir is not None and Path(prepared_dir).exists():
-        from components.data import data_version
+        from components.data_io import data_version
 
         tags["data_version"] = data_version(prepared_dir)
     return tags

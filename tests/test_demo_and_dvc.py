@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from components.config import PROJECT_ROOT, DemoConfig
-from components.data import data_version
+from components.data_io import data_version
 from components.demo import build_demo_corpus
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from components.config import AdamWConfig
-from components.data import data_version, load_split
+from components.data_io import data_version, load_split
 from components.finetune import STRATEGIES, JsonlLogger, TrainingDiverged, train
 from components.finetune import checkpoint as ckpt
 from components.finetune.batching import ShuffledLoader, collate, encode

@@ -127,7 +127,7 @@ def test_download_verifies_sha256_and_holds_no_pickle(bundles, tmp_path, tiny_ba
 
 
 def test_run_records_params_step_metrics_and_lineage(bundles, tmp_path, tiny_backbone_dir):
-    from components.data import data_version
+    from components.data_io import data_version
     from components.finetune import train
 
     params = tiny_test_params(tmp_path, tiny_backbone_dir, ["finetune.max_steps=6",

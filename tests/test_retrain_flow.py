@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from components.config import load_params
-from components.data import data_version
+from components.data_io import data_version
 from components.io import sha256_file
 from pipelines.retrain import RetrainConfig, retrain
 from pipelines.sensor import data_changed
