@@ -77,7 +77,7 @@ def describe_version(params: Params, ref: str) -> str:
     verdict = {"true": "PASSED", "false": "REJECTED"}.get(tags.get("gate_passed", ""), "?")
     lines = [f"{params.registry.model_name} v{version} ({aliases}), registered "
              f"{tags.get('registered_at', row['created'])}, MLflow run {row['run_id']}",
-             f"gate: {verdict} {tags.get('gate_decision', tags.get('gate_reasons', ''))}",
+             f"gate: {tags.get('gate_decision') or verdict + ' ' + tags.get('gate_reasons', '')}",
              "test: " + ", ".join(f"{k[5:]} {v}" for k, v in sorted(tags.items())
                                   if k.startswith("test_")), "lineage:"]
     lines += [f"  {what:<42} {tags.get(tag, '-')}" for tag, what in LINEAGE_TAGS]

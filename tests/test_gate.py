@@ -14,22 +14,33 @@ from components.evaluate import macro_f1
 from components.gate import (
     _batched_macro_f1,
     compare_to_champion,
+    describe_failure,
     mcnemar_pvalue,
+    render_verdict,
+    rows_needed,
     run_gate,
 )
 from components.predictor import INT8_MODEL, BundleIntegrityError
 from tests.model_support import tiny_test_params, trained_bundle
 
 
-def _gate(**noise) -> GateConfig:
-    return GateConfig(max_drop_vs_champion={"accuracy": 0.0, "macro_f1": 0.0},
-                      noise={"resamples": 500, **noise})
+def _gate(max_drop: float = 0.0, **cfg) -> GateConfig:
+    noise = {"resamples": 500, **cfg.pop("noise", {})}
+    return GateConfig(max_drop_vs_champion={"accuracy": max_drop, "macro_f1": max_drop},
+                      noise=noise, **cfg)
 
 
 def _flip(pred: np.ndarray, rows: int, k: int = 3) -> np.ndarray:
     """Make the first `rows` predictions wrong."""
     out = pred.copy()
     out[:rows] = (out[:rows] + 1) % k
+    return out
+
+
+def _shift(pred: np.ndarray, wrong: slice, k: int = 3) -> np.ndarray:
+    """Make the predictions in `wrong` wrong."""
+    out = pred.copy()
+    out[wrong] = (out[wrong] + 1) % k
     return out
 
 
@@ -42,30 +53,65 @@ def truth():
 @pytest.mark.parametrize("method", ["bootstrap", "mcnemar"])
 def test_clearly_better_and_clearly_worse(truth, method):
     good, bad = truth.copy(), _flip(truth, 120)
-    better = compare_to_champion(truth, good, bad, 3, _gate(method=method))
-    worse = compare_to_champion(truth, bad, good, 3, _gate(method=method))
+    better = compare_to_champion(truth, good, bad, 3, _gate(noise={"method": method}))
+    worse = compare_to_champion(truth, bad, good, 3, _gate(noise={"method": method}))
     assert all(r["outcome"] == "better" and r["passed"] for r in better)
-    assert all(r["outcome"] == "worse" and not r["passed"] for r in worse)
+    assert all(not r["passed"] for r in worse)
     assert worse[0]["value"] == pytest.approx(-0.4)
+    assert worse[0]["ci_high"] < 0 and worse[0]["n"] == 300
 
 
 @pytest.mark.parametrize("method", ["bootstrap", "mcnemar"])
-@pytest.mark.parametrize("within_noise", ["promote", "reject"])
-def test_difference_within_noise_follows_params(truth, method, within_noise):
-    champion = _flip(truth, 60)
-    challenger = _flip(truth, 62)  # two rows worse out of 300: noise
-    rules = compare_to_champion(truth, challenger, champion, 3,
-                                _gate(method=method, within_noise=within_noise))
-    assert rules[0]["value"] < 0
-    assert all(r["outcome"] == "within_noise" for r in rules)
-    assert all(r["passed"] == (within_noise == "promote") for r in rules)
+def test_a_worse_model_within_noise_is_rejected(truth, method):
+    # 186 rows, the challenger 6 rows (3.2 pt) worse: not significant, but measured worse.
+    y = truth[:186]
+    champion = _flip(y, 40)
+    challenger = _shift(champion, slice(100, 116))      # 16 rows lost ...
+    challenger[:10] = y[:10]                            # ... 10 won: net 6 rows worse
+    rules = compare_to_champion(y, challenger, champion, 3, _gate(noise={"method": method}))
+    rule = rules[0]
+    assert rule["value"] == pytest.approx(-6 / 186)
+    assert rule["ci_low"] < 0 < rule["ci_high"]                          # within noise ...
+    assert method == "bootstrap" or rule["p_value"] > 0.05
+    assert not rule["passed"] and rule["outcome"] == "drop beyond the allowed drop"  # ... still no
+    verdict_line = describe_failure(rule)
+    assert "paired interval" in verdict_line and "186 rows" in verdict_line
 
 
-def test_significant_drop_within_allowance_passes(truth):
-    cfg = GateConfig(max_drop_vs_champion={"accuracy": 0.2}, noise={"resamples": 500})
-    [rule] = compare_to_champion(truth, _flip(truth, 30), truth, 3, cfg)
-    assert rule["outcome"] == "worse" and rule["passed"]  # -0.1 >= -0.2
-    assert rule["ci_high"] < 0 and rule["threshold"] == -0.2
+def test_a_significant_drop_inside_the_allowed_drop_is_rejected(truth):
+    cfg = _gate(max_drop=0.2)
+    [acc, _] = compare_to_champion(truth, _flip(truth, 30), truth, 3, cfg)
+    assert acc["value"] == pytest.approx(-0.1) and acc["threshold"] == -0.2
+    assert acc["ci_high"] < 0
+    assert acc["outcome"] == "significant drop" and not acc["passed"]
+    small = compare_to_champion(truth, _shift(truth, slice(0, 2)), truth, 3, cfg)[0]
+    assert small["passed"] and small["outcome"] == "no measured drop"  # allowed, not significant
+
+
+def test_non_inferiority_promotes_an_equal_model_only_on_a_large_enough_split():
+    rng = np.random.default_rng(3)
+    cfg = _gate(max_drop=0.02, compare="non_inferiority",
+                non_inferiority_margin={"accuracy": 0.03, "macro_f1": 0.03})
+
+    def equal_models(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        y = rng.integers(0, 3, n)
+        champion, challenger = y.copy(), y.copy()
+        wrong = rng.permutation(n)
+        champion[wrong[: n // 5]] = (champion[wrong[: n // 5]] + 1) % 3      # 80% right ...
+        challenger[wrong[n // 10: n // 10 + n // 5]] += 1                     # ... other rows
+        return y, challenger % 3, champion
+
+    small = compare_to_champion(*equal_models(150), 3, cfg)[0]
+    assert small["value"] == pytest.approx(0.0)
+    assert not small["passed"] and small["outcome"].startswith("undecided")
+    assert small["ci_low"] < -0.03 and small["rows_needed"] > 150
+    large = compare_to_champion(*equal_models(small["rows_needed"] * 2), 3, cfg)[0]
+    assert large["passed"] and large["outcome"] == "non-inferior" and large["ci_low"] > -0.03
+
+
+def test_rows_needed_scales_with_the_interval():
+    assert rows_needed(100, -0.1, 0.1, 0.0, 0.05) == 400    # half-width 0.1 -> 0.05: 4x rows
+    assert rows_needed(100, -0.1, 0.1, -0.05, 0.05) is None  # measured at -margin already
 
 
 def test_mcnemar_matches_exact_binomial_test():
@@ -83,11 +129,9 @@ def test_batched_macro_f1_matches_single(truth):
     np.testing.assert_allclose(_batched_macro_f1(ys, preds, 3), expected)
 
 
-def test_unknown_gated_metric_is_named(tmp_path, tiny_backbone_dir, tmp_path_factory):
-    good = trained_bundle(tmp_path_factory, tiny_backbone_dir, "good")
-    params = tiny_test_params(tmp_path, tiny_backbone_dir, ["gate.min_metrics.recall=0.5"])
-    with pytest.raises(ValueError, match="gate.min_metrics.recall: unknown metric"):
-        run_gate(good["bundle"], good["prepared"], params)
+def test_unknown_gated_metric_is_named(tmp_path, tiny_backbone_dir):
+    with pytest.raises(ConfigError, match="gate: min_metrics.recall: unknown metric"):
+        tiny_test_params(tmp_path, tiny_backbone_dir, ["gate.min_metrics.recall=0.5"])
     with pytest.raises(ConfigError, match="gate.noise.method"):
         tiny_test_params(tmp_path, tiny_backbone_dir, ["gate.noise.method=ttest"])
 
@@ -123,7 +167,9 @@ def test_champion_is_rescored_on_the_same_split(bundles, tmp_path, tiny_backbone
     rule = next(r for r in better["rules"] if r["name"] == "vs_champion.accuracy")
     assert rule["outcome"] == "better" and rule["ci_low"] > 0
     assert not worse["passed"]
-    assert any(r.startswith("vs_champion.accuracy") and "worse" in r for r in worse["reasons"])
+    assert any(r.startswith("vs_champion.accuracy") and "drop" in r for r in worse["reasons"])
+    text = render_verdict(worse)
+    assert "| accuracy |" in text and "paired interval" in text and "REJECTED" in text
 
 
 def test_budget_failure_names_the_rule(bundles, tmp_path, tiny_backbone_dir):

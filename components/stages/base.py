@@ -120,11 +120,12 @@ def check_inputs_current(name: str, params: Params) -> None:
     Raises:
         StaleInputError: naming the input and the stage to run first.
     """
-    for dep in SPECS[name].deps:
+    for dep in SPECS[name].active_deps(params):
         if not dep.identity or dep.stage in SOURCE_STAGES:
             continue
         folder = resolve(dep.path, params)
         if stored_result(folder, fingerprint(dep.stage, params)) is None:
-            state = "is missing" if not folder.exists() else "was made from other inputs"
-            raise StaleInputError(f"{name}: {folder} {state} than these params describe; "
-                                  f"run `tuneline {dep.stage}` first (or `tuneline run`)")
+            state = ("is missing" if not folder.exists()
+                     else "was made from other inputs than these params describe")
+            raise StaleInputError(f"{name}: {folder} {state}; run `tuneline {dep.stage}` "
+                                  "first (or `tuneline run`)")

@@ -59,6 +59,14 @@ class StageSpec:
     outs: tuple[str, ...] = ()
     always_changed: bool = False
     persist: bool = False
+    switch: str | None = None  # a boolean param; when false the stage only writes a marker
+
+    def is_off(self, params: Params) -> bool:
+        return self.switch is not None and not param_values((self.switch,), params)[self.switch]
+
+    def active_deps(self, params: Params) -> tuple[Dep, ...]:
+        """The inputs the stage reads under these params (none when it is switched off)."""
+        return () if self.is_off(params) else self.deps
 
 
 _MODEL_CODE = ("components/modeling.py", "components/pooling.py")
@@ -82,7 +90,7 @@ SPECS: dict[str, StageSpec] = {s.name: s for s in [
         params=("model.name_or_path", "model.max_length", "model.num_threads", "pretrain"),
         code=("components/stages/pretrain.py", "components/pretrain.py", *_MODEL_CODE),
         deps=(Dep(UNLABELED, "ingest", by_content=True), PREPARED),
-        outs=("${paths.pretrained}",)),
+        outs=("${paths.pretrained}",), switch="pretrain.enabled"),
     StageSpec(
         "finetune", "train the classifier; opens the MLflow run",
         params=("model.name_or_path", "model.max_length", "model.pooling",
@@ -197,12 +205,12 @@ def _fingerprint(name: str, params: Params, runtime: dict[str, Any],
     if name in memo and not runtime:
         return memo[name]
     spec = SPECS[name]
-    if name == "pretrain" and not params.pretrain.enabled:
-        # A marker only: nothing else decides what finetune starts from.
-        return digest(name, enabled=False)
+    if spec.is_off(params):
+        # A marker only: nothing else decides what the next stage starts from.
+        return digest(name, off=True)
     inputs = {dep.path: (content_hash(resolve(dep.path, params)) if dep.by_content
                          else _fingerprint(dep.stage, params, {}, memo))
-              for dep in spec.deps if dep.identity}
+              for dep in spec.active_deps(params) if dep.identity}
     value = digest(name, params=param_values(spec.params, params), code=code_hash(spec.code),
                    inputs=inputs, runtime=runtime)
     if not runtime:

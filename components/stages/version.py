@@ -14,8 +14,10 @@ the exact input and prepared splits from the remote alone and checks them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +71,32 @@ def version_data(params: Params, push: bool = True) -> StageResult:
                        time.perf_counter() - started)
 
 
+@contextlib.contextmanager
+def _quiet_dvc() -> Iterator[None]:
+    """DVC narrates every commit ("Updating lock file") and warns about an empty folder
+    (no unlabeled text is a normal case); the stage's own result says what happened."""
+    logger = logging.getLogger("dvc")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _store(root: Path, params: Params, folders: list[Path], push: bool) -> dict[str, Any]:
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
+    with _quiet_dvc(), Repo(str(root)) as repo:
         objects = set()
         for folder in folders:
             objects |= _cache_folder(repo, folder)
         reason = lock_mismatch(params, root)
         if reason is None:
-            for stage in LOCKED_STAGES:
-                repo.commit(stage, force=True)
+            # core.autostage (set in .dvc/config) stages dvc.lock and .gitignore in git.
+            with repo.scm_context(quiet=True):
+                for stage in LOCKED_STAGES:
+                    repo.commit(stage, force=True)
         out = {"dvc_lock": "recorded" if reason is None else f"not recorded: {reason}"}
         if not push:
             return {**out, "dvc": "stored in the DVC cache", "pushed": 0}
@@ -149,7 +166,7 @@ def restore_data(params: Params, tags: dict[str, str], out_dir: str | Path) -> d
         raise DataVersionError("not inside a DVC project: run this in the project folder")
     layout = {"input_version": Path("input/labeled"),
               "unlabeled_version": Path("input/unlabeled"), "data_version": Path("prepared")}
-    with Repo(str(root)) as repo, atomic_dir(out_dir) as tmp:
+    with _quiet_dvc(), Repo(str(root)) as repo, atomic_dir(out_dir) as tmp:
         for tag, _ in VERSIONED:
             _checkout(repo, tags[tag], tmp / layout[tag])
             got = data_version(tmp / layout[tag])
