@@ -42,20 +42,22 @@ def git_commit(root: Path = PROJECT_ROOT) -> str:
     return f"{sha}-dirty" if dirty else sha
 
 
-def run_params(params: Params, run_id: str) -> dict[str, str]:
-    """The flattened params.yaml a run was made with (its `config/params.yaml` artifact)."""
+def version_params(params: Params, row: dict[str, Any]) -> dict[str, str]:
+    """The flattened params a version was released with (its run's params artifact)."""
     import yaml
 
     from components.tracking import flatten, get_client
 
+    artifact = row["tags"].get("params_artifact", "config/params.yaml")
     with tempfile.TemporaryDirectory() as tmp:
-        path = get_client(params).download_artifacts(run_id, "config/params.yaml", tmp)
+        path = get_client(params).download_artifacts(row["run_id"], artifact, tmp)
         return flatten(yaml.safe_load(Path(path).read_text()) or {})
 
 
-def params_diff(params: Params, run_id: str, other_run_id: str) -> list[tuple[str, str, str]]:
-    """(key, this run's value, other run's value) for every param that differs."""
-    ours, theirs = run_params(params, run_id), run_params(params, other_run_id)
+def params_diff(params: Params, row: dict[str, Any], other: dict[str, Any]
+                ) -> list[tuple[str, str, str]]:
+    """(key, this version's value, the other's) for every param that differs."""
+    ours, theirs = version_params(params, row), version_params(params, other)
     return [(k, ours.get(k, "-"), theirs.get(k, "-")) for k in sorted(set(ours) | set(theirs))
             if ours.get(k) != theirs.get(k)]
 
@@ -95,7 +97,7 @@ def _champion_diff(params: Params, row: dict[str, Any], champion: str | None,
     if champion == row["version"]:
         return ["params: this version is the @champion"]
     other = next(r for r in list_versions(params) if r["version"] == champion)
-    diff = params_diff(params, row["run_id"], other["run_id"])
+    diff = params_diff(params, row, other)
     if not diff:
         return [f"params: identical to @champion v{champion}'s"]
     return [f"params that differ from @champion v{champion} (this | champion):"] + [

@@ -30,6 +30,7 @@ from components.tracking import get_client, tracking_uri
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 MAX_TAG_CHARS = 5000
+RUN_REGISTRATION_TAGS = ("registered_version", "gate_passed")
 
 
 def _now() -> str:
@@ -96,7 +97,9 @@ def publish(params: Params, run_id: str, bundle_dir: str | Path,
     client.log_dict(run_id, verdict, "gate/verdict.json")
     sha = sha256_file(bundle_dir / INT8_MODEL)
     run = client.get_run(run_id)
-    lineage = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+    # The run's lineage, not what earlier registrations of the same run wrote on it.
+    lineage = {k: v for k, v in run.data.tags.items()
+               if not k.startswith("mlflow.") and k not in RUN_REGISTRATION_TAGS}
     passed = bool(verdict["passed"])
     description = "gate passed" if passed else "gate rejected: " + "; ".join(verdict["reasons"])
     mv = client.create_model_version(

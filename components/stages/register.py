@@ -53,6 +53,7 @@ def register(params: Params, *, force: bool = False) -> StageResult:
 
 
 def _register_new(params: Params, release: str) -> dict[str, Any]:
+    from components import tracking
     from components.registry import publish
     from components.stages.gate import gate
 
@@ -60,8 +61,13 @@ def _register_new(params: Params, release: str) -> dict[str, Any]:
     verdict = gate(params).result  # reused unless the champion moved since it ran
     run_id = _model_run(params)
     _log_reports(params, run_id)
+    # A run can be registered more than once (same model, other export or gate settings):
+    # each version keeps the params it was released with.
+    config = f"release/{release}/params.yaml"
+    tracking.log_params_file(params, run_id, config)
     published = publish(params, run_id, params.paths.export, verdict,
-                        tags={"release_fingerprint": release,
+                        tags={"release_fingerprint": release, "params_hash": params.hash(),
+                              "params_artifact": config,
                               "gate_decision": verdict_decision(verdict)})
     return {**published, "run_id": run_id, "release_fingerprint": release, "unchanged": False}
 
