@@ -100,14 +100,12 @@ def run_stage(name: str, params: Params, compute: Callable[[], dict[str, Any]],
     stored = None if force else stored_result(out, fp)
     if stored is not None:
         result, reused = stored, True
-        log.info("%s: up to date, %s already holds the result of these inputs (%s)",
-                 name, out, fp)
     else:
         result, reused = compute(), False
         record(out, fp, result)
     write_metrics(name, params, result)
     summary = describe(result)
-    log.info("%s: %s", name, summary)
+    log.info("%s: %s%s", name, f"up to date in {out} ({fp}): " if reused else "", summary)
     return StageResult(name, fp, reused, out, result, summary, time.perf_counter() - started)
 
 
@@ -121,8 +119,8 @@ def check_inputs_current(name: str, params: Params) -> None:
         StaleInputError: naming the input and the stage to run first.
     """
     for dep in SPECS[name].active_deps(params):
-        if not dep.identity or dep.stage in SOURCE_STAGES:
-            continue
+        if not dep.identity or dep.stage in SOURCE_STAGES or SPECS[dep.stage].is_off(params):
+            continue  # a switched-off stage's marker is never read
         folder = resolve(dep.path, params)
         if stored_result(folder, fingerprint(dep.stage, params)) is None:
             state = ("is missing" if not folder.exists()

@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Params
+from components.io import atomic_write_text
 from components.stages.base import StageResult, run_stage, stored_result
 from components.stages.spec import fingerprint
+
+RUN_FILE = "mlflow_run_id.txt"  # beside the checkpoints: a resumed run logs to the same run
 
 
 class PretrainMissingError(FileNotFoundError):
@@ -31,17 +34,21 @@ def finetune(params: Params, *, resume: bool = False, force: bool = False,
     from components.finetune import train
 
     fp = fingerprint("finetune", params)
+    checkpoints = Path(checkpoint_dir or params.paths.checkpoints)
 
     def compute() -> dict[str, Any]:
         init = Path(params.paths.pretrained) if params.pretrain.enabled else None
         if init is not None and not (init / "config.json").exists():
             raise PretrainMissingError(f"pretrain.enabled is true but {init} holds no "
                                        "backbone (run `tuneline pretrain` first)")
-        run_id = tracking.start_run(params, params.paths.prepared,
-                                    tags=run_tags(params, fp))
+        run_id = _resumed_run(params, checkpoints) if resume else None
+        run_id = run_id or tracking.start_run(params, params.paths.prepared,
+                                              tags=run_tags(params, fp))
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(checkpoints / RUN_FILE, run_id)
         try:
             metrics = train(params, params.paths.prepared, params.paths.model, init_dir=init,
-                            checkpoint_dir=checkpoint_dir, resume=resume,
+                            checkpoint_dir=checkpoints, resume=resume,
                             logger=tracking.MlflowLogger(params, run_id))
         except BaseException:
             tracking.end_run(params, run_id, "FAILED")
@@ -51,6 +58,23 @@ def finetune(params: Params, *, resume: bool = False, force: bool = False,
         return {**metrics, "mlflow_run_id": run_id}
 
     return run_stage("finetune", params, compute, describe, force=force or resume)
+
+
+def _resumed_run(params: Params, checkpoints: Path) -> str | None:
+    """The MLflow run of the interrupted training being resumed, if this store has it."""
+    from mlflow.exceptions import MlflowException
+
+    from components import tracking
+
+    path = checkpoints / RUN_FILE
+    if not path.exists():
+        return None
+    run_id = path.read_text().strip()
+    try:
+        tracking.get_client(params).get_run(run_id)
+    except MlflowException:
+        return None
+    return run_id
 
 
 def run_tags(params: Params, model_fingerprint: str) -> dict[str, str]:

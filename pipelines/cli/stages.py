@@ -32,12 +32,8 @@ def _run(stage: str, params, set_, force: bool | None = None, **kwargs) -> None:
     quiet_libraries()
     from components import stages
 
-    with user_errors():
-        result = getattr(stages, stage)(p, **({"force": force} if force is not None else {}),
-                                        **kwargs)
-    if result.reused:
-        typer.echo(f"{stage}: up to date ({result.fingerprint})")
-    typer.echo(f"{stage}: {result.summary}")
+    with user_errors():  # the stage logs its own one-line result
+        getattr(stages, stage)(p, **({"force": force} if force is not None else {}), **kwargs)
 
 
 @app.command("ingest")
