@@ -80,8 +80,8 @@ def test_own_csv_is_trained_versioned_restored_and_traced(tmp_path, tiny_backbon
     cli_sets = set_args + ["--set", f"paths.raw={data}", "--set", "export.latency_repeats=4"]
     for verb in ("ingest", "prepare", "pretrain", "finetune", "evaluate", "export", "gate",
                  "register"):
-        out = run(repo, str(BIN / "tuneline"), verb, *cli_sets).stdout
-    assert "v2" in out
+        said = run(repo, str(BIN / "tuneline"), verb, *cli_sets).stderr
+    assert said.strip().splitlines()[-1].startswith("register: v2 (gate passed)"), said
     cli_tags = _tags(params, "2")
     assert {k: cli_tags[k] for k in LINEAGE} == {k: flow_tags[k] for k in LINEAGE}
     assert set(cli_tags) == set(flow_tags)
