@@ -19,5 +19,6 @@ def export(params: Params, *, force: bool = False) -> StageResult:
 
 def describe(r: dict[str, Any]) -> str:
     return (f"int8 {r['size_mb_int8']:.1f} MB ({r['size_ratio']:.2f}x fp32), agreement "
-            f"{r['int8_agreement']:.4f}, accuracy fp32 {r['accuracy_fp32']:.4f} / int8 "
-            f"{r['accuracy_int8']:.4f}, batch-1 p50 {r['int8_b1_p50_ms']:.2f} ms")
+            f"{r['int8_agreement']:.4f} (largest fp32 logit margin flipped "
+            f"{r['int8_flip_max_logit_margin']:.3f}), accuracy fp32 {r['accuracy_fp32']:.4f} / "
+            f"int8 {r['accuracy_int8']:.4f}, batch-1 p50 {r['int8_b1_p50_ms']:.2f} ms")
