@@ -54,6 +54,7 @@ class PathsConfig(Section):
     prepared: Path = Path("data/prepared")
     pretrained: Path = Path("artifacts/pretrained")
     model: Path = Path("artifacts/model")
+    compressed: Path = Path("artifacts/compressed")
     checkpoints: Path = Path("artifacts/checkpoints")
     eval: Path = Path("artifacts/eval")
     export: Path = Path("artifacts/export")
@@ -224,6 +225,25 @@ def strategy_names() -> list[str]:
                   and issubclass(field.annotation, StrategySection))
 
 
+class CompressConfig(Section):
+    enabled: bool = False
+    keep_layers: list[int] = Field(default_factory=lambda: [0, 2, 4])
+    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)
+    unlabeled: bool = True
+    max_steps: int = Field(600, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    eval_every: int = Field(100, ge=1)
+
+    @field_validator("keep_layers")
+    @classmethod
+    def _some_layers(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("keep at least one layer")
+        return value
+
+
 class EvaluateConfig(Section):
     ece_bins: int = Field(15, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -311,6 +331,7 @@ class Params(Section):
     peft: PeftConfig = Field(default_factory=PeftConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    compress: CompressConfig = Field(default_factory=CompressConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     gate: GateConfig = Field(default_factory=GateConfig)

@@ -22,7 +22,8 @@ def summarize(params: Params, done: dict[str, StageResult], *,
         return {**base, "status": "unchanged", "version": unchanged["version"],
                 "aliases": {alias: unchanged["version"] for alias in unchanged["aliases"]},
                 "run_id": unchanged["run_id"],
-                "reused": ["pretrain", "finetune", "evaluate", "export", "gate", "register"]}
+                "reused": ["pretrain", "finetune", "compress", "evaluate", "export", "gate",
+                           "register"]}
     verdict, registered = done["gate"].result, done["register"].result
     return {
         **base,

@@ -1,7 +1,7 @@
 """The `retrain` flow: new data in, a gated model version out.
 
-ingest -> prepare -> version data (DVC) -> [pretrain] -> finetune -> evaluate -> export
--> gate vs @champion -> register. Every step is a stage function of components/stages
+ingest -> prepare -> version data (DVC) -> [pretrain] -> finetune -> [compress] -> evaluate
+-> export -> gate vs @champion -> register. Every step is a stage function of components/stages
 run as a task (pipelines/tasks.py); `dvc repro` and the `tuneline` verbs run the same ones.
 """
 
@@ -57,6 +57,7 @@ def retrain(
                 "flow_seconds": time.perf_counter() - started}
     done["pretrain"] = tasks.pretrain(params)
     done["finetune"] = tasks.finetune(params)
+    done["compress"] = tasks.compress(params)
     done["evaluate"] = tasks.evaluate(params)
     done["export"] = tasks.export(params)
     done["gate"] = tasks.gate(params)

@@ -6,6 +6,7 @@ from typing import Any
 
 from components.config import Params
 from components.stages.base import StageResult, run_stage
+from components.stages.compress import shipped_model_dir
 
 
 def export(params: Params, *, force: bool = False) -> StageResult:
@@ -13,7 +14,7 @@ def export(params: Params, *, force: bool = False) -> StageResult:
     from components.export import export_bundle
 
     return run_stage("export", params, lambda: export_bundle(
-        params.paths.model, params.paths.prepared, params.paths.export, params), describe,
+        shipped_model_dir(params), params.paths.prepared, params.paths.export, params), describe,
         force=force)
 
 

@@ -1,7 +1,7 @@
-"""One verb per stage: `tuneline ingest | prepare | pretrain | finetune | evaluate | export |
-gate | register`, and `tuneline stages` to see what is current. Each verb parses its options,
-calls the stage function (components/stages) and prints the result: the same function the
-Prefect task and the dvc.yaml stage call.
+"""One verb per stage: `tuneline ingest | prepare | pretrain | finetune | compress |
+evaluate | export | gate | register`, and `tuneline stages` to see what is current. Each
+verb parses its options, calls the stage function (components/stages), and the stage
+prints its one-line result: the same function the Prefect task and the dvc.yaml stage call.
 """
 
 from __future__ import annotations
@@ -60,6 +60,12 @@ def finetune(resume: Annotated[bool, typer.Option(
              force: ForceOpt = False, params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Fine-tune with finetune.strategy and peft.method; opens the model's MLflow run."""
     _run("finetune", params, set_, force, resume=resume)
+
+
+@app.command("compress")
+def compress(force: ForceOpt = False, params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """Distil the fine-tuned model into a student with compress.keep_layers (when enabled)."""
+    _run("compress", params, set_, force)
 
 
 @app.command("evaluate")
