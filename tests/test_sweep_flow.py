@@ -75,10 +75,13 @@ def test_four_trials_on_two_dask_workers_and_the_winner_through_the_gate(
     best = result["sweep"]["best"]
     assert best["number"] == 0 and result["sweep"]["winner_model_reused"]
     assert result["status"] == "promoted" and result["version"] == "1"
-    assert result["run_id"] == best["run_id"]          # the winning trial's model, not retrained
+    # The winner's model is the one its trial made (trial 2 may have made the same one at
+    # the same time): reused, not retrained, and its run is a trial run under the sweep's.
     assert "finetune" in result["reused"]
+    assert by_trial[client.get_run(result["run_id"]).data.tags["sweep_trial"]].info.run_id \
+        == result["run_id"]
     champion = client.get_model_version_by_alias(params.registry.model_name, "champion")
-    assert champion.run_id == best["run_id"] and champion.tags["gate_passed"] == "true"
+    assert champion.run_id == result["run_id"] and champion.tags["gate_passed"] == "true"
     winner = load_params(overrides=overrides + result["sweep"]["best_overrides"])
     assert winner.finetune.adamw.lr == float(LRS[best["number"]])
 

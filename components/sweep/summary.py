@@ -142,8 +142,10 @@ def plot_trials(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"validation {metric}")
-    axes[0].legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    axes[0].xaxis.get_major_locator().set_params(integer=True)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
