@@ -52,3 +52,21 @@ def test_unknown_section_in_file(tmp_path):
     f.write_text("bogus:\n  a: 1\n")
     with pytest.raises(ConfigError, match="bogus: unknown key"):
         load_params(f)
+
+
+def test_code_defaults_equal_params_yaml():
+    """params.yaml is the single source of truth: the typed defaults must not drift from it."""
+    from components.config import Params
+
+    def leaves(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict) and value:
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    code = dict(leaves(Params().model_dump(mode="json")))
+    yaml_ = dict(leaves(load_params().model_dump(mode="json")))
+    differ = {k: (code.get(k), yaml_.get(k)) for k in code.keys() | yaml_.keys()
+              if code.get(k) != yaml_.get(k)}
+    assert not differ, f"components/config.py defaults differ from params.yaml: {differ}"

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -29,6 +30,7 @@ from deploy.serve.batcher import MicroBatcher
 from deploy.serve.holder import LocalBundleSource, ModelHolder, ModelSource, RegistrySource
 from deploy.serve.metrics import ServeMetrics
 from deploy.serve.middleware import PREDICT_PATH, ObserveMiddleware
+from deploy.serve.monitor import PredictionMonitor
 
 log = logging.getLogger("tuneline.serve")
 TOKEN_ENV = "TUNELINE_API_TOKEN"
@@ -70,11 +72,14 @@ def create_app(params: Params, *, bundle_dir: str | Path | None = None, alias: s
     cfg = params.serve
     token = api_token if api_token is not None else os.environ.get(TOKEN_ENV, "")
     metrics = ServeMetrics()
+    monitor = PredictionMonitor(params.monitoring)
+    metrics.registry.register(monitor)
     holder = ModelHolder(source or build_source(params, bundle_dir, alias, cache_dir),
                          threads=cfg.threads, metrics=metrics,
                          call_cost_tokens=cfg.bucket_call_cost_tokens, max_rows=cfg.max_batch,
-                         retry_base_s=cfg.reload_interval_s, spinning=cfg.ort_spinning)
-    batcher = MicroBatcher(_infer_fn(holder, metrics), cfg.max_batch, cfg.max_wait_ms,
+                         retry_base_s=cfg.reload_interval_s, spinning=cfg.ort_spinning,
+                         monitor=monitor)
+    batcher = MicroBatcher(_infer_fn(holder, metrics, monitor), cfg.max_batch, cfg.max_wait_ms,
                            workers=cfg.workers, join_gap_ms=cfg.join_gap_ms)
 
     @contextlib.asynccontextmanager
@@ -91,6 +96,7 @@ def create_app(params: Params, *, bundle_dir: str | Path | None = None, alias: s
 
     app = FastAPI(title="tuneline classifier", lifespan=lifespan)
     app.state.holder, app.state.batcher, app.state.metrics = holder, batcher, metrics
+    app.state.monitor = monitor
     max_body = cfg.max_texts * (cfg.max_text_chars * 6 + 8) + 1024  # JSON escapes <= 6 bytes
     app.add_middleware(ObserveMiddleware, metrics=metrics, batcher=batcher, max_body=max_body)
     _add_error_handlers(app)
@@ -98,17 +104,19 @@ def create_app(params: Params, *, bundle_dir: str | Path | None = None, alias: s
     return app
 
 
-def _infer_fn(holder: ModelHolder, metrics: ServeMetrics) -> Callable:
+def _infer_fn(holder: ModelHolder, metrics: ServeMetrics, monitor: PredictionMonitor
+              ) -> Callable:
     def infer(texts: list[str]):
         model = holder.current  # one snapshot per batch: a swap mid-batch does not affect it
         if model is None:
             raise ModelNotReady("no model loaded yet")
         t0 = time.perf_counter()
-        preds = model.classifier.predict(texts)
+        probs = model.classifier.probabilities(texts)
         metrics.inference.observe(time.perf_counter() - t0)
         metrics.batch_size.observe(len(texts))
         metrics.texts.inc(len(texts))
-        return model.version, preds
+        monitor.observe(model.version, probs)
+        return (model.version, model.classifier.labels), probs
 
     return infer
 
@@ -162,14 +170,19 @@ def _add_routes(app: FastAPI, params: Params, auth: Callable) -> None:
         if holder.current is None:
             raise HTTPException(503, "no model loaded yet; see /readyz")
         try:
-            version, preds = await batcher.submit(body.texts)
+            (version, labels), rows = await batcher.submit(body.texts)
         except ModelNotReady as exc:
             raise HTTPException(503, f"{exc}; see /readyz") from None
-        return JSONResponse({
-            "model_version": version,
-            "predictions": [{"label": p.label, "score": p.score, "scores": p.scores}
-                            for p in preds],
-        })
+        return Response(orjson.dumps({"model_version": version,
+                                      "predictions": [_prediction(labels, r) for r in rows]}),
+                        media_type="application/json")
+
+
+def _prediction(labels: list[str], probs) -> dict:
+    values = probs.tolist()
+    best = max(range(len(values)), key=values.__getitem__)
+    return {"label": labels[best], "score": values[best],
+            "scores": dict(zip(labels, values, strict=True))}
 
 
 def _check_limits(texts: list[str], max_texts: int, max_chars: int) -> None:

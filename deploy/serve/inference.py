@@ -63,10 +63,16 @@ class BucketedClassifier:
             out[rows] = self.clf.session.run(["logits"], feeds)[0]
         return out
 
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """Class probabilities [len(texts), num_labels]."""
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return softmax(self.logits(texts))
+
     def predict(self, texts: list[str]) -> list[Prediction]:
         if not texts:
             return []
-        probs = softmax(self.logits(texts))
+        probs = self.probabilities(texts)
         best = probs.argmax(axis=1)
         return [Prediction(self.labels[b], float(row[b]),
                            dict(zip(self.labels, map(float, row), strict=True)))

@@ -36,7 +36,17 @@ class ServeMetrics:
                                "Model load attempts by result", ["result"], registry=r)
         self.reload_failing = Gauge("tuneline_model_reload_failing",
                                     "1 while the latest load attempt failed", registry=r)
+        self.model_loaded_at = Gauge("tuneline_model_loaded_timestamp_seconds",
+                                     "When the served model was loaded (Unix time)", registry=r)
+        self.model_created_at = Gauge(
+            "tuneline_model_created_timestamp_seconds",
+            "When the served version was registered (local bundle: exported)", registry=r)
 
-    def set_model(self, version: str, sha256: str | None, source: str) -> None:
+    def set_model(self, version: str, sha256: str | None, source: str,
+                  loaded_at: float | None = None, created_at: float | None = None) -> None:
         self.model.info({"version": version, "sha256": sha256 or "", "source": source})
         self.model_ready.set(1)
+        if loaded_at is not None:
+            self.model_loaded_at.set(loaded_at)
+        if created_at is not None:
+            self.model_created_at.set(created_at)
