@@ -47,12 +47,11 @@ def _pinned(packages: tuple[str, ...]) -> list[str]:
     return out
 
 
-def signature(labels: list[str]) -> Any:
-    """Input: a string column `text`; output: `label`, `score` and the `scores` map."""
+def signature() -> Any:
+    """Input: a string column `text`; output: `label`, `score` and `scores` ({label: p})."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, DataType, Map, Schema
 
-    del labels  # the map's keys are the label names; the schema types only its values
     return ModelSignature(
         inputs=Schema([ColSpec(DataType.string, "text")]),
         outputs=Schema([ColSpec(DataType.string, "label"), ColSpec(DataType.double, "score"),
@@ -94,7 +93,7 @@ def build_pyfunc_model(bundle_dir: str | Path, out_dir: str | Path, params: Para
             shutil.copy2(PROJECT_ROOT / "components" / name, code / name)
         mlflow.pyfunc.save_model(
             str(out_dir), python_model=str(MODEL_CODE), artifacts={"bundle": str(staged)},
-            code_paths=[str(code)], signature=signature(labels),
+            code_paths=[str(code)], signature=signature(),
             input_example=pd.DataFrame({"text": list(example_texts[:3])}),
             pip_requirements=_pinned(REQUIREMENTS),
             model_config={"sha256": manifest[INT8_MODEL], "threads": params.serve.threads,

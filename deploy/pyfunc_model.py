@@ -17,34 +17,22 @@ against the sha256 recorded in the model config at registration.
 
 from __future__ import annotations
 
-from typing import Any
-
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 TEXT_COLUMN = "text"
 
 
-def texts_of(model_input: Any) -> list[str]:
-    """The texts of a pyfunc input: a DataFrame with a `text` column, a Series, or a list.
+def texts_of(model_input: pd.DataFrame) -> list[str]:
+    """The `text` column of a pyfunc input (MLflow has already applied the signature).
 
     Raises:
         ValueError: no `text` column, or an entry that is not a string.
     """
-    import pandas as pd
-
-    if isinstance(model_input, pd.DataFrame):
-        if TEXT_COLUMN not in model_input.columns:
-            raise ValueError(f"input needs a {TEXT_COLUMN!r} column; got "
-                             f"{list(model_input.columns)}")
-        values = model_input[TEXT_COLUMN].tolist()
-    elif isinstance(model_input, pd.Series):
-        values = model_input.tolist()
-    elif isinstance(model_input, list | tuple):
-        values = list(model_input)
-    else:
-        raise ValueError(f"input must be a DataFrame with a {TEXT_COLUMN!r} column or a list "
-                         f"of strings, got {type(model_input).__name__}")
+    if TEXT_COLUMN not in model_input.columns:
+        raise ValueError(f"input needs a {TEXT_COLUMN!r} column; got {list(model_input.columns)}")
+    values = model_input[TEXT_COLUMN].tolist()
     bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
     if bad:
         raise ValueError(f"{TEXT_COLUMN}[{bad[0]}] is not a string: {values[bad[0]]!r}")
@@ -67,9 +55,8 @@ class TunelineClassifier(PythonModel):
                 f"model.int8.onnx sha256 {self.clf.sha256} does not match the one recorded "
                 f"at registration {expected}")
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    # The DataFrame hint tells MLflow to keep the explicit signature (no type-hint schema).
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         preds = self.clf.predict(texts_of(model_input), batch_size=self.batch_size)
         return pd.DataFrame({"label": [p.label for p in preds],
                              "score": [p.score for p in preds],
