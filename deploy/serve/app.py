@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
 import tempfile
@@ -18,31 +17,22 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import orjson
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from components.config import Params
 from deploy.serve.batcher import MicroBatcher
 from deploy.serve.holder import LocalBundleSource, ModelHolder, ModelSource, RegistrySource
+from deploy.serve.inference import StageTimes
 from deploy.serve.metrics import ServeMetrics
-from deploy.serve.middleware import PREDICT_PATH, ObserveMiddleware
+from deploy.serve.middleware import ObserveMiddleware
 from deploy.serve.monitor import PredictionMonitor
+from deploy.serve.predict import ModelNotReady, PredictEndpoint, describe_validation
 
 log = logging.getLogger("tuneline.serve")
 TOKEN_ENV = "TUNELINE_API_TOKEN"
-
-
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    texts: list[StrictStr] = Field(min_length=1, description="Texts to classify")
-
-
-class ModelNotReady(RuntimeError):
-    """No model has been loaded yet."""
 
 
 def build_source(params: Params, bundle_dir: str | Path | None = None, alias: str = "champion",
@@ -98,9 +88,13 @@ def create_app(params: Params, *, bundle_dir: str | Path | None = None, alias: s
     app.state.holder, app.state.batcher, app.state.metrics = holder, batcher, metrics
     app.state.monitor = monitor
     max_body = cfg.max_texts * (cfg.max_text_chars * 6 + 8) + 1024  # JSON escapes <= 6 bytes
-    app.add_middleware(ObserveMiddleware, metrics=metrics, batcher=batcher, max_body=max_body)
+    predict = PredictEndpoint(batcher, lambda: holder.current is not None, token=token or None,
+                              max_body=max_body, max_texts=cfg.max_texts,
+                              max_chars=cfg.max_text_chars)
+    app.add_middleware(ObserveMiddleware, metrics=metrics, batcher=batcher, max_body=max_body,
+                       predict=predict)
     _add_error_handlers(app)
-    _add_routes(app, params, _auth(token or None))
+    _add_routes(app)
     return app
 
 
@@ -111,11 +105,11 @@ def _infer_fn(holder: ModelHolder, metrics: ServeMetrics, monitor: PredictionMon
         if model is None:
             raise ModelNotReady("no model loaded yet")
         t0 = time.perf_counter()
-        probs = model.classifier.probabilities(texts)
-        metrics.inference.observe(time.perf_counter() - t0)
-        metrics.batch_size.observe(len(texts))
-        metrics.texts.inc(len(texts))
+        times = StageTimes()
+        probs = model.classifier.probabilities(texts, times)
         monitor.observe(model.version, probs)
+        seconds = time.perf_counter() - t0
+        metrics.observe_batch(len(texts), seconds, times)
         return (model.version, model.classifier.labels), probs
 
     return infer
@@ -128,25 +122,8 @@ async def _poll(holder: ModelHolder, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
 
 
-def _auth(token: str | None) -> Callable:
-    async def check(authorization: str | None = Header(default=None)) -> None:
-        if token is None:
-            return
-        scheme, _, value = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not value:
-            raise HTTPException(401, "missing bearer token (Authorization: Bearer <token>)",
-                                headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(value.strip().encode(), token.encode()):
-            raise HTTPException(401, "invalid bearer token",
-                                headers={"WWW-Authenticate": "Bearer"})
-
-    return check
-
-
-def _add_routes(app: FastAPI, params: Params, auth: Callable) -> None:
-    cfg = params.serve
+def _add_routes(app: FastAPI) -> None:
     holder: ModelHolder = app.state.holder
-    batcher: MicroBatcher = app.state.batcher
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -163,35 +140,6 @@ def _add_routes(app: FastAPI, params: Params, auth: Callable) -> None:
 
         return Response(generate_latest(app.state.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
-
-    @app.post(PREDICT_PATH, dependencies=[Depends(auth)])
-    async def predict(body: PredictRequest) -> JSONResponse:
-        _check_limits(body.texts, cfg.max_texts, cfg.max_text_chars)
-        if holder.current is None:
-            raise HTTPException(503, "no model loaded yet; see /readyz")
-        try:
-            (version, labels), rows = await batcher.submit(body.texts)
-        except ModelNotReady as exc:
-            raise HTTPException(503, f"{exc}; see /readyz") from None
-        return Response(orjson.dumps({"model_version": version,
-                                      "predictions": [_prediction(labels, r) for r in rows]}),
-                        media_type="application/json")
-
-
-def _prediction(labels: list[str], probs) -> dict:
-    values = probs.tolist()
-    best = max(range(len(values)), key=values.__getitem__)
-    return {"label": labels[best], "score": values[best],
-            "scores": dict(zip(labels, values, strict=True))}
-
-
-def _check_limits(texts: list[str], max_texts: int, max_chars: int) -> None:
-    if len(texts) > max_texts:
-        raise HTTPException(413, f"too many texts: {len(texts)} > serve.max_texts={max_texts}")
-    for i, text in enumerate(texts):
-        if len(text) > max_chars:
-            raise HTTPException(413, f"texts[{i}] is too long: {len(text)} characters > "
-                                     f"serve.max_text_chars={max_chars}")
 
 
 def readiness(holder: ModelHolder) -> dict:
@@ -212,22 +160,10 @@ def readiness(holder: ModelHolder) -> dict:
     }
 
 
-def _describe_validation(errors: list[dict]) -> list[str]:
-    out = []
-    for err in errors:
-        if err.get("type") == "json_invalid":
-            reason = (err.get("ctx") or {}).get("error", "")
-            out.append(f"malformed JSON: {reason}".rstrip(": "))
-            continue
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        out.append(f"{loc}: {err.get('msg')}")
-    return out
-
-
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = _describe_validation(list(exc.errors()))
+        problems = describe_validation(list(exc.errors()))
         return JSONResponse({"error": "invalid request: " + "; ".join(problems),
                              "problems": problems}, status_code=422)
 
