@@ -1,6 +1,7 @@
 """In-process ceiling of ONNX Runtime on the demo texts: the number HTTP serving is held to.
 
     python -m bench.serve_ceiling --bundle B --texts F [--max-batch 32] [--seconds 1.5]
+    python -m bench.serve_ceiling --bundle B --texts F --cell '{"threads": 1, ...}' --seconds 6
 
 Runs in its own process (bench_serve starts it before the server) and prints one JSON line:
 
@@ -15,6 +16,8 @@ Runs in its own process (bench_serve starts it before the server) and prints one
   ONNX Runtime, softmax) at the server's threads/workers, by batch size: what is left
   once HTTP is taken away.
 - `tokenize_us_per_text`: `tokenizers` alone.
+
+With --cell, only that cell is timed (bench_serve alternates it with HTTP runs).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -50,8 +53,15 @@ def feeds_for(clf, texts: list[str], batch: int, padding: str) -> list[dict[str,
     return [clf.encode(ordered[i: i + batch]) for i in range(0, len(ordered), batch)]
 
 
-def timed_pass(work: Callable[[int], int], n_items: int, streams: int, seconds: float) -> float:
-    """Items/s of `streams` threads calling work(i) over items 0.. (cycled) for >= seconds."""
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_pass(work: Callable[[int], int], n_items: int, streams: int,
+               seconds: float) -> tuple[float, float]:
+    """(items/s, process CPU microseconds per item) of `streams` threads calling work(i)
+    over items 0.. (cycled) for >= seconds."""
     counter = itertools.count()
     done = [0] * streams
     stop_at = time.perf_counter() + seconds
@@ -60,24 +70,27 @@ def timed_pass(work: Callable[[int], int], n_items: int, streams: int, seconds: 
         while time.perf_counter() < stop_at:
             done[k] += work(next(counter) % n_items)
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     threads = [threading.Thread(target=loop, args=(k,)) for k in range(streams)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return sum(done) / (time.perf_counter() - t0)
+    items = sum(done)
+    return items / (time.perf_counter() - t0), (cpu_seconds() - cpu0) * 1e6 / items
 
 
-def measure_cell(clf, feeds, streams: int, seconds: float, repeats: int) -> float:
+def measure_cell(clf, feeds, streams: int, seconds: float, repeats: int) -> dict:
+    """Median texts/s (and CPU us per text) over `repeats` timed passes of `feeds`."""
     def work(i: int) -> int:
         clf.session.run(["logits"], feeds[i])
         return len(feeds[i]["input_ids"])
 
     for i in range(min(3, len(feeds))):  # warm-up: the first runs allocate
         work(i)
-    return statistics.median(timed_pass(work, len(feeds), streams, seconds)
-                             for _ in range(repeats))
+    passes = sorted(timed_pass(work, len(feeds), streams, seconds) for _ in range(repeats))
+    rate, cpu_us = passes[len(passes) // 2]
+    return {"texts_per_s": rate, "cpu_us_per_text": cpu_us}
 
 
 def ort_grid(bundle: str, texts: list[str], max_batch: int, seconds: float,
@@ -90,13 +103,12 @@ def ort_grid(bundle: str, texts: list[str], max_batch: int, seconds: float,
             feeds = feeds_for(clf, texts, batch, padding)
             rows.append({"threads": threads, "streams": streams, "batch": batch,
                          "padding": padding, "spinning": False,
-                         "texts_per_s": measure_cell(clf, feeds, streams, seconds, repeats)})
+                         **measure_cell(clf, feeds, streams, seconds, repeats)})
     for best in sorted(rows, key=lambda r: -r["texts_per_s"])[:3]:
         clf = session_for(bundle, best["threads"], spinning=True)
         feeds = feeds_for(clf, texts, best["batch"], best["padding"])
         rows.append({**best, "spinning": True,
-                     "texts_per_s": measure_cell(clf, feeds, best["streams"], seconds,
-                                                 repeats)})
+                     **measure_cell(clf, feeds, best["streams"], seconds, repeats)})
     return rows
 
 
@@ -115,9 +127,9 @@ def pipeline(bundle: str, texts: list[str], threads: int, workers: int, call_cos
             return len(chunks[i])
 
         work(0)
-        rate = statistics.median(timed_pass(work, len(chunks), workers, seconds)
-                                 for _ in range(repeats))
-        out.append({"batch": batch, "texts_per_s": rate})
+        passes = sorted(timed_pass(work, len(chunks), workers, seconds) for _ in range(repeats))
+        rate, cpu_us = passes[len(passes) // 2]
+        out.append({"batch": batch, "texts_per_s": rate, "cpu_us_per_text": cpu_us})
     return out
 
 
@@ -130,10 +142,18 @@ def tokenize_us(bundle: str, texts: list[str]) -> float:
     return (time.perf_counter() - t0) / (5 * len(texts)) * 1e6
 
 
+def one_cell(bundle: str, texts: list[str], cell: dict, seconds: float) -> dict:
+    """texts/s of one grid cell, timed once for `seconds` (the interleaved rounds)."""
+    clf = session_for(bundle, cell["threads"], cell["spinning"])
+    feeds = feeds_for(clf, texts, cell["batch"], cell["padding"])
+    return measure_cell(clf, feeds, cell["streams"], seconds, repeats=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bundle", required=True)
     parser.add_argument("--texts", required=True, help="JSON list of texts")
+    parser.add_argument("--cell", help="JSON of one grid cell: time only it, for --seconds")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="server's serve.threads")
     parser.add_argument("--workers", type=int, default=2, help="server's serve.workers")
@@ -143,6 +163,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     texts = json.loads(Path(args.texts).read_text())
+    if args.cell:
+        cell = json.loads(args.cell)
+        print(json.dumps({**cell, **one_cell(args.bundle, texts, cell, args.seconds)}))
+        return
     grid = ort_grid(args.bundle, texts, args.max_batch, args.seconds, args.repeats)
     best = max(grid, key=lambda r: r["texts_per_s"])
     best_unsorted = max((r for r in grid if r["padding"] == "batch"),

@@ -12,6 +12,8 @@ cores), the load client (it shares the machine), and idle cores.
 from __future__ import annotations
 
 import os
+import resource
+import time
 from pathlib import Path
 
 import httpx
@@ -34,6 +36,44 @@ def thread_cpu(pid: int) -> dict[str, float]:
         else:
             other += seconds
     return {"event_loop": main, "other_threads": other}
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all cores of the machine have been busy since boot (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / TICK  # minus idle and iowait
+
+
+def _own_cpu_s(server_pid: int | None) -> float:
+    """CPU seconds of this process, its finished children and the (running) server."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    if server_pid is not None:
+        total += sum(thread_cpu(server_pid).values())
+    return total
+
+
+class ForeignLoad:
+    """How many cores other processes of the machine kept busy during a `with` block.
+
+    On a machine shared with other jobs, a measurement taken while they ran says little;
+    the benchmark records this for every phase and keeps the quiet ones.
+    """
+
+    def __init__(self, server_pid: int | None = None) -> None:
+        self.server_pid = server_pid
+        self.cores = 0.0
+
+    def __enter__(self) -> ForeignLoad:
+        self._t0 = time.perf_counter()
+        self._busy0, self._own0 = _machine_busy_s(), _own_cpu_s(self.server_pid)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = time.perf_counter() - self._t0
+        foreign = (_machine_busy_s() - self._busy0) - (_own_cpu_s(self.server_pid) - self._own0)
+        self.cores = max(0.0, foreign / wall)
 
 
 def server_counters(url: str) -> dict[str, float]:
@@ -63,17 +103,18 @@ def cpu_profile(cpu: tuple[dict, dict], counters: tuple[dict, dict], load: dict,
     texts = max(c.get("texts", 0.0), 1.0)
     per_text = 1e6 / texts
     budget = cores * load["seconds"] * per_text  # every core-microsecond of the run, per text
-    busy = (used["event_loop"] + used["other_threads"] + load["client_cpu_s"]) * per_text
     stage = {s: c.get(s, 0.0) * per_text for s in STAGES}
+    own = used["event_loop"] + used["other_threads"] + load["client_cpu_s"]
     return {
         "texts": texts,
+        "cpu_us_per_text": own * per_text,
         "us_per_text": {
             "available": budget,
             "ceiling_onnxruntime": cores * 1e6 / ceiling_texts_per_s,
             "server_event_loop": used["event_loop"] * per_text,
             "server_inference_threads": used["other_threads"] * per_text,
             "client": load["client_cpu_s"] * per_text,
-            "idle_or_other_processes": budget - busy,
+            "idle_or_other_processes": budget - own * per_text,
         },
         # wall time in the inference threads (ONNX Runtime's own pool threads not included)
         "inference_stage_wall_us_per_text": stage,

@@ -244,6 +244,7 @@ class ServeConfig(Section):
     workers: int = Field(2, ge=1)
     bucket_call_cost_tokens: int = Field(64, ge=0)
     ort_spinning: bool = False
+    gil_switch_interval_ms: float = Field(5.0, gt=0)
 
 
 class AlertsConfig(Section):
