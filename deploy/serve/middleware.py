@@ -31,6 +31,7 @@ class ObserveMiddleware:
         self.batcher = batcher
         self.max_body = max_body
         self.predict = predict  # the ASGI handler of POST /v1/predict (deploy.serve.predict)
+        self._children: dict[tuple[str, int], tuple] = {}
 
     async def __call__(self, scope: dict[str, Any], receive, send) -> None:
         if scope["type"] != "http":
@@ -80,7 +81,17 @@ class ObserveMiddleware:
                      "(serve.max_texts x serve.max_text_chars)"}))
 
     def _observe(self, route: str, status: int, seconds: float) -> None:
-        self.metrics.requests.labels(route, str(status)).inc()
-        self.metrics.latency.labels(route).observe(seconds)
-        if status >= 400:
-            self.metrics.errors.labels(_REASONS.get(status, f"http_{status}")).inc()
+        # Metric children per (route, status), looked up once: labels() takes a lock and
+        # builds tuples, on every request of the hot path otherwise.
+        children = self._children.get((route, status))
+        if children is None:
+            children = self._children[(route, status)] = (
+                self.metrics.requests.labels(route, str(status)),
+                self.metrics.latency.labels(route),
+                self.metrics.errors.labels(_REASONS.get(status, f"http_{status}"))
+                if status >= 400 else None)
+        requests, latency, errors = children
+        requests.inc()
+        latency.observe(seconds)
+        if errors is not None:
+            errors.inc()
