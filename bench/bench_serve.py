@@ -235,7 +235,7 @@ def interleaved(url: str, pid: int, bundle: Path, texts_file: Path, args, cell: 
 
 
 def run(args: argparse.Namespace) -> dict:
-    from components.data import load_split
+    from components.data_io import load_split
 
     work = WORK
     work.mkdir(parents=True, exist_ok=True)

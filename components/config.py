@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
@@ -37,8 +44,13 @@ class Section(BaseModel):
 
 
 class PathsConfig(Section):
+    """Where things are. No stage fingerprint includes a path: a path says where an input or
+    output lives, its content says what it is."""
+
     raw: Path = Path("data/demo/labeled.jsonl")
+    unlabeled: Path | None = None
     corpus: Path = Path("data/demo")
+    input: Path = Path("data/input")
     prepared: Path = Path("data/prepared")
     pretrained: Path = Path("artifacts/pretrained")
     model: Path = Path("artifacts/model")
@@ -46,6 +58,7 @@ class PathsConfig(Section):
     eval: Path = Path("artifacts/eval")
     export: Path = Path("artifacts/export")
     gate: Path = Path("artifacts/gate")
+    metrics: Path = Path("metrics")
 
 
 class DataConfig(Section):
@@ -59,6 +72,8 @@ class DataConfig(Section):
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     split_salt: str = "tuneline"
+    group_column: str | None = None
+    near_duplicate_jaccard: float = Field(0.8, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _fractions_leave_training_rows(self) -> DataConfig:
@@ -122,7 +137,12 @@ class EarlyStoppingConfig(Section):
     min_delta: float = Field(0.0, ge=0.0)
 
 
-class AdamWConfig(Section):
+class StrategySection(Section):
+    """Base of a strategy's own section: `finetune.<name>` holds the settings of strategy
+    `name`, so the valid values of `finetune.strategy` are these sections' names."""
+
+
+class AdamWConfig(StrategySection):
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
@@ -131,7 +151,7 @@ class AdamWConfig(Section):
     ema_decay: float = Field(0.0, ge=0, lt=1)
 
 
-class ZONoiseSection(Section):
+class ZONoiseSection(StrategySection):
     """Noise settings shared by the zeroth-order strategies.
 
     Directions are slices of one fixed table of normals picked by seed (no per-step
@@ -175,6 +195,7 @@ class FinetuneConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 42
     batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
     sort_window: int = Field(20, ge=0)
     max_steps: int = Field(500, ge=1)
     eval_every: int = Field(50, ge=1)
@@ -188,6 +209,20 @@ class FinetuneConfig(Section):
     es: ESConfig = Field(default_factory=ESConfig)
     linear_probe: LinearProbeConfig = Field(default_factory=LinearProbeConfig)
 
+    @field_validator("strategy")
+    @classmethod
+    def _strategy_is_known(cls, value: str) -> str:
+        if value not in strategy_names():
+            raise ValueError(f"unknown strategy {value!r}; valid: {', '.join(strategy_names())}")
+        return value
+
+
+def strategy_names() -> list[str]:
+    """Valid `finetune.strategy` values: the names of the strategy sections of `finetune`."""
+    return sorted(name for name, field in FinetuneConfig.model_fields.items()
+                  if isinstance(field.annotation, type)
+                  and issubclass(field.annotation, StrategySection))
+
 
 class EvaluateConfig(Section):
     ece_bins: int = Field(15, ge=1)
@@ -197,16 +232,17 @@ class EvaluateConfig(Section):
 class ExportConfig(Section):
     opset: int = Field(18, ge=13)
     per_channel: bool = True
-    per_token_ffn: bool = False
     parity_max_rows: int = Field(0, ge=0)
     latency_repeats: int = Field(50, ge=1)
+
+
+GATED_METRICS = ("accuracy", "macro_f1")
 
 
 class NoiseConfig(Section):
     method: Literal["bootstrap", "mcnemar"] = "bootstrap"
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     resamples: int = Field(1000, ge=100)
-    within_noise: Literal["promote", "reject"] = "promote"
     seed: int = 0
 
 
@@ -215,13 +251,28 @@ class GateConfig(Section):
         default_factory=lambda: {"accuracy": 0.5, "macro_f1": 0.4})
     max_drop_vs_champion: dict[str, float] = Field(
         default_factory=lambda: {"accuracy": 0.0, "macro_f1": 0.01})
+    compare: Literal["tolerance", "non_inferiority"] = "tolerance"
+    non_inferiority_margin: dict[str, float] = Field(
+        default_factory=lambda: {"accuracy": 0.01, "macro_f1": 0.01})
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
-    int8_min_agreement: float = Field(0.97, ge=0, le=1)
+    int8_confident_margin: float = Field(1.0, ge=0)
     int8_max_accuracy_drop: float = Field(0.01, ge=0, le=1)
     max_logit_diff: float = Field(1e-3, gt=0)
     max_latency_p95_ms: float = Field(50.0, gt=0)
     max_size_mb: float = Field(40.0, gt=0)
     fail_run_on_reject: bool = False
+
+    @model_validator(mode="after")
+    def _metrics_are_known(self) -> GateConfig:
+        for section in ("min_metrics", "max_drop_vs_champion", "non_inferiority_margin"):
+            for name in getattr(self, section):
+                if name not in GATED_METRICS:
+                    raise ValueError(f"{section}.{name}: unknown metric; valid: "
+                                     f"{', '.join(GATED_METRICS)}")
+        missing = set(self.max_drop_vs_champion) - set(self.non_inferiority_margin)
+        if self.compare == "non_inferiority" and missing:
+            raise ValueError(f"non_inferiority_margin needs a margin for {sorted(missing)}")
+        return self
 
 
 class RegistryConfig(Section):
@@ -319,6 +370,7 @@ def _format_error(err: ValidationError) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = msg.removeprefix("Value error, ")
         lines.append(f"{key}: {msg}")
     return "invalid params: " + "; ".join(lines)
 
@@ -354,6 +406,24 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
             node = child
         node[parts[-1]] = value
     return out
+
+
+def named_overrides(*, data_path: str | Path | None = None, strategy: str | None = None,
+                    peft_method: str | None = None, pretrain: bool | None = None,
+                    max_steps: int | None = None) -> list[str]:
+    """The `--set` equivalents of the named run options: `--input X` is `paths.raw=X`, ..."""
+    sets = []
+    if data_path is not None and str(data_path) != "":
+        sets.append(f"paths.raw={data_path}")
+    if strategy is not None:
+        sets.append(f"finetune.strategy={strategy}")
+    if peft_method is not None:
+        sets.append(f"peft.method={peft_method}")
+    if pretrain is not None:
+        sets.append(f"pretrain.enabled={str(pretrain).lower()}")
+    if max_steps is not None:
+        sets.append(f"finetune.max_steps={max_steps}")
+    return sets
 
 
 def validate_params(raw: dict[str, Any]) -> Params:

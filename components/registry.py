@@ -30,6 +30,7 @@ from components.tracking import get_client, tracking_uri
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 MAX_TAG_CHARS = 5000
+RUN_REGISTRATION_TAGS = ("registered_version", "gate_passed")
 
 
 def _now() -> str:
@@ -69,7 +70,8 @@ def _verdict_tags(verdict: dict[str, Any]) -> dict[str, str]:
 
 
 def publish(params: Params, run_id: str, bundle_dir: str | Path,
-            verdict: dict[str, Any], prepared_dir: str | Path | None = None) -> dict[str, Any]:
+            verdict: dict[str, Any], tags: dict[str, str] | None = None,
+            prepared_dir: str | Path | None = None) -> dict[str, Any]:
     """Register the bundle as a new version of `registry.model_name` and move aliases.
 
     Gate passed: the old @champion becomes @previous, the new version @champion.
@@ -97,13 +99,15 @@ def publish(params: Params, run_id: str, bundle_dir: str | Path,
     client.log_dict(run_id, verdict, "gate/verdict.json")
     sha = sha256_file(bundle_dir / INT8_MODEL)
     run = client.get_run(run_id)
-    lineage = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+    # The run's lineage, not what earlier registrations of the same run wrote on it.
+    lineage = {k: v for k, v in run.data.tags.items()
+               if not k.startswith("mlflow.") and k not in RUN_REGISTRATION_TAGS}
     passed = bool(verdict["passed"])
     description = "gate passed" if passed else "gate rejected: " + "; ".join(verdict["reasons"])
     mv = client.create_model_version(
         name, source=model["source"], run_id=run_id,
-        tags={**lineage, **_verdict_tags(verdict), **model["tags"], "sha256": sha,
-              "registered_at": _now()},
+        tags={**lineage, **(tags or {}), **_verdict_tags(verdict), **model["tags"],
+              "sha256": sha, "registered_at": _now()},
         description=description[:MAX_TAG_CHARS])
     version, moves = str(mv.version), []
     if passed:
@@ -192,6 +196,17 @@ def resolve_ref(params: Params, ref: str) -> str:
     return version
 
 
+def version_tags(params: Params, ref: str) -> tuple[str, dict[str, str]]:
+    """(version number, tags) of a version number or alias.
+
+    Raises:
+        LookupError: unknown alias or version.
+    """
+    version = resolve_ref(params, ref)
+    mv = _get_version(get_client(params), params.registry.model_name, version)
+    return version, dict(mv.tags or {})
+
+
 def download_bundle(params: Params, ref: str, dst: str | Path) -> tuple[str, Path]:
     """Fetch a version's bundle into `dst` (replaced atomically) and verify it.
 
@@ -223,11 +238,21 @@ def download_bundle(params: Params, ref: str, dst: str | Path) -> tuple[str, Pat
     return version, dst
 
 
+def champion_ref(params: Params) -> dict[str, str] | None:
+    """{"version", "sha256"} of the @champion, None when there is none."""
+    version = get_alias_version(params, CHAMPION)
+    if version is None:
+        return None
+    mv = _get_version(get_client(params), params.registry.model_name, version)
+    return {"version": version, "sha256": (mv.tags or {}).get("sha256", "")}
+
+
 def champion_bundle(params: Params, dst: str | Path) -> Path | None:
     """Download the @champion bundle into `dst` for re-scoring; None when there is none."""
-    if get_alias_version(params, CHAMPION) is None:
+    ref = champion_ref(params)
+    if ref is None:
         return None
-    return download_bundle(params, CHAMPION, dst)[1]
+    return download_bundle(params, ref["version"], dst)[1]
 
 
 def list_versions(params: Params) -> list[dict[str, Any]]:

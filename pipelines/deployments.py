@@ -26,7 +26,7 @@ def deployment_specs(params: Params, params_file: Path | None = None,
     return [
         {"flow": retrain, "entrypoint": "pipelines/retrain.py:retrain", "name": "retrain",
          "schedule": Cron(params.schedule.cron, timezone=params.schedule.timezone),
-         "parameters": {"config": defaults},
+         "parameters": defaults,
          "description": "Retrain, gate and promote; also run on demand from the UI."},
         {"flow": watch_data, "entrypoint": "pipelines/sensor.py:watch_data",
          "name": "watch-data", "schedule": Interval(params.schedule.sensor_interval_s),

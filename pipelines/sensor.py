@@ -1,7 +1,7 @@
 """`watch-data`: a small scheduled flow that starts a retrain when new data lands.
 
-It hashes the input file (`paths.raw`) the way DVC does and compares it with the
-`raw_data_hash` lineage tag of the model in production. A different hash (or no
+It hashes the input file (`paths.raw`) and compares it with the `raw_data_hash` lineage
+tag (md5 of the exact input bytes) of the model in production. A different hash (or no
 champion yet) triggers the `retrain` deployment; the same hash does nothing.
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from components.config import load_params
-from components.data import data_version
-from components.demo import resolve_input
+from components.data_io import md5_file
+from components.stages.ingest import ensure_demo
 
 RETRAIN_DEPLOYMENT = "retrain/retrain"
 
@@ -24,7 +24,7 @@ def data_changed(params_file: str | None = None, overrides: list[str] | None = N
     from components.registry import CHAMPION, get_alias_version, list_versions
 
     params = load_params(params_file, overrides)
-    current = data_version(resolve_input(params))
+    current = md5_file(ensure_demo(params))
     champion = get_alias_version(params, CHAMPION)
     trained_on = None
     if champion is not None:
@@ -48,6 +48,6 @@ def watch_data(params_file: str | None = None, overrides: list[str] | None = Non
     logger.info("new data %s (champion trained on %s): starting %s", state["data_hash"],
                 state["champion_data_hash"], deployment)
     run = run_deployment(deployment, timeout=0,
-                         parameters={"config": {"params_file": params_file,
-                                                "overrides": list(overrides or [])}})
+                         parameters={"params_file": params_file,
+                                     "overrides": list(overrides or [])})
     return {**state, "flow_run_id": str(run.id)}

@@ -54,19 +54,23 @@ def test_unknown_section_in_file(tmp_path):
         load_params(f)
 
 
-def test_code_defaults_equal_params_yaml():
-    """params.yaml is the single source of truth: the typed defaults must not drift from it."""
-    from components.config import Params
+def test_code_defaults_equal_params_yaml(tmp_path):
+    from components.config import DEFAULT_PARAMS, Params
 
-    def leaves(tree, prefix=""):
-        for key, value in tree.items():
-            if isinstance(value, dict) and value:
-                yield from leaves(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}", value
+    assert Params().model_dump(mode="json") == load_params(DEFAULT_PARAMS).model_dump(mode="json")
+    # So a partial params file means "params.yaml's values for the rest", not other ones.
+    partial = tmp_path / "params.yaml"
+    partial.write_text("finetune:\n  strategy: mezo\n")
+    p = load_params(partial)
+    assert p.finetune.strategy == "mezo"
+    assert p.model.pooling == load_params(DEFAULT_PARAMS).model.pooling
 
-    code = dict(leaves(Params().model_dump(mode="json")))
-    yaml_ = dict(leaves(load_params().model_dump(mode="json")))
-    differ = {k: (code.get(k), yaml_.get(k)) for k in code.keys() | yaml_.keys()
-              if code.get(k) != yaml_.get(k)}
-    assert not differ, f"components/config.py defaults differ from params.yaml: {differ}"
+
+def test_named_options_are_overrides():
+    from components.config import named_overrides
+
+    assert named_overrides(data_path="x.csv", strategy="es", peft_method="lora",
+                           pretrain=False, max_steps=7) == [
+        "paths.raw=x.csv", "finetune.strategy=es", "peft.method=lora",
+        "pretrain.enabled=false", "finetune.max_steps=7"]
+    assert named_overrides() == []

@@ -43,7 +43,8 @@ def registered(tmp_path_factory, tiny_backbone_dir):
     root = tmp_path_factory.mktemp("mlflow-model")
     params = tiny_test_params(root, tiny_backbone_dir, ["serve.threads=1"])
     run_id = start_run(params, good["prepared"])
-    publish(params, run_id, good["bundle"], {"passed": True, "reasons": []}, good["prepared"])
+    publish(params, run_id, good["bundle"], {"passed": True, "reasons": []},
+            prepared_dir=good["prepared"])
     texts, _ = load_split(good["prepared"], "test")
     return {"params": params, "root": root, "texts": texts + ["goal", "storm at sea", "loans"]}
 

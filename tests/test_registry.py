@@ -33,7 +33,8 @@ def judge_and_publish(params, bundle: dict[str, Path], work: Path) -> dict:
     run_id = tracking.start_run(params, bundle["prepared"])
     champion = registry.champion_bundle(params, work / f"champion-{run_id}")
     verdict = run_gate(bundle["bundle"], bundle["prepared"], params, champion)
-    result = registry.publish(params, run_id, bundle["bundle"], verdict, bundle["prepared"])
+    result = registry.publish(params, run_id, bundle["bundle"], verdict,
+                              prepared_dir=bundle["prepared"])
     tracking.end_run(params, run_id)
     return result
 
@@ -88,21 +89,15 @@ def test_promotion_lifecycle(bundles, tmp_path, tiny_backbone_dir):
         registry.promote(params, "42")
 
 
-@pytest.mark.parametrize("within_noise", ["promote", "reject"])
-def test_challenger_within_noise_follows_params(bundles, tmp_path, tiny_backbone_dir,
-                                                within_noise):
-    params = tiny_test_params(tmp_path, tiny_backbone_dir,
-                              [f"gate.noise.within_noise={within_noise}"])
+def test_the_same_model_again_is_no_worse_and_takes_over(bundles, tmp_path,
+                                                         tiny_backbone_dir):
+    params = tiny_test_params(tmp_path, tiny_backbone_dir)
     good = bundles["good"]
     judge_and_publish(params, good, tmp_path)
-    # The same model again: the difference against the champion is exactly zero (noise).
+    # The same model again: exactly no difference against the champion.
     again = judge_and_publish(params, good, tmp_path)
-    if within_noise == "promote":
-        assert again["passed"] and aliases(params)["champion"] == "2"
-    else:
-        assert not again["passed"]
-        assert aliases(params) == {"champion": "1", "previous": None, "challenger": "2"}
-        assert "within_noise" in tags(params, "2")["gate_reasons"]
+    assert again["passed"] and aliases(params)["champion"] == "2"
+    assert aliases(params)["previous"] == "1"
 
 
 def test_download_verifies_sha256_and_holds_no_pickle(bundles, tmp_path, tiny_backbone_dir):
@@ -128,7 +123,7 @@ def test_download_verifies_sha256_and_holds_no_pickle(bundles, tmp_path, tiny_ba
 
 
 def test_run_records_params_step_metrics_and_lineage(bundles, tmp_path, tiny_backbone_dir):
-    from components.data import data_version
+    from components.data_io import data_version
     from components.finetune import train
 
     params = tiny_test_params(tmp_path, tiny_backbone_dir, ["finetune.max_steps=6",

@@ -47,7 +47,7 @@ def test_skewed_traffic_moves_the_drift_metric(tmp_path, good, tiny_backbone_dir
         "serve.reload_interval_s=0.3", "serve.threads=1"])
     run_id = start_run(params, good["prepared"])
     version = publish(params, run_id, good["bundle"], {"passed": True, "reasons": []},
-                      good["prepared"])["version"]
+                      prepared_dir=good["prepared"])["version"]
     tags = next(r["tags"] for r in list_versions(params) if r["version"] == version)
     assert tags["prediction_reference"] == REFERENCE_FILE
 

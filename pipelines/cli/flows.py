@@ -11,46 +11,51 @@ from typing import Annotated
 
 import typer
 
-from pipelines.cli.app import ParamsOpt, SetOpt, app, fail, params_or_exit
+from pipelines.cli.app import InputOpt, ParamsOpt, SetOpt, app, params_or_exit, user_errors
 
 StrategyOpt = Annotated[str | None, typer.Option(
     "--strategy", help="adamw | mezo | zo_sign | es (default: finetune.strategy).")]
 PeftOpt = Annotated[str | None, typer.Option(
     "--peft", help="none | lora | ia3 | prompt_tuning | prefix_tuning (default: peft.method).")]
 PretrainOpt = Annotated[bool | None, typer.Option(
-    "--pretrain/--no-pretrain", help="MLM domain pretraining first (default: pretrain.enabled).")]
-InputOpt = Annotated[Path | None, typer.Option(
-    "--input", help="CSV / JSONL / Parquet to train on (default: paths.raw, the demo corpus).")]
+    "--pretrain/--no-pretrain", help="Domain pretraining first (default: pretrain.enabled).")]
+StepsOpt = Annotated[int | None, typer.Option(
+    "--max-steps", help="Training steps (default: finetune.max_steps).")]
 
 
 @app.command("run")
 def run(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt = None,
-        pretrain: PretrainOpt = None, params: ParamsOpt = None, set_: SetOpt = None,
+        pretrain: PretrainOpt = None, max_steps: StepsOpt = None, params: ParamsOpt = None,
+        set_: SetOpt = None,
         json_out: Annotated[Path | None, typer.Option(
             "--json", help="Also write the run summary (with stage timings) here.")] = None
         ) -> None:
-    """The main job: retrain -> gate -> promote, locally (Prefect starts a temporary server)."""
-    from pydantic import ValidationError
+    """The main job: ingest -> ... -> gate -> register, as a Prefect flow run.
 
+    Bad input and bad params fail here, in one line, before any server starts.
+    """
+    from components.stages import check_inputs
     from pipelines.reporting import render_summary
-    from pipelines.retrain import RetrainConfig, retrain
 
-    params_or_exit(params, set_)  # fail fast, with the key's name, before Prefect starts
-    try:
-        config = RetrainConfig(data_path=str(input_) if input_ else None, strategy=strategy,
-                               peft_method=peft, pretrain=pretrain, overrides=set_ or [],
-                               params_file=str(params) if params else None)
-    except ValidationError as exc:
-        fail(str(exc))
+    data_path = str(input_.resolve()) if input_ else None
+    named = {"data_path": data_path, "strategy": strategy, "peft_method": peft,
+             "pretrain": pretrain, "max_steps": max_steps}
+    p = params_or_exit(params, set_, **named)
+    with user_errors():
+        check_inputs(p)
+    from pipelines.retrain import retrain
+
     started = time.perf_counter()
-    result = retrain(config)
+    with user_errors():
+        result = retrain(**named, overrides=list(set_ or []),
+                         params_file=str(params.resolve()) if params else None)
     if json_out is not None:
         from components.io import atomic_write_json
 
         atomic_write_json(json_out, {**result, "wall_seconds": time.perf_counter() - started})
     typer.echo("\n" + render_summary(result))
     typer.echo("Look closer:\n"
-               "  tuneline models           versions, aliases, metrics, gate verdicts\n"
+               f"  tuneline models show {result['version']}   lineage, params diff, verdict\n"
                "  tuneline ui               Prefect UI (runs, artifacts) + MLflow UI\n"
                "  tuneline serve            serve @champion on http://127.0.0.1:8000")
 
