@@ -110,7 +110,7 @@ def test_reference(bundle_dir: str | Path, prepared_dir: str | Path, params: Par
 
     (None, []) when the prepared folder has no test split (nothing to measure on).
     """
-    from components.data import load_split
+    from components.data_io import load_split
     from components.drift import prediction_distribution
     from components.predictor import OnnxClassifier
 

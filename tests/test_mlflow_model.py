@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from components.data import load_split
+from components.data_io import load_split
 from components.mlflow_model import BUNDLE_SUBPATH
 from components.registry import publish
 from components.tracking import start_run, tracking_uri
