@@ -97,8 +97,10 @@ def exported_bundles(params: Params, model_dir: Path, prepared: Path, work: Path
     return out
 
 
-def fresh_registry(params: Params, work: Path, bundles: list[Path]) -> list[str]:
-    """A new SQLite store with bundles[0] @champion and bundles[1] @challenger."""
+def fresh_registry(params: Params, work: Path, bundles: list[Path], prepared: Path
+                   ) -> list[str]:
+    """A new SQLite store with bundles[0] @champion and bundles[1] @challenger (both with
+    their prediction reference, so the server pays for drift monitoring as in production)."""
     from components.registry import publish
     from components.tracking import start_run
 
@@ -108,8 +110,8 @@ def fresh_registry(params: Params, work: Path, bundles: list[Path]) -> list[str]
     for bundle, passed in zip(bundles, (True, False), strict=True):
         run_id = start_run(params, None, run_name=f"bench-serve-{bundle.name}")
         versions.append(publish(params, run_id, bundle,
-                                {"passed": passed, "reasons": [] if passed else ["bench"]})
-                        ["version"])
+                                {"passed": passed, "reasons": [] if passed else ["bench"]},
+                                prepared_dir=prepared)["version"])
     return versions
 
 
@@ -246,7 +248,7 @@ def run(args: argparse.Namespace) -> dict:
     bundles = exported_bundles(params, Path(model["model_dir"]), prepared, work)
     if args.prepare_only:
         return {"prepared_only": True, "model": model, "bundles": [str(b) for b in bundles]}
-    versions = fresh_registry(params, work, bundles)
+    versions = fresh_registry(params, work, bundles, prepared)
     texts, _ = load_split(prepared, "test")
     texts_file = work / "texts.json"
     texts_file.write_text(json.dumps(texts))
