@@ -171,10 +171,14 @@ def download_version_files(model_version: Any, dst: str | Path, tracking_uri: st
     for file in got.iterdir():
         shutil.move(str(file), dst / file.name)
     if tags.get("prediction_reference", "none") != "none":
-        ref = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{model_version.source}/{tags['prediction_reference']}",
-            dst_path=str(dst / ".dl-ref"), tracking_uri=tracking_uri)
-        shutil.move(ref, dst / REFERENCE_FILE)
+        try:
+            ref = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{model_version.source}/{tags['prediction_reference']}",
+                dst_path=str(dst / ".dl-ref"), tracking_uri=tracking_uri)
+            shutil.move(ref, dst / REFERENCE_FILE)
+        except Exception as exc:  # monitoring data: its loss must not block serving the model
+            log.error("version %s: prediction reference not downloaded: %s",
+                      model_version.version, exc)
     for leftover in (dst / ".dl", dst / ".dl-ref"):
         shutil.rmtree(leftover, ignore_errors=True)
     return dst
