@@ -315,6 +315,42 @@ class ServeConfig(Section):
     workers: int = Field(2, ge=1)
     bucket_call_cost_tokens: int = Field(64, ge=0)
     ort_spinning: bool = False
+    gil_switch_interval_ms: float = Field(5.0, gt=0)
+
+
+class AlertsConfig(Section):
+    """Thresholds of the Prometheus alert rules rendered into deploy/monitoring/."""
+
+    rate_window_minutes: int = Field(5, ge=1)
+    max_error_ratio: float = Field(0.01, gt=0, lt=1)
+    error_for_minutes: int = Field(5, ge=0)
+    max_p99_latency_s: float = Field(0.25, gt=0)
+    latency_for_minutes: int = Field(10, ge=0)
+    readiness_window_minutes: int = Field(15, ge=1)
+    max_readiness_changes: int = Field(3, ge=1)
+    max_model_age_days: float = Field(14, gt=0)
+    max_psi: float = Field(0.25, gt=0)
+    drift_for_minutes: int = Field(30, ge=0)
+
+
+class MonitoringConfig(Section):
+    """Prediction-distribution monitoring: reference bins, live PSI window, alert rules."""
+
+    confidence_bins: list[float] = Field(
+        default_factory=lambda: [0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0])
+    psi_window: int = Field(2000, ge=10)
+    psi_min_predictions: int = Field(200, ge=1)
+    psi_epsilon: float = Field(1e-4, gt=0, lt=0.1)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+
+    @model_validator(mode="after")
+    def _valid_bins_and_window(self) -> MonitoringConfig:
+        from components.drift import check_edges
+
+        check_edges(self.confidence_bins)
+        if self.psi_min_predictions > self.psi_window:
+            raise ValueError("psi_min_predictions must be <= psi_window")
+        return self
 
 
 class ScheduleConfig(Section):
@@ -337,6 +373,7 @@ class Params(Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
 
     def hash(self) -> str:

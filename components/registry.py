@@ -2,10 +2,12 @@
 
 Importable without torch or transformers (the serving process uses it).
 
-A registered version's artifacts are the served bundle files at the root (model.int8.onnx,
-tokenizer.json, labels.json, export_config.json, parity.json, manifest.json), logged as
-plain files under the training run's `bundle/` artifact folder: no pickle anywhere. The
-version tag `sha256` is the sha256 of model.int8.onnx; downloads verify it.
+A registered version is an MLflow model (pyfunc from code, see `components.mlflow_model`)
+logged under the training run's `model/` artifact folder: the served bundle files
+(model.int8.onnx, tokenizer.json, labels.json, export_config.json, parity.json,
+manifest.json) are its `artifacts/bundle/`, next to the prediction distribution measured
+on the test split. No pickle anywhere. The version tag `sha256` is the sha256 of
+model.int8.onnx; downloads verify it.
 
 Aliases (promotion is an alias move, never a stage):
     @champion    the model in production
@@ -16,8 +18,6 @@ Aliases (promotion is an alias move, never a stage):
 from __future__ import annotations
 
 import getpass
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -70,12 +70,15 @@ def _verdict_tags(verdict: dict[str, Any]) -> dict[str, str]:
 
 
 def publish(params: Params, run_id: str, bundle_dir: str | Path,
-            verdict: dict[str, Any], tags: dict[str, str] | None = None) -> dict[str, Any]:
+            verdict: dict[str, Any], tags: dict[str, str] | None = None,
+            prepared_dir: str | Path | None = None) -> dict[str, Any]:
     """Register the bundle as a new version of `registry.model_name` and move aliases.
 
     Gate passed: the old @champion becomes @previous, the new version @champion.
     Gate failed: the new version becomes @challenger, @champion is untouched, and the
     reasons are recorded on the version (tag `gate_reasons` and its description).
+    The version is an MLflow model; its prediction reference is measured on the test
+    split of `prepared_dir` (default `paths.prepared`).
 
     Returns:
         {"version", "passed", "sha256", "aliases": {alias: version}, "moves": [text]}
@@ -85,15 +88,14 @@ def publish(params: Params, run_id: str, bundle_dir: str | Path,
     """
     from mlflow.entities import RunTag
 
+    from components.mlflow_model import log_version_model
+
     bundle_dir = Path(bundle_dir)
     verify_bundle(bundle_dir, [f for f in SERVED_FILES if f != "manifest.json"])
     client = get_client(params)
     name = params.registry.model_name
     _ensure_registered_model(client, name)
-    with tempfile.TemporaryDirectory() as tmp:
-        for file in SERVED_FILES:
-            shutil.copy2(bundle_dir / file, Path(tmp) / file)
-        client.log_artifacts(run_id, tmp, "bundle")
+    model = log_version_model(client, params, run_id, bundle_dir, prepared_dir)
     client.log_dict(run_id, verdict, "gate/verdict.json")
     sha = sha256_file(bundle_dir / INT8_MODEL)
     run = client.get_run(run_id)
@@ -103,9 +105,9 @@ def publish(params: Params, run_id: str, bundle_dir: str | Path,
     passed = bool(verdict["passed"])
     description = "gate passed" if passed else "gate rejected: " + "; ".join(verdict["reasons"])
     mv = client.create_model_version(
-        name, source=f"{run.info.artifact_uri}/bundle", run_id=run_id,
-        tags={**lineage, **(tags or {}), **_verdict_tags(verdict), "sha256": sha,
-              "registered_at": _now()},
+        name, source=model["source"], run_id=run_id,
+        tags={**lineage, **(tags or {}), **_verdict_tags(verdict), **model["tags"],
+              "sha256": sha, "registered_at": _now()},
         description=description[:MAX_TAG_CHARS])
     version, moves = str(mv.version), []
     if passed:
@@ -218,7 +220,7 @@ def download_bundle(params: Params, ref: str, dst: str | Path) -> tuple[str, Pat
         LookupError: unknown alias or version.
         BundleIntegrityError: a file is missing or its sha256 does not match.
     """
-    import mlflow
+    from components.mlflow_model import download_version_files
 
     client = get_client(params)
     name = params.registry.model_name
@@ -226,11 +228,7 @@ def download_bundle(params: Params, ref: str, dst: str | Path) -> tuple[str, Pat
     mv = _get_version(client, name, version)
     dst = Path(dst)
     with atomic_dir(dst) as tmp:
-        got = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=mv.source, dst_path=str(tmp / "dl"), tracking_uri=tracking_uri(params)))
-        for file in got.iterdir():
-            shutil.move(str(file), tmp / file.name)
-        shutil.rmtree(tmp / "dl", ignore_errors=True)
+        download_version_files(mv, tmp, tracking_uri(params))
         expected = (mv.tags or {}).get("sha256")
         actual = sha256_file(tmp / INT8_MODEL) if (tmp / INT8_MODEL).exists() else None
         if expected is None or actual != expected:
