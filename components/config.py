@@ -301,6 +301,16 @@ class ScheduleConfig(Section):
     cron: str = "0 3 * * 1"
     timezone: str = "UTC"
     sensor_interval_s: int = Field(600, ge=10)
+    dedupe_s: int = Field(3600, ge=0)
+    when_busy: Literal["wait", "skip"] = "wait"
+
+
+class UIConfig(Section):
+    host: str = "127.0.0.1"
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    mlflow_port: int = Field(5000, ge=1, le=65535)
+    start_timeout_s: float = Field(120, gt=0)
+    auth_db: Path = Path("mlflow-auth.db")
 
 
 class Params(Section):
@@ -317,6 +327,7 @@ class Params(Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    ui: UIConfig = Field(default_factory=UIConfig)
 
     def hash(self) -> str:
         """Short stable hash of the validated params (for lineage and caching)."""

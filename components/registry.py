@@ -133,11 +133,13 @@ def _make_champion(client: Any, name: str, version: str) -> list[str]:
     return moves
 
 
-def promote(params: Params, version: str, reason: str = "") -> dict[str, Any]:
+def promote(params: Params, version: str, reason: str = "", by: str | None = None
+            ) -> dict[str, Any]:
     """Human override: make `version` the @champion whatever its gate verdict said.
 
     The override is recorded on the version (tags `promotion=manual`, `promoted_by`,
     `promoted_at`, `promotion_reason`, and the gate verdict it overrode stays as it was).
+    `by` names who asked (default: this process's user).
 
     Raises:
         LookupError: the version does not exist.
@@ -146,16 +148,17 @@ def promote(params: Params, version: str, reason: str = "") -> dict[str, Any]:
     name = params.registry.model_name
     _get_version(client, name, version)
     moves = _make_champion(client, name, str(version))
-    for key, value in {"promotion": "manual", "promoted_by": getpass.getuser(),
-                       "promoted_at": _now(), "promotion_reason": reason or "-"}.items():
-        client.set_model_version_tag(name, str(version), key, value[:MAX_TAG_CHARS])
+    _tag(client, name, str(version), {"promotion": "manual",
+                                      "promoted_by": by or getpass.getuser(),
+                                      "promoted_at": _now(), "promotion_reason": reason or "-"})
     return {"version": str(version), "moves": moves,
             "aliases": dict(client.get_registered_model(name).aliases)}
 
 
-def rollback(params: Params) -> dict[str, Any]:
-    """@champion <- @previous; the demoted version is tagged `rolled_back_at`.
+def rollback(params: Params, reason: str = "", by: str | None = None) -> dict[str, Any]:
+    """@champion <- @previous; the demoted version is tagged who, when and why.
 
+    Tags on the demoted version: `rolled_back_at`, `rolled_back_by`, `rollback_reason`.
     @previous is cleared afterwards, so a second rollback fails instead of flipping back.
 
     Raises:
@@ -169,10 +172,17 @@ def rollback(params: Params) -> dict[str, Any]:
     client.set_registered_model_alias(name, CHAMPION, previous)
     client.delete_registered_model_alias(name, PREVIOUS)
     if current is not None:
-        client.set_model_version_tag(name, current, "rolled_back_at", _now())
+        _tag(client, name, current, {"rolled_back_at": _now(),
+                                     "rolled_back_by": by or getpass.getuser(),
+                                     "rollback_reason": reason or "-"})
     return {"version": previous, "demoted": current,
             "moves": [f"@{CHAMPION} -> v{previous}", f"@{PREVIOUS} cleared"],
             "aliases": dict(client.get_registered_model(name).aliases)}
+
+
+def _tag(client: Any, name: str, version: str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value[:MAX_TAG_CHARS])
 
 
 def _get_version(client: Any, name: str, version: str) -> Any:

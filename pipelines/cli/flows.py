@@ -54,6 +54,8 @@ def run(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt = N
 
         atomic_write_json(json_out, {**result, "wall_seconds": time.perf_counter() - started})
     typer.echo("\n" + render_summary(result))
+    if result["status"] == "skipped":
+        raise typer.Exit(1)
     typer.echo("Look closer:\n"
                f"  tuneline models show {result['version']}   lineage, params diff, verdict\n"
                "  tuneline ui               Prefect UI (runs, artifacts) + MLflow UI\n"
