@@ -303,6 +303,7 @@ class ScheduleConfig(Section):
     sensor_interval_s: int = Field(600, ge=10)
     dedupe_s: int = Field(3600, ge=0)
     when_busy: Literal["wait", "skip"] = "wait"
+    runs_at_once: int = Field(4, ge=1)
 
 
 class UIConfig(Section):

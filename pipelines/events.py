@@ -11,7 +11,7 @@ pipelines/limits.py).
 
 from __future__ import annotations
 
-import os
+import logging
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -49,17 +49,10 @@ def emit_data_changed(file: str | Path, md5: str, source: str, *, flush: bool = 
     if event is None:
         raise RuntimeError(f"{DATA_CHANGED} was not sent (see the Prefect log above)")
     if flush:
+        # The worker logs a "still processing" warning for the event it is sending.
+        logging.getLogger(EventsWorker.__name__).setLevel(logging.ERROR)
         EventsWorker.drain_all(timeout=30, at_exit=False)
     return str(event.id)
-
-
-def require_server() -> str:
-    """PREFECT_API_URL, or a RuntimeError saying that an announcement needs a server."""
-    url = os.environ.get("PREFECT_API_URL")
-    if not url:
-        raise RuntimeError("announcing new data needs a running Prefect server: set "
-                           "PREFECT_API_URL (e.g. http://127.0.0.1:4200/api, see `tuneline ui`)")
-    return url
 
 
 def data_changed_trigger(params: Params) -> Any:
