@@ -136,8 +136,12 @@ class PrefectAPI:
     def create_run(self, deployment: str, parameters: dict) -> dict:
         dep = self.deployment(deployment)
         assert dep is not None, f"no deployment {deployment}"
-        r = self.http.post(f"/deployments/{dep['id']}/create_flow_run",
-                           json={"parameters": parameters})
+        for _ in range(20):  # SQLite answers 503 while another write holds the database
+            r = self.http.post(f"/deployments/{dep['id']}/create_flow_run",
+                               json={"parameters": parameters})
+            if r.status_code not in (429, 503):
+                break
+            time.sleep(0.5)
         assert r.status_code == 201, r.text
         return r.json()
 
