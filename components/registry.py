@@ -37,12 +37,19 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def _absent(exc: Exception) -> bool:
+    """True when MLflow said "no such thing"; a refusal (401/403) or an outage is not that."""
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
 def _ensure_registered_model(client: Any, name: str) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
         client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as exc:
+        if not _absent(exc):
+            raise
         client.create_registered_model(
             name, description="Text classifier bundles (int8 ONNX + tokenizer + labels).")
 
@@ -53,7 +60,9 @@ def get_alias_version(params: Params, alias: str) -> str | None:
 
     try:
         aliases = get_client(params).get_registered_model(params.registry.model_name).aliases
-    except MlflowException:
+    except MlflowException as exc:
+        if not _absent(exc):
+            raise
         return None
     version = aliases.get(alias.lstrip("@"))
     return str(version) if version is not None else None
@@ -190,7 +199,9 @@ def _get_version(client: Any, name: str, version: str) -> Any:
 
     try:
         return client.get_model_version(name, str(version))
-    except MlflowException:
+    except MlflowException as exc:
+        if not _absent(exc):
+            raise
         raise LookupError(f"{name} has no version {version}") from None
 
 
@@ -275,7 +286,9 @@ def list_versions(params: Params) -> list[dict[str, Any]]:
     name = params.registry.model_name
     try:
         aliases = client.get_registered_model(name).aliases
-    except MlflowException:
+    except MlflowException as exc:
+        if not _absent(exc):
+            raise
         return []
     by_version: dict[str, list[str]] = {}
     for alias, version in aliases.items():

@@ -96,11 +96,16 @@ class Proc:
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, procs: list[Proc],
              interval: float = 1.0) -> Any:
+    """Poll `check` until truthy; fail at the timeout, or at once when a process dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
+        dead = [p for p in procs if p.popen.poll() is not None]
+        if dead:
+            raise AssertionError(f"{dead[0].log.name}: the process exited while waiting for "
+                                 f"{what}\n" + "\n".join(p.tail() for p in procs))
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n"
                          + "\n".join(p.tail() for p in procs))
@@ -130,7 +135,11 @@ class PrefectAPI:
         self.http = httpx.Client(base_url=api_url, timeout=30, auth=auth)
 
     def deployment(self, name: str) -> dict | None:
-        r = self.http.get(f"/deployments/name/{name}/{name}")
+        """The deployment, None while it (or the server) is not there yet."""
+        try:
+            r = self.http.get(f"/deployments/name/{name}/{name}")
+        except httpx.HTTPError:
+            return None
         return r.json() if r.status_code == 200 else None
 
     def create_run(self, deployment: str, parameters: dict) -> dict:

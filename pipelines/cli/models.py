@@ -24,7 +24,8 @@ def models(ctx: typer.Context,
     from components.registry import list_versions
 
     p = params_or_exit(params, set_)
-    rows = list_versions(p)
+    with user_errors():
+        rows = list_versions(p)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
