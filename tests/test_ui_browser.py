@@ -69,8 +69,11 @@ def submit_and_watch(page, api: PrefectAPI, procs, shot: Path | None = None) -> 
     run = api.wait_final(run_id, 900, procs)
     assert run["state"]["type"] == "COMPLETED", (run["state"], [p.tail() for p in procs])
     page.get_by_text("Completed", exact=True).first.wait_for(timeout=60_000)
-    page.get_by_text("View run").wait_for(state="hidden", timeout=60_000)  # the toast
+    page.reload(wait_until="networkidle")  # as a person would; also clears the "View run" toast
+    page.get_by_text("Completed", exact=True).first.wait_for(timeout=60_000)
+    page.get_by_text("Finished in state Completed").last.wait_for(timeout=60_000)  # the logs
     if shot is not None:
+        page.wait_for_timeout(2000)  # the timeline is drawn after the logs arrive
         page.wait_for_load_state("networkidle")
         page.screenshot(path=str(shot), full_page=True)
     return run
@@ -119,7 +122,10 @@ def test_a_person_retrains_promotes_and_rolls_back_in_the_prefect_ui(tmp_path,
                 # The gate's verdict, as a person reads it: Artifacts > gate-report.
                 page.get_by_role("tab", name="Artifacts").click()
                 page.get_by_text("gate-report", exact=True).first.click()
-                page.get_by_text("Gate PASSED (first model: absolute rules only)").wait_for()
+                # The key's page lists its versions (one per run): open this run's.
+                page.get_by_role("link", name=re.compile(r"^[0-9a-f]{8}$")).first.click()
+                page.get_by_role("heading", name="Gate PASSED (first model: absolute rules only)"
+                                 ).wait_for()
                 page.wait_for_load_state("networkidle")
                 page.screenshot(path=str(shots / "gate-report.png"), full_page=True)
 
