@@ -18,14 +18,20 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed
 from pydantic import Field
 
-from components.config import Params, load_params, named_overrides, strategy_names
+from components.config import (
+    Params,
+    PeftConfig,
+    load_params,
+    named_overrides,
+    strategy_names,
+)
 from pipelines import tasks
 from pipelines.limits import RetrainBusy, one_retrain_per_model
 from pipelines.quiet import quiet_libraries
 from pipelines.reporting import publish_artifacts, summarize
 
 StrategyName = Literal[tuple(strategy_names())]  # type: ignore[valid-type]
-PeftName = Literal["none", "lora", "ia3", "prompt_tuning", "prefix_tuning"]
+PeftName = PeftConfig.model_fields["method"].annotation
 
 
 @flow(name="retrain", description=(

@@ -60,6 +60,9 @@ def test_announced_data_starts_one_retrain_per_hash(tmp_path, tiny_backbone_dir)
         cli("deploy", "--pool", "idle")
         dep = api.deployment("retrain")
         assert dep["enforce_parameter_schema"] is True
+        bad = api.http.post(f"/deployments/{dep['id']}/create_flow_run",
+                            json={"parameters": {"strategy": "sgd", "max_steps": 0}})
+        assert bad.status_code == 409 and "sgd" in bad.text, bad.text  # checked server-side
         automations = api.http.post("/automations/filter", json={}).json()
         (trigger,) = [a["trigger"] for a in automations]
         assert trigger["expect"] == ["tuneline.data.changed"]

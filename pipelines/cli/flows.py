@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Annotated
@@ -110,6 +111,7 @@ def ui(params: ParamsOpt = None, set_: SetOpt = None,
     from pipelines.ui import UIError, start_ui, walkthrough
 
     p = params_or_exit(params, set_)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the servers on SIGTERM too
     try:
         servers = start_ui(p, params, list(set_ or []),
                            prefect_port=prefect_port or p.ui.prefect_port,
@@ -117,6 +119,8 @@ def ui(params: ParamsOpt = None, set_: SetOpt = None,
                            deploy=deploy_)
     except UIError as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
     typer.echo(walkthrough(servers, auth, deploy_), err=False)
     try:
         while all(proc.poll() is None for proc in servers.processes):
@@ -125,3 +129,7 @@ def ui(params: ParamsOpt = None, set_: SetOpt = None,
         pass
     finally:
         servers.stop()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
