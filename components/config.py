@@ -357,6 +357,17 @@ class ScheduleConfig(Section):
     cron: str = "0 3 * * 1"
     timezone: str = "UTC"
     sensor_interval_s: int = Field(600, ge=10)
+    dedupe_s: int = Field(3600, ge=0)
+    when_busy: Literal["wait", "skip"] = "wait"
+    runs_at_once: int = Field(4, ge=1)
+
+
+class UIConfig(Section):
+    host: str = "127.0.0.1"
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    mlflow_port: int = Field(5000, ge=1, le=65535)
+    start_timeout_s: float = Field(120, gt=0)
+    auth_db: Path = Path("mlflow-auth.db")
 
 
 class Params(Section):
@@ -375,6 +386,7 @@ class Params(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    ui: UIConfig = Field(default_factory=UIConfig)
 
     def hash(self) -> str:
         """Short stable hash of the validated params (for lineage and caching)."""

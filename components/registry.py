@@ -37,12 +37,19 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def _absent(exc: Exception) -> bool:
+    """True when MLflow said "no such thing"; a refusal (401/403) or an outage is not that."""
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
 def _ensure_registered_model(client: Any, name: str) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
         client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as exc:
+        if not _absent(exc):
+            raise
         client.create_registered_model(
             name, description="Text classifier bundles (int8 ONNX + tokenizer + labels).")
 
@@ -53,7 +60,9 @@ def get_alias_version(params: Params, alias: str) -> str | None:
 
     try:
         aliases = get_client(params).get_registered_model(params.registry.model_name).aliases
-    except MlflowException:
+    except MlflowException as exc:
+        if not _absent(exc):
+            raise
         return None
     version = aliases.get(alias.lstrip("@"))
     return str(version) if version is not None else None
@@ -135,11 +144,13 @@ def _make_champion(client: Any, name: str, version: str) -> list[str]:
     return moves
 
 
-def promote(params: Params, version: str, reason: str = "") -> dict[str, Any]:
+def promote(params: Params, version: str, reason: str = "", by: str | None = None
+            ) -> dict[str, Any]:
     """Human override: make `version` the @champion whatever its gate verdict said.
 
     The override is recorded on the version (tags `promotion=manual`, `promoted_by`,
     `promoted_at`, `promotion_reason`, and the gate verdict it overrode stays as it was).
+    `by` names who asked (default: this process's user).
 
     Raises:
         LookupError: the version does not exist.
@@ -148,16 +159,17 @@ def promote(params: Params, version: str, reason: str = "") -> dict[str, Any]:
     name = params.registry.model_name
     _get_version(client, name, version)
     moves = _make_champion(client, name, str(version))
-    for key, value in {"promotion": "manual", "promoted_by": getpass.getuser(),
-                       "promoted_at": _now(), "promotion_reason": reason or "-"}.items():
-        client.set_model_version_tag(name, str(version), key, value[:MAX_TAG_CHARS])
+    _tag(client, name, str(version), {"promotion": "manual",
+                                      "promoted_by": by or getpass.getuser(),
+                                      "promoted_at": _now(), "promotion_reason": reason or "-"})
     return {"version": str(version), "moves": moves,
             "aliases": dict(client.get_registered_model(name).aliases)}
 
 
-def rollback(params: Params) -> dict[str, Any]:
-    """@champion <- @previous; the demoted version is tagged `rolled_back_at`.
+def rollback(params: Params, reason: str = "", by: str | None = None) -> dict[str, Any]:
+    """@champion <- @previous; the demoted version is tagged who, when and why.
 
+    Tags on the demoted version: `rolled_back_at`, `rolled_back_by`, `rollback_reason`.
     @previous is cleared afterwards, so a second rollback fails instead of flipping back.
 
     Raises:
@@ -171,10 +183,17 @@ def rollback(params: Params) -> dict[str, Any]:
     client.set_registered_model_alias(name, CHAMPION, previous)
     client.delete_registered_model_alias(name, PREVIOUS)
     if current is not None:
-        client.set_model_version_tag(name, current, "rolled_back_at", _now())
+        _tag(client, name, current, {"rolled_back_at": _now(),
+                                     "rolled_back_by": by or getpass.getuser(),
+                                     "rollback_reason": reason or "-"})
     return {"version": previous, "demoted": current,
             "moves": [f"@{CHAMPION} -> v{previous}", f"@{PREVIOUS} cleared"],
             "aliases": dict(client.get_registered_model(name).aliases)}
+
+
+def _tag(client: Any, name: str, version: str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value[:MAX_TAG_CHARS])
 
 
 def _get_version(client: Any, name: str, version: str) -> Any:
@@ -182,7 +201,9 @@ def _get_version(client: Any, name: str, version: str) -> Any:
 
     try:
         return client.get_model_version(name, str(version))
-    except MlflowException:
+    except MlflowException as exc:
+        if not _absent(exc):
+            raise
         raise LookupError(f"{name} has no version {version}") from None
 
 
@@ -263,7 +284,9 @@ def list_versions(params: Params) -> list[dict[str, Any]]:
     name = params.registry.model_name
     try:
         aliases = client.get_registered_model(name).aliases
-    except MlflowException:
+    except MlflowException as exc:
+        if not _absent(exc):
+            raise
         return []
     by_version: dict[str, list[str]] = {}
     for alias, version in aliases.items():
