@@ -316,12 +316,59 @@ class ServeConfig(Section):
     workers: int = Field(2, ge=1)
     bucket_call_cost_tokens: int = Field(64, ge=0)
     ort_spinning: bool = False
+    gil_switch_interval_ms: float = Field(5.0, gt=0)
+
+
+class AlertsConfig(Section):
+    """Thresholds of the Prometheus alert rules rendered into deploy/monitoring/."""
+
+    rate_window_minutes: int = Field(5, ge=1)
+    max_error_ratio: float = Field(0.01, gt=0, lt=1)
+    error_for_minutes: int = Field(5, ge=0)
+    max_p99_latency_s: float = Field(0.25, gt=0)
+    latency_for_minutes: int = Field(10, ge=0)
+    readiness_window_minutes: int = Field(15, ge=1)
+    max_readiness_changes: int = Field(3, ge=1)
+    max_model_age_days: float = Field(14, gt=0)
+    max_psi: float = Field(0.25, gt=0)
+    drift_for_minutes: int = Field(30, ge=0)
+
+
+class MonitoringConfig(Section):
+    """Prediction-distribution monitoring: reference bins, live PSI window, alert rules."""
+
+    confidence_bins: list[float] = Field(
+        default_factory=lambda: [0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0])
+    psi_window: int = Field(2000, ge=10)
+    psi_min_predictions: int = Field(200, ge=1)
+    psi_epsilon: float = Field(1e-4, gt=0, lt=0.1)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+
+    @model_validator(mode="after")
+    def _valid_bins_and_window(self) -> MonitoringConfig:
+        from components.drift import check_edges
+
+        check_edges(self.confidence_bins)
+        if self.psi_min_predictions > self.psi_window:
+            raise ValueError("psi_min_predictions must be <= psi_window")
+        return self
 
 
 class ScheduleConfig(Section):
     cron: str = "0 3 * * 1"
     timezone: str = "UTC"
     sensor_interval_s: int = Field(600, ge=10)
+    dedupe_s: int = Field(3600, ge=0)
+    when_busy: Literal["wait", "skip"] = "wait"
+    runs_at_once: int = Field(4, ge=1)
+
+
+class UIConfig(Section):
+    host: str = "127.0.0.1"
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    mlflow_port: int = Field(5000, ge=1, le=65535)
+    start_timeout_s: float = Field(120, gt=0)
+    auth_db: Path = Path("mlflow-auth.db")
 
 
 class SearchRange(Section):
@@ -451,8 +498,9 @@ def _flatten_values(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-# Sections a sweep may not search: where things are, how they are served, the sweep itself.
-UNSEARCHABLE = ("paths", "registry", "serve", "schedule", "sweep")
+# Sections a sweep may not search: where things are, how they are served and watched, the
+# sweep itself.
+UNSEARCHABLE = ("paths", "registry", "serve", "monitoring", "schedule", "ui", "sweep")
 
 
 class Params(Section):
@@ -469,7 +517,9 @@ class Params(Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    ui: UIConfig = Field(default_factory=UIConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     @model_validator(mode="after")

@@ -6,6 +6,8 @@ prints its one-line result: the same function the Prefect task and the dvc.yaml 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,6 +17,7 @@ from pipelines.cli.app import (
     ParamsOpt,
     SetOpt,
     app,
+    fail,
     log_to_console,
     params_or_exit,
     user_errors,
@@ -37,9 +40,38 @@ def _run(stage: str, params, set_, force: bool | None = None, **kwargs) -> None:
 
 
 @app.command("ingest")
-def ingest(input_: InputOpt = None, params: ParamsOpt = None, set_: SetOpt = None) -> None:
-    """Validate the input file and copy its exact bytes into paths.input (for DVC)."""
-    _run("ingest", params, set_, named={"data_path": input_})
+def ingest(
+    file: Annotated[Path | None, typer.Argument(
+        help="Labeled CSV / JSONL / Parquet (the same as --input).", show_default=False)] = None,
+    input_: InputOpt = None,
+    notify: Annotated[bool, typer.Option(
+        "--notify", help="Also announce the file to the Prefect server (PREFECT_API_URL) as "
+                         "a tuneline.data.changed event, which starts the retrain "
+                         "deployment on it.")] = False,
+    params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """Validate the input file and copy its exact bytes into paths.input (for DVC).
+
+    With --notify the file (and the md5 of its bytes) is announced afterwards, so a running
+    `tuneline deploy` retrains on it; only then, so `dvc repro` never starts a run.
+    """
+    if file is not None and input_ is not None and file != input_:
+        fail(f"two input files given: {file} and --input {input_}")
+    source = (file or input_).resolve() if (file or input_) else None
+    if notify and not os.environ.get("PREFECT_API_URL"):
+        fail("--notify needs a running Prefect server: set PREFECT_API_URL "
+             "(e.g. http://127.0.0.1:4200/api, see `tuneline ui`)")
+    _run("ingest", params, set_, named={"data_path": source})
+    if notify:
+        from components.data_io import md5_file
+        from pipelines.events import DATA_CHANGED, emit_data_changed
+
+        raw = Path(params_or_exit(params, set_, data_path=source).paths.raw).resolve()
+        md5 = md5_file(raw)
+        try:
+            event_id = emit_data_changed(raw, md5, source="tuneline ingest", flush=True)
+        except RuntimeError as exc:
+            fail(str(exc))
+        typer.echo(f"announced {raw} (md5 {md5}) as {DATA_CHANGED} event {event_id}")
 
 
 @app.command("prepare")
