@@ -110,3 +110,53 @@ def test_trials_reuse_a_repeated_record_and_an_interrupted_study_resumes(
     stages.ingest(params)
     stages.prepare(params)
     assert open_sweep(params).study != plan.study
+
+
+@pytest.mark.slow
+def test_a_trial_that_crashes_mid_training_is_recorded_as_failed_and_the_next_one_runs(
+        tmp_path, tiny_backbone_dir, monkeypatch):
+    from mlflow import MlflowClient
+
+    from components import stages
+    from components.sweep import TrialQueue, for_workers, load_study, open_sweep, run_trial
+    from components.sweep import trial as trial_module
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tiny_rows(20)))
+    sets = tiny_overrides(tmp_path, tiny_backbone_dir) + [
+        f"paths.sweep={tmp_path / 'sweep'}", "finetune.max_steps=6", "finetune.eval_every=3",
+        "sweep.space={finetune.adamw.lr: {choices: [3.0e-3]}}",
+        "sweep.n_trials=2", "sweep.pruner.method=none"]
+    params = for_workers(load_params(overrides=sets))
+    stages.ingest(params)
+    stages.prepare(params)
+    plan = open_sweep(params)
+    queue = TrialQueue(params, plan)
+
+    class CrashAtFirstEvaluation(trial_module.StudyReporter):
+        def __call__(self, metrics, step):
+            if self.key in metrics:
+                raise RuntimeError(f"worker lost at step {step}")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trial_module, "StudyReporter", CrashAtFirstEvaluation)
+        crashed = run_trial(params, plan, *queue.next())
+    after = run_trial(params, plan, *queue.next())
+
+    assert crashed["state"] == "FAIL" and crashed["value"] is None
+    assert crashed["reason"] == "RuntimeError: worker lost at step 3"
+    # Same values, but the crashed trial left no model to reuse: the next one trains.
+    assert after["state"] == "COMPLETE" and not after["reused"]
+    states = {t.number: (t.state.name, t.user_attrs.get("reason"))
+              for t in load_study(params, plan).trials}
+    assert states[crashed["number"]] == ("FAIL", crashed["reason"])
+    assert states[after["number"]][0] == "COMPLETE"
+
+    client = MlflowClient(params.registry.tracking_uri)
+    run = client.get_run(crashed["run_id"])              # the run training opened, not a new one
+    assert run.info.status == "FAILED"
+    assert run.data.tags["mlflow.parentRunId"] == plan.parent_run_id
+    assert run.data.tags["sweep_state"] == "fail"
+    assert run.data.tags["sweep_reason"] == crashed["reason"]
+    assert "train/loss" in run.data.metrics
+    assert not (plan.folder / "trials" / f"{crashed['number']:04d}" / "checkpoints").exists()
