@@ -168,7 +168,8 @@ def nest_winner(params: Params, plan: SweepPlan, result: dict[str, Any], placed:
     from components import tracking
 
     client = tracking.get_client(params)
-    if result.get("status") != "unchanged" and not placed:  # retrained outside the trials
+    retrained = result.get("status") not in ("unchanged", "skipped") and not placed
+    if retrained and result.get("run_id"):  # retrained outside the trials
         client.set_tag(result["run_id"], "mlflow.parentRunId", plan.parent_run_id)
     client.set_tag(plan.parent_run_id, "sweep_winner_version", str(result.get("version")))
     client.set_tag(plan.parent_run_id, "sweep_winner_status", str(result.get("status")))
