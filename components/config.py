@@ -123,7 +123,7 @@ class EarlyStoppingConfig(Section):
 
 
 class AdamWConfig(Section):
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     max_grad_norm: float = Field(1.0, ge=0)
@@ -224,13 +224,13 @@ class LinearProbeConfig(Section):
 
 class FinetuneConfig(Section):
     strategy: str = "adamw"
-    head_init: Literal["random", "linear_probe"] = "random"
-    freeze_embeddings: bool = False
+    head_init: Literal["random", "linear_probe"] = "linear_probe"
+    freeze_embeddings: bool = True
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 42
     batch_size: int = Field(16, ge=1)
-    sort_window: int = Field(0, ge=0)
-    max_steps: int = Field(400, ge=1)
+    sort_window: int = Field(20, ge=0)
+    max_steps: int = Field(500, ge=1)
     eval_every: int = Field(50, ge=1)
     eval_max_batches: int = Field(0, ge=0)
     checkpoint_every: int = Field(50, ge=1)

@@ -46,10 +46,11 @@ class CEMStrategy(ZerothOrderStrategy):
         cfg = self.cfg
         rng = torch.get_rng_state()
         losses = []
-        for k in range(cfg.population):
-            torch.set_rng_state(rng)  # every sample sees the same dropout masks
-            losses.append(self.perturbed_loss(model, batch, loss_fn, self.sample_seed(step, k),
-                                              1.0))
+        with self.reuse(model).active():
+            for k in range(cfg.population):
+                torch.set_rng_state(rng)  # every sample sees the same dropout masks
+                losses.append(self.perturbed_loss(model, batch, loss_fn,
+                                                  self.sample_seed(step, k), 1.0))
         if any_nonfinite(*losses):
             return {"loss": float("nan")}
         # Ties broken by sample index, so the elite is a pure function of the losses.

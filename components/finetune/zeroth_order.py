@@ -31,6 +31,7 @@ from components.config import ZOGradSection, ZOSection
 from components.finetune.base import LossFn, Strategy, register_strategy
 from components.finetune.zo_noise import NoiseTable, ParamNoise, mix_seed
 from components.finetune.zo_perturb import Perturbation
+from components.finetune.zo_reuse import FrozenReuse
 from components.finetune.zo_target import freeze_outside, select_target
 
 Batch = dict[str, torch.Tensor]
@@ -58,6 +59,7 @@ class ZerothOrderStrategy(Strategy):
         self.table = NoiseTable(cfg.noise_table_size, seed)
         self.noise = ParamNoise([p for _, p in chosen], self.table)
         self._perturbation: Perturbation | None = None
+        self._reuse: FrozenReuse | None = None
         # One entry per applied sample: [step, sample, update coefficient]; with the run
         # seed, the starting weights and the batches' rows this replays the run.
         self.history: list[list[float]] = []
@@ -70,6 +72,12 @@ class ZerothOrderStrategy(Strategy):
             sparse = isinstance(self.cfg, ZOGradSection) and self.cfg.sparse_embeddings
             self._perturbation = Perturbation(model, self.noise, sparse)
         return self._perturbation
+
+    def reuse(self, model: nn.Module) -> FrozenReuse:
+        """Outputs of the untargeted sub-modules, computed once per step (zo_reuse.py)."""
+        if self._reuse is None or self._reuse.model is not model:
+            self._reuse = FrozenReuse(model, [p for _, p in self.params])
+        return self._reuse
 
     def sample_seed(self, step: int, sample: int) -> int:
         return mix_seed(self.seed, step, sample)
@@ -153,9 +161,10 @@ class MeZOStrategy(ZerothOrderStrategy):
 
     def step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
              step: int) -> dict[str, float]:
-        if self.cfg.estimator == "fzoo":
-            return self._fzoo_step(model, batch, loss_fn, step)
-        return self._spsa_step(model, batch, loss_fn, step)
+        with self.reuse(model).active():
+            if self.cfg.estimator == "fzoo":
+                return self._fzoo_step(model, batch, loss_fn, step)
+            return self._spsa_step(model, batch, loss_fn, step)
 
     def _spsa_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
                    step: int) -> dict[str, float]:
@@ -208,8 +217,9 @@ class ZOSignStrategy(ZerothOrderStrategy):
     def step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
              step: int) -> dict[str, float]:
         cfg = self.cfg
-        plus, minus = self.sample_losses(model, batch, loss_fn, self.sample_seed(step, 0),
-                                         cfg.eps)
+        with self.reuse(model).active():
+            plus, minus = self.sample_losses(model, batch, loss_fn, self.sample_seed(step, 0),
+                                             cfg.eps)
         if any_nonfinite(plus, minus):
             return {"loss": float("nan")}
         g = (plus - minus) / (2 * cfg.eps)
@@ -251,9 +261,10 @@ class ESStrategy(ZerothOrderStrategy):
              step: int) -> dict[str, float]:
         cfg, pop = self.cfg, self.cfg.population
         losses: list[float] = []
-        for k in range(pop):
-            losses += self.sample_losses(model, batch, loss_fn, self.sample_seed(step, k),
-                                         cfg.sigma)
+        with self.reuse(model).active():
+            for k in range(pop):
+                losses += self.sample_losses(model, batch, loss_fn, self.sample_seed(step, k),
+                                             cfg.sigma)
         loss = sum(losses) / len(losses)
         if any_nonfinite(*losses):
             return {"loss": float("nan")}

@@ -7,9 +7,10 @@ matter for the task (BitFit: biases and LayerNorms) or to the top of the network
 estimate informative within the few thousand steps a CPU can afford.
 
 The target narrows `trainable_parameters(model)` (what `peft.method` and
-`finetune.freeze_embeddings` left trainable): `all` keeps them, `bitfit` and `top_layers`
-keep a subset. The head is part of every target: it is tiny, and once the backbone's
-features move, the head fitted to the old ones (a linear probe) has to follow them.
+`finetune.freeze_embeddings` left trainable): `all` keeps them, `bitfit` keeps biases,
+LayerNorms and the head, `top_layers` the last layers, the [CLS] pooler and the head. The
+head is part of every target: it is tiny, and once the backbone's features move, the head
+fitted to the old ones (a linear probe) has to follow them.
 """
 
 from __future__ import annotations
@@ -20,11 +21,18 @@ from components.finetune.gradient import LAYER_NAME, layer_depths
 
 TARGETS = ("all", "bitfit", "top_layers")
 _NORMS = ("LayerNorm.", "layer_norm.", "layernorm.", "norm.")
+# transformers' *ForSequenceClassification heads (PEFT keeps a trainable copy inside them).
+_HEADS = ("classifier.", "score.")
 
 
 def is_bias_or_norm(name: str) -> bool:
     """A bias vector or a LayerNorm scale/shift (BitFit's parameters)."""
     return name.endswith("bias") or any(n in name for n in _NORMS)
+
+
+def is_head(name: str) -> bool:
+    """A parameter of the classification head (not the [CLS] pooler before it)."""
+    return any(h in name for h in _HEADS)
 
 
 def select_target(params: list[tuple[str, nn.Parameter]], target: str, top_layers: int,
@@ -43,13 +51,13 @@ def select_target(params: list[tuple[str, nn.Parameter]], target: str, top_layer
     depths = layer_depths([n for n, _ in params])
     n_layers = max((depths[n] for n, _ in params if LAYER_NAME.search(n)), default=0)
     if target == "bitfit":
-        chosen = [(n, p) for n, p in params if depths[n] == 0 or is_bias_or_norm(n)]
+        chosen = [(n, p) for n, p in params if is_head(n) or is_bias_or_norm(n)]
     else:
         if top_layers > n_layers:
             raise ValueError(f"target top_layers: top_layers={top_layers} but the trainable "
                              f"parameters span {n_layers} layer(s)")
         chosen = [(n, p) for n, p in params if depths[n] <= top_layers]
-    if all(depths[n] == 0 for n, _ in chosen):
+    if all(depths[n] == 0 for n, _ in chosen):  # the head (and pooler) only
         raise ValueError(f"target {target} leaves only the head among the trainable "
                          "parameters (PEFT adapters have no biases or LayerNorms of their "
                          "own): use target all to train the adapters")
