@@ -56,17 +56,21 @@ def _strategy(name: str, target: str, **values: Any) -> list[str]:
 
 # Search grid: name -> params overrides (on top of params.yaml).
 SEARCH: dict[str, list[str]] = {
+    # Round 1 (lr far below 1/tr(H): nothing moved).
     "mezo-all-lr3e-6": _mezo("all", 3e-6),
     "mezo-all-lr1e-5": _mezo("all", 1e-5),
     "mezo-bitfit-lr1e-4": _mezo("bitfit", 1e-4),
     "mezo-bitfit-lr3e-4": _mezo("bitfit", 3e-4),
+    # Round 2: around lr* = 1 / tr(H) (Hutchinson estimate at the probe start: all 3.4e3,
+    # top-2 layers 1.5e3, bitfit 2.8e2).
+    "mezo-all-lr1e-4": _mezo("all", 1e-4),
+    "mezo-all-lr3e-4": _mezo("all", 3e-4),
     "mezo-bitfit-lr1e-3": _mezo("bitfit", 1e-3),
-    "mezo-top2-lr1e-5": _mezo("top_layers", 1e-5),
-    "mezo-top2-lr3e-5": _mezo("top_layers", 3e-5),
+    "mezo-bitfit-lr3e-3": _mezo("bitfit", 3e-3),
     "mezo-top2-lr1e-4": _mezo("top_layers", 1e-4),
-    "fzoo8-bitfit-lr3e-4": _mezo("bitfit", 3e-4, estimator="fzoo", n_samples=8),
-    "fzoo8-bitfit-lr1e-3": _mezo("bitfit", 1e-3, estimator="fzoo", n_samples=8),
-    "fzoo8-bitfit-lr3e-3": _mezo("bitfit", 3e-3, estimator="fzoo", n_samples=8),
+    "mezo-top2-lr3e-4": _mezo("top_layers", 3e-4),
+    "fzoo8-bitfit-lr1e-2": _mezo("bitfit", 1e-2, estimator="fzoo", n_samples=8),
+    "fzoo8-bitfit-lr3e-2": _mezo("bitfit", 3e-2, estimator="fzoo", n_samples=8),
 }
 
 # Final runs at the full budget.
