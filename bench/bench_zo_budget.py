@@ -84,9 +84,16 @@ SEARCH: dict[str, list[str]] = {
                                   sigma=3e-4, sigma_min=1e-4, smoothing=1.0),
 }
 
-# Final runs at the full budget.
+# Round 3 moved nothing past the probe either (validation within +-2 rows of it).
+
+# Final runs at the full budget, chosen on validation: the best of each strategy / estimator
+# in the search, full-parameter MeZO at its best lr, and AdamW from the same start.
 FINAL: dict[str, list[str]] = {
     "adamw": ["finetune.strategy=adamw"],
+    "mezo-all-lr1e-5": SEARCH["mezo-all-lr1e-5"],
+    "mezo-bitfit-lr3e-4": SEARCH["mezo-bitfit-lr3e-4"],
+    "fzoo16-top1-lr3e-3": SEARCH["fzoo16-top1-lr3e-3"],
+    "cem16-top1-s3e-4": SEARCH["cem16-top1-s3e-4"],
 }
 
 
@@ -127,7 +134,8 @@ def run_one(name: str, overrides: list[str], start: str, budget: float, cpu_per_
                               *([] if score_test else ["--no-test"]), timeout=4 * 3600)
     for point in result["curve"]:
         point["budget_cpu_seconds"] = point["step"] * cpu_per_step
-    return {"name": name, "calibrated_cpu_seconds_per_step": cpu_per_step, **result}
+    return {"name": name, "budget_cpu_seconds": budget,
+            "calibrated_cpu_seconds_per_step": cpu_per_step, **result}
 
 
 def paired_vs_probe(pred: list[int], probe_pred: list[int]) -> dict[str, Any]:
@@ -163,9 +171,12 @@ def run_phase(phase: str, plan: dict[str, list[str]], budget: float, resume: boo
     start = probe["start"]
     path = RESULTS_DIR / f"zo_{'budget' if phase == 'final' else 'search'}.json"
     previous = json.loads(path.read_text()) if resume and path.exists() else {}
-    runs = {r["name"]: r for r in previous.get("runs", [])
-            if previous.get("budget_cpu_seconds") == budget}
-    todo = {n: o for n, o in plan.items() if n not in runs}
+    # With --resume every earlier run stays in the file (each carries its budget); a
+    # planned name is rerun unless it already ran at this budget.
+    runs = {r["name"]: {"budget_cpu_seconds": previous.get("budget_cpu_seconds"), **r}
+            for r in previous.get("runs", [])}
+    todo = {n: o for n, o in plan.items()
+            if runs.get(n, {}).get("budget_cpu_seconds") != budget}
     cost = calibrate(todo, start) if todo else {}
     t0 = time.time()
     for name, overrides in todo.items():
@@ -229,7 +240,8 @@ def main() -> None:
                         help="CPU seconds of steps per run (search 200, final 600)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these names")
     parser.add_argument("--resume", action="store_true",
-                        help="keep runs already in the results file (same budget)")
+                        help="keep the runs already in the results file; skip a planned "
+                             "name that already ran at this budget")
     args = parser.parse_args()
     if args.phase == "plot":
         print(plot(RESULTS_DIR / "zo_budget.json"))
