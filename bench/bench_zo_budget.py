@@ -87,13 +87,13 @@ SEARCH: dict[str, list[str]] = {
 # Round 3 moved nothing past the probe either (validation within +-2 rows of it).
 
 # Final runs at the full budget, chosen on validation: the best of each strategy / estimator
-# in the search, full-parameter MeZO at its best lr, and AdamW from the same start.
+# in the search, full-parameter MeZO at the lr params.yaml had, and AdamW from the same start.
 FINAL: dict[str, list[str]] = {
     "adamw": ["finetune.strategy=adamw"],
-    "mezo-all-lr1e-5": SEARCH["mezo-all-lr1e-5"],
     "mezo-bitfit-lr3e-4": SEARCH["mezo-bitfit-lr3e-4"],
-    "fzoo16-top1-lr3e-3": SEARCH["fzoo16-top1-lr3e-3"],
     "cem16-top1-s3e-4": SEARCH["cem16-top1-s3e-4"],
+    "fzoo16-top1-lr3e-3": SEARCH["fzoo16-top1-lr3e-3"],
+    "mezo-all-lr1e-5": SEARCH["mezo-all-lr1e-5"],
 }
 
 
