@@ -52,7 +52,7 @@ def _prepared(params: Params) -> Path:
 def predict(model: Any, tokenizer: Any, prepared: Path, split: str, max_length: int,
             ) -> tuple[np.ndarray, np.ndarray]:
     """(predicted class ids, gold ids) of `model` on one prepared split."""
-    from components.data import load_split
+    from components.data_io import load_split
     from components.evaluate import torch_logits
 
     texts, gold = load_split(prepared, split)
@@ -65,7 +65,7 @@ def probe(out: Path) -> dict[str, Any]:
     """Fit the head on frozen features (as `finetune.head_init: linear_probe` does) and save."""
     import torch
 
-    from components.data import load_label_map
+    from components.data_io import load_label_map
     from components.finetune.batching import sequential_batches
     from components.finetune.linear_probe import fit_linear_probe
     from components.finetune.loop import _encode_split
@@ -146,7 +146,7 @@ def calibrate(start: Path, plan: dict[str, list[str]], n_batches: int = 6,
     """
     import torch
 
-    from components.data import load_label_map
+    from components.data_io import load_label_map
     from components.finetune.base import build_strategy
     from components.finetune.batching import ShuffledLoader
     from components.finetune.loop import _encode_split, _one_step
@@ -205,7 +205,7 @@ def _score_checkpoints(start: Path, out: Path, params: Params, rec: Recorder,
     """Validation metrics (from the log) and test predictions of every checkpoint."""
     import torch
 
-    from components.data import load_label_map
+    from components.data_io import load_label_map
     from components.finetune import checkpoint as ckpt
     from components.modeling import build_classifier
 

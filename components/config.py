@@ -217,10 +217,11 @@ class CEMConfig(ZOSection):
     `elite_fraction` refit mean and variance (blended by `smoothing`), std floored at
     `sigma_min`."""
 
-    target: Literal["all", "bitfit", "top_layers"] = "bitfit"
-    population: int = Field(8, ge=2)
+    target: Literal["all", "bitfit", "top_layers"] = "top_layers"
+    top_layers: int = Field(1, ge=1)
+    population: int = Field(16, ge=2)
     elite_fraction: float = Field(0.25, gt=0, lt=1)
-    sigma: float = Field(1e-3, gt=0)
+    sigma: float = Field(3e-4, gt=0)
     sigma_min: float = Field(1e-4, gt=0)
     smoothing: float = Field(1.0, gt=0, le=1)
 
