@@ -153,36 +153,91 @@ class AdamWConfig(StrategySection):
     ema_decay: float = Field(0.0, ge=0, lt=1)
 
 
-class ZONoiseSection(StrategySection):
-    """Noise settings shared by the zeroth-order strategies.
+class ZOSection(StrategySection):
+    """Settings every zeroth-order strategy shares: what it perturbs, and the noise table.
 
-    Directions are slices of one fixed table of normals picked by seed (no per-step
-    random-number generation); embedding matrices are perturbed only on the rows a batch
-    uses, since the loss does not depend on the others.
+    An estimate's variance grows with the number of values perturbed, so `target` narrows
+    the trainable parameters to a low-dimensional subset (the rest stay frozen for the
+    run): `all` (every trainable parameter: the whole model, or the PEFT adapters and head
+    when `peft.method` is set), `bitfit` (biases and LayerNorms, plus the head) or
+    `top_layers` (the last `top_layers` transformer layers, plus the head). Directions are
+    slices of one fixed table of normals picked by seed (no per-step random numbers).
     """
 
+    target: Literal["all", "bitfit", "top_layers"] = "all"
+    top_layers: int = Field(2, ge=1)
     noise_table_size: int = Field(262_144, ge=1024)
+
+
+class ZOGradSection(ZOSection):
+    """Zeroth-order strategies that estimate a gradient (mezo, zo_sign, es).
+
+    Embedding matrices are perturbed only on the rows a batch uses, since the loss does not
+    depend on the others (`sparse_embeddings`).
+    """
+
     sparse_embeddings: bool = True
 
 
-class ZOConfig(ZONoiseSection):
+class ZOConfig(ZOGradSection):
+    """MeZO. `estimator`: `spsa` = central differences (L(+eps z) - L(-eps z)) / 2 eps over
+    `n_samples` seeds, 2 forwards each; `fzoo` = one forward at theta shared by `n_samples`
+    one-sided differences (n + 1 forwards), the step divided by the spread of the sampled
+    losses (lr is then a step length, whatever the scale of the loss)."""
+
+    estimator: Literal["spsa", "fzoo"] = "spsa"
     lr: float = Field(1e-5, gt=0)
     eps: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     n_samples: int = Field(1, ge=1)
 
+    @model_validator(mode="after")
+    def _fzoo_needs_a_spread(self) -> ZOConfig:
+        if self.estimator == "fzoo" and self.n_samples < 2:
+            raise ValueError("estimator fzoo scales its step by the spread of n_samples "
+                             "losses: n_samples must be >= 2")
+        return self
 
-class ZOSignConfig(ZONoiseSection):
+
+class ZOSignConfig(ZOGradSection):
     lr: float = Field(1e-5, gt=0)
     eps: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
 
 
-class ESConfig(ZONoiseSection):
+class ESConfig(ZOGradSection):
     population: int = Field(8, ge=1)
     sigma: float = Field(1e-3, gt=0)
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+
+
+class CEMConfig(ZOSection):
+    """Cross-entropy method: a Gaussian over the target values (mean = the weights, one
+    standard deviation per value), `population` samples a step, the best
+    `elite_fraction` refit mean and variance (blended by `smoothing`), std floored at
+    `sigma_min`."""
+
+    target: Literal["all", "bitfit", "top_layers"] = "top_layers"
+    top_layers: int = Field(1, ge=1)
+    population: int = Field(16, ge=2)
+    elite_fraction: float = Field(0.25, gt=0, lt=1)
+    sigma: float = Field(3e-4, gt=0)
+    sigma_min: float = Field(1e-4, gt=0)
+    smoothing: float = Field(1.0, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _elite_and_floor(self) -> CEMConfig:
+        if self.elite_count < 1:
+            raise ValueError(f"elite_fraction {self.elite_fraction} of population "
+                             f"{self.population} selects no sample")
+        if self.sigma_min > self.sigma:
+            raise ValueError(f"sigma_min ({self.sigma_min}) must be <= sigma ({self.sigma})")
+        return self
+
+    @property
+    def elite_count(self) -> int:
+        return int(round(self.elite_fraction * self.population))
 
 
 class LinearProbeConfig(Section):
@@ -209,6 +264,7 @@ class FinetuneConfig(Section):
     mezo: ZOConfig = Field(default_factory=ZOConfig)
     zo_sign: ZOSignConfig = Field(default_factory=ZOSignConfig)
     es: ESConfig = Field(default_factory=ESConfig)
+    cem: CEMConfig = Field(default_factory=CEMConfig)
     linear_probe: LinearProbeConfig = Field(default_factory=LinearProbeConfig)
 
     @field_validator("strategy")

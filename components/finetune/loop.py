@@ -46,6 +46,7 @@ class RunState:
 
     step: int = 0
     train_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0  # process CPU time of the steps (all threads)
     losses: list[float] = field(default_factory=list)
     last_eval: dict[str, float] = field(default_factory=dict)
     best_eval: dict[str, float] = field(default_factory=dict)
@@ -126,13 +127,15 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
         classification_loss, label_smoothing=cfg.label_smoothing)
     bar = tqdm(total=cfg.max_steps, initial=run.step, desc="finetune", disable=None)
     while run.step < cfg.max_steps and not run.stopped_early:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         out = _one_step(model, strategy, loader.next_batch(), run.step, loss_fn)
         run.train_seconds += time.perf_counter() - t0
+        run.train_cpu_seconds += time.process_time() - cpu0
         _guard_finite(out["loss"], run.step, model, root, strategy)
         run.step += 1
         run.losses.append(out["loss"])
-        log({f"train/{k}": v for k, v in out.items()}, run.step)
+        log({**{f"train/{k}": v for k, v in out.items()},
+             "train/cpu_seconds": run.train_cpu_seconds}, run.step)
         bar.update(1)
         bar.set_postfix(loss=f"{out['loss']:.4f}")
         if run.step % cfg.eval_every == 0 or run.step == cfg.max_steps:
@@ -264,7 +267,8 @@ def _finish(model: nn.Module, tokenizer: Any, labels: list[str], params: Params,
     metrics: dict[str, Any] = {
         **{f"val_{k}": v for k, v in run.best_eval.items()},
         "steps": run.step, "best_step": stopper.best_step, "stopped_early": run.stopped_early,
-        "train_seconds": round(run.train_seconds, 3), "resumed_from": run.resumed_from,
+        "train_seconds": round(run.train_seconds, 3),
+        "train_cpu_seconds": round(run.train_cpu_seconds, 3), "resumed_from": run.resumed_from,
         "train_loss_initial": float(np.mean(run.losses[:window])),
         "train_loss_final": float(np.mean(run.losses[-window:])),
         "trainable_params": n_train, "total_params": n_total,
