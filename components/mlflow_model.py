@@ -113,9 +113,15 @@ def test_reference(bundle_dir: str | Path, prepared_dir: str | Path, params: Par
     from components.data_io import load_split
     from components.drift import prediction_distribution
     from components.predictor import OnnxClassifier
+    from components.tagging import is_token_bundle
 
     if not (Path(prepared_dir) / "test.jsonl").exists():
         return None, []
+    if is_token_bundle(json.loads((Path(bundle_dir) / "export_config.json").read_text())):
+        # Entities have no one-label-per-text distribution: no reference, no drift PSI.
+        from components.data_io import load_texts
+
+        return None, load_texts(prepared_dir, "test")
     texts, _ = load_split(prepared_dir, "test")
     if not texts:
         return None, []
