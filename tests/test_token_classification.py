@@ -172,7 +172,7 @@ def token_sets(tmp_path, tiny_backbone_dir) -> list[str]:
     write_jsonl(tmp_path / "raw.jsonl", tagged_rows())
     return tiny_overrides(tmp_path, tiny_backbone_dir) + [
         "task.type=token_classification", "model.max_length=16", "task.stride=4",
-        "finetune.max_steps=40", "export.latency_repeats=3", "gate.max_latency_p95_ms=5000"]
+        "finetune.max_steps=30", "export.latency_repeats=3", "gate.max_latency_p95_ms=5000"]
 
 
 @pytest.mark.slow
