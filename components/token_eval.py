@@ -104,7 +104,7 @@ def evaluate_token_model(trained: Any, prepared_dir: str | Path, out_dir: str | 
     return headline(report)
 
 
-class _Timed:
+class EntityTimer:
     """A tagger as `export.latency_ms` measures it: texts in, entities out."""
 
     def __init__(self, tagger: Any) -> None:
@@ -154,7 +154,7 @@ def measure_token_bundle(model: Any, bundle: Path, words: list[list[str]],
     texts = [" ".join(w) for w in words]
     for name, tagger in (("fp32", fp32), ("int8", int8)):
         for batch_size in (1, 32):
-            lat = latency_ms(_Timed(tagger), texts, batch_size, params.export.latency_repeats)
+            lat = latency_ms(EntityTimer(tagger), texts, batch_size, params.export.latency_repeats)
             for key, value in lat.items():
                 result[f"{name}_b{batch_size}_{key}"] = value
     return result

@@ -26,7 +26,7 @@ from components.gate import (
     write_verdict,
 )
 from components.io import read_json
-from components.tagging import metrics_from_counts, sentence_counts
+from components.tagging import entity_report, metrics_from_counts, sentence_counts
 
 METRICS = TASK_METRICS["token_classification"]
 
@@ -94,7 +94,7 @@ def run_token_gate(bundle_dir: Path, prepared_dir: str | Path, params: Params,
     from components.predictor import INT8_MODEL, verify_bundle
     from components.tagging import OnnxTagger
     from components.token_data import load_token_split
-    from components.token_eval import _Timed, types_of
+    from components.token_eval import EntityTimer, types_of
 
     cfg = params.gate
     labels = load_label_map(prepared_dir)
@@ -110,7 +110,7 @@ def run_token_gate(bundle_dir: Path, prepared_dir: str | Path, params: Params,
     verify_bundle(bundle_dir, [PARITY_FILE])
     tagger = OnnxTagger(bundle_dir, threads=params.model.num_threads)
     texts = [" ".join(w) for w in words]
-    latency = latency_ms(_Timed(tagger), texts, 1, params.export.latency_repeats)["p95_ms"]
+    latency = latency_ms(EntityTimer(tagger), texts, 1, params.export.latency_repeats)["p95_ms"]
     size_mb = (bundle_dir / INT8_MODEL).stat().st_size / 2**20
     rules += export_rules(read_json(bundle_dir / PARITY_FILE), latency, size_mb, cfg)
     champion_metrics = None
@@ -118,8 +118,6 @@ def run_token_gate(bundle_dir: Path, prepared_dir: str | Path, params: Params,
         champ_rules, champion_metrics = champion_rules(
             Path(champion_bundle_dir), words, gold, counts, pred, labels, types, params)
         rules += champ_rules
-    from components.tagging import entity_report
-
     verdict = {"passed": all(r["passed"] for r in rules), "rules": rules,
                "reasons": [describe_failure(r) for r in rules if not r["passed"]],
                "metrics": metrics, "champion_metrics": champion_metrics,
