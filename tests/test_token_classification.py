@@ -65,6 +65,21 @@ def test_bio_entities_and_entity_report():
     assert report["accuracy"] == pytest.approx(5 / 6)
 
 
+def test_paired_bootstrap_over_sentences_sees_a_real_drop():
+    from components.config import NoiseConfig
+    from components.tagging import sentence_counts
+    from components.token_gate import bootstrap_sentences
+
+    gold = [["O", "B-CODE", "O"], ["B-URL", "I-URL"], ["O", "O"]] * 40
+    worse = [["O", "O", "O"], ["B-URL", "I-URL"], ["O", "O"]] * 40  # misses every CODE
+    good = np.array([sentence_counts(g, g, ["CODE", "URL"]) for g in gold])
+    bad = np.array([sentence_counts(g, p, ["CODE", "URL"]) for g, p in zip(gold, worse,
+                                                                           strict=True)])
+    ci = bootstrap_sentences(bad, good, NoiseConfig(resamples=200))
+    assert ci["entity_f1"][1] < 0 and ci["macro_f1"][1] < 0     # a significant drop
+    assert bootstrap_sentences(good, good, NoiseConfig())["entity_f1"] == (0.0, 0.0)
+
+
 # ---------------------------------------------------------------------------- data
 
 
