@@ -2,7 +2,9 @@
 
 A stage's fingerprint is a hash of exactly what decides its output:
   - the values of the params keys it declares (never a `paths.*` key: a path says where
-    something is, its content says what it is),
+    something is, its content says what it is; nor, for the training stages,
+    `model.num_threads`: threads decide how fast a model is trained, not which model, so a
+    sweep trial trained on one thread and the same settings trained on two are one model),
   - the source of the code files it declares,
   - the identity of each input it declares: the fingerprint of the stage that wrote it
     (trained models: retraining is not bit-reproducible across machines, and what made a
@@ -90,22 +92,21 @@ SPECS: dict[str, StageSpec] = {s.name: s for s in [
         deps=(Dep(LABELED, "ingest", by_content=True),), outs=("${paths.prepared}",)),
     StageSpec(
         "pretrain", "domain pretraining of the backbone (a marker when pretrain.enabled is off)",
-        params=("model.name_or_path", "model.max_length", "model.num_threads", "pretrain"),
+        params=("model.name_or_path", "model.max_length", "pretrain"),
         code=("components/stages/pretrain.py", "components/pretrain.py", *_MODEL_CODE),
         deps=(Dep(UNLABELED, "ingest", by_content=True), PREPARED),
         outs=("${paths.pretrained}",), switch="pretrain.enabled"),
     StageSpec(
         "finetune", "train the classifier; opens the MLflow run",
-        params=("task", "model.name_or_path", "model.max_length", "model.pooling",
-                "model.num_threads", "peft", "pretrain.enabled", "finetune"),
+        params=("task", "model.name_or_path", "model.max_length", "model.pooling", "peft",
+                "pretrain.enabled", "finetune"),
         code=("components/stages/finetune.py", "components/finetune", *_MODEL_CODE),
         deps=(Dep(LABELED, "ingest", by_content=True), PREPARED,
               Dep("${paths.pretrained}", "pretrain")),
         outs=("${paths.model}",)),
     StageSpec(
         "compress", "distil into a student with fewer layers (a marker when off)",
-        params=("compress", "finetune", "model.max_length", "model.num_threads",
-                "evaluate.batch_size"),
+        params=("compress", "finetune", "model.max_length", "evaluate.batch_size"),
         code=("components/stages/compress.py", "components/compress.py", "components/finetune",
               *_MODEL_CODE),
         deps=(MODEL, PREPARED, Dep(UNLABELED, "ingest", by_content=True)),
