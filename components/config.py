@@ -63,9 +63,18 @@ class PathsConfig(Section):
     sweep: Path = Path("artifacts/sweep")
 
 
+class TaskConfig(Section):
+    """What is predicted: one label per text, or one BIO tag per word (entities)."""
+
+    type: Literal["sequence_classification", "token_classification"] = "sequence_classification"
+    stride: int = Field(16, ge=0)
+
+
 class DataConfig(Section):
     text_column: str = "text"
     label_column: str = "label"
+    tokens_column: str = "tokens"
+    tags_column: str = "tags"
     labels: list[str] = Field(default_factory=list)
     min_chars: int = Field(3, ge=1)
     max_chars: int = Field(2000, ge=1)
@@ -313,7 +322,10 @@ class ExportConfig(Section):
     latency_repeats: int = Field(50, ge=1)
 
 
-GATED_METRICS = ("accuracy", "macro_f1")
+GATED_METRICS = ("accuracy", "macro_f1", "entity_f1")
+# The gated metrics a task defines; the gate judges those of its rules that apply.
+TASK_METRICS = {"sequence_classification": ("accuracy", "macro_f1"),
+                "token_classification": ("accuracy", "macro_f1", "entity_f1")}
 
 
 class NoiseConfig(Section):
@@ -325,12 +337,12 @@ class NoiseConfig(Section):
 
 class GateConfig(Section):
     min_metrics: dict[str, float] = Field(
-        default_factory=lambda: {"accuracy": 0.5, "macro_f1": 0.4})
+        default_factory=lambda: {"accuracy": 0.5, "macro_f1": 0.4, "entity_f1": 0.3})
     max_drop_vs_champion: dict[str, float] = Field(
-        default_factory=lambda: {"accuracy": 0.0, "macro_f1": 0.01})
+        default_factory=lambda: {"accuracy": 0.0, "macro_f1": 0.01, "entity_f1": 0.01})
     compare: Literal["tolerance", "non_inferiority"] = "tolerance"
     non_inferiority_margin: dict[str, float] = Field(
-        default_factory=lambda: {"accuracy": 0.01, "macro_f1": 0.01})
+        default_factory=lambda: {"accuracy": 0.01, "macro_f1": 0.01, "entity_f1": 0.01})
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
     int8_confident_margin: float = Field(1.0, ge=0)
     int8_max_accuracy_drop: float = Field(0.01, ge=0, le=1)
@@ -560,6 +572,7 @@ UNSEARCHABLE = ("paths", "registry", "serve", "monitoring", "schedule", "ui", "s
 
 
 class Params(Section):
+    task: TaskConfig = Field(default_factory=TaskConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
@@ -597,6 +610,13 @@ class Params(Section):
                                                                  spec.step or 1))):
                 raise ValueError(f"sweep.space.{key}: an integer; low, high and step must be "
                                  "whole numbers")
+        return self
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> Params:
+        if self.task.type == "token_classification" and self.compress.enabled:
+            raise ValueError("compress.enabled: distillation is for sequence_classification; "
+                             "turn it off for task.type=token_classification")
         return self
 
     def hash(self) -> str:

@@ -28,7 +28,13 @@ from components.config import Params
 from components.data_io import data_version, load_label_map, load_split
 from components.finetune import checkpoint as ckpt
 from components.finetune.base import LossFn, Strategy, build_strategy
-from components.finetune.batching import Encoded, ShuffledLoader, encode, sequential_batches
+from components.finetune.batching import (
+    Encoded,
+    ShuffledLoader,
+    encode,
+    encode_tagged,
+    sequential_batches,
+)
 from components.finetune.loggers import MetricsLogger, null_logger
 from components.finetune.validation import EarlyStopper, classification_loss, evaluate_split
 from components.modeling import build_classifier, save_trained, trainable_parameters
@@ -155,6 +161,12 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
 
 def _encode_split(tokenizer: Any, prepared_dir: str | Path, split: str,
                   params: Params) -> Encoded:
+    if params.task.type == "token_classification":
+        from components.token_data import load_token_split
+
+        words, tags = load_token_split(prepared_dir, split)
+        return encode_tagged(tokenizer, words, tags, params.model.max_length,
+                             params.task.stride)
     texts, ids = load_split(prepared_dir, split)
     return encode(tokenizer, texts, ids, params.model.max_length)
 

@@ -36,12 +36,12 @@ def pretrain(params: Params, *, force: bool = False, logger: Any = None) -> Stag
 
 def pretraining_texts(params: Params) -> tuple[list[str], str]:
     """(texts, where they came from): the unlabeled snapshot, else the train split."""
-    from components.data_io import load_split, load_unlabeled
+    from components.data_io import load_texts, load_unlabeled
 
     unlabeled = snapshot_file(resolve(UNLABELED, params))
     if unlabeled is not None:
         return load_unlabeled(unlabeled), str(unlabeled)
-    return load_split(params.paths.prepared, "train")[0], "the prepared train split"
+    return load_texts(params.paths.prepared, "train"), "the prepared train split"
 
 
 def describe(result: dict[str, Any]) -> str:

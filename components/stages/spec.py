@@ -71,7 +71,7 @@ class StageSpec:
         return () if self.is_off(params) else self.deps
 
 
-_MODEL_CODE = ("components/modeling.py", "components/pooling.py")
+_MODEL_CODE = ("components/modeling.py", "components/pooling.py", "components/tagging.py")
 LABELED = "${paths.input}/labeled"
 UNLABELED = "${paths.input}/unlabeled"
 PREPARED = Dep("${paths.prepared}", "prepare", by_content=True)
@@ -81,12 +81,14 @@ COMPRESSED = Dep("${paths.compressed}", "compress")
 SPECS: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec(
         "ingest", "copy the exact input bytes (labeled + unlabeled) into the project",
-        params=("data", "demo"), code=("components/stages/ingest.py", "components/data.py",
-                                       "components/demo.py"),
+        params=("task.type", "data", "demo"),
+        code=("components/stages/ingest.py", "components/data.py", "components/token_data.py",
+              "components/demo.py"),
         outs=(LABELED, UNLABELED), always_changed=True),
     StageSpec(
         "prepare", "validate, quarantine, split",
-        params=("data",), code=("components/stages/prepare.py", "components/data.py"),
+        params=("task.type", "data"),
+        code=("components/stages/prepare.py", "components/data.py", "components/token_data.py"),
         deps=(Dep(LABELED, "ingest", by_content=True),), outs=("${paths.prepared}",)),
     StageSpec(
         "pretrain", "domain pretraining of the backbone (a marker when pretrain.enabled is off)",
@@ -96,7 +98,7 @@ SPECS: dict[str, StageSpec] = {s.name: s for s in [
         outs=("${paths.pretrained}",), switch="pretrain.enabled"),
     StageSpec(
         "finetune", "train the classifier; opens the MLflow run",
-        params=("model.name_or_path", "model.max_length", "model.pooling", "peft",
+        params=("task", "model.name_or_path", "model.max_length", "model.pooling", "peft",
                 "pretrain.enabled", "finetune"),
         code=("components/stages/finetune.py", "components/finetune", *_MODEL_CODE),
         deps=(Dep(LABELED, "ingest", by_content=True), PREPARED,
@@ -111,21 +113,23 @@ SPECS: dict[str, StageSpec] = {s.name: s for s in [
         outs=("${paths.compressed}",), switch="compress.enabled"),
     StageSpec(
         "evaluate", "score the shipped torch model (the student when compress is on)",
-        params=("evaluate", "compress.enabled"),
-        code=("components/stages/evaluate.py", "components/evaluate.py", *_MODEL_CODE),
+        params=("task.type", "evaluate", "compress.enabled"),
+        code=("components/stages/evaluate.py", "components/evaluate.py",
+              "components/token_eval.py", *_MODEL_CODE),
         deps=(MODEL, COMPRESSED, PREPARED), outs=("${paths.eval}",)),
     StageSpec(
         "export", "ONNX fp32 + int8 bundle, parity, size, latency",
-        params=("export", "evaluate.batch_size", "model.num_threads", "compress.enabled"),
+        params=("task.type", "export", "evaluate.batch_size", "model.num_threads",
+                "compress.enabled"),
         code=("components/stages/export.py", "components/export.py", "components/predictor.py",
-              *_MODEL_CODE),
+              "components/token_eval.py", *_MODEL_CODE),
         deps=(MODEL, COMPRESSED, PREPARED), outs=("${paths.export}",)),
     StageSpec(
         "gate", "judge the bundle against the rules and the re-scored @champion",
-        params=("gate", "evaluate", "export.latency_repeats", "model.num_threads",
-                "registry.model_name"),
+        params=("task.type", "gate", "evaluate", "export.latency_repeats",
+                "model.num_threads", "registry.model_name"),
         code=("components/stages/gate.py", "components/gate.py", "components/predictor.py",
-              "components/evaluate.py"),
+              "components/evaluate.py", "components/token_gate.py", "components/tagging.py"),
         deps=(Dep("${paths.export}", "export"), PREPARED),
         outs=("${paths.gate}",), always_changed=True, persist=True),
     # One registry version is one model judged by one set of rules: which champion the
