@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from components.config import GATED_METRICS, Params
+from components.config import TASK_METRICS, Params
 from components.stages import StageResult
 
 
@@ -25,6 +25,7 @@ def summarize(params: Params, done: dict[str, StageResult], *,
                 "reused": ["pretrain", "finetune", "compress", "evaluate", "export", "gate",
                            "register"]}
     verdict, registered = done["gate"].result, done["register"].result
+    metrics = TASK_METRICS[params.task.type]
     return {
         **base,
         "status": "promoted" if verdict["passed"] else "not promoted",
@@ -34,8 +35,8 @@ def summarize(params: Params, done: dict[str, StageResult], *,
         "steps": done["finetune"].get("steps"),
         "train_seconds": done["finetune"].get("train_seconds"),
         "test": {k: v for k, v in done["evaluate"].result.items() if isinstance(v, float)},
-        "challenger": {m: verdict["metrics"][m] for m in GATED_METRICS},
-        "champion": ({m: verdict["champion_metrics"][m] for m in GATED_METRICS}
+        "challenger": {m: verdict["metrics"][m] for m in metrics},
+        "champion": ({m: verdict["champion_metrics"][m] for m in metrics}
                      if verdict.get("champion_metrics") else None),
         "champion_version": verdict.get("champion_version"),
         "int8": {k: v for k, v in done["export"].result.items() if not isinstance(v, dict)},
@@ -73,10 +74,10 @@ def render_summary(result: dict[str, Any]) -> str:
     challenger, champion = result.get("challenger"), result.get("champion")
     if challenger:
         side = (f"; champion v{result['champion_version']}: "
-                + ", ".join(f"{m} {champion[m]:.4f}" for m in GATED_METRICS)
+                + ", ".join(f"{m} {v:.4f}" for m, v in champion.items())
                 if champion else " (first model)")
         lines.append("- test split, challenger: "
-                     + ", ".join(f"{m} {challenger[m]:.4f}" for m in GATED_METRICS) + side)
+                     + ", ".join(f"{m} {v:.4f}" for m, v in challenger.items()) + side)
     if result.get("gate_decision"):
         lines.append(f"- gate: {result['gate_decision']}")
     for move in result.get("moves", []):
