@@ -91,7 +91,6 @@ def test_head_warmup_trains_only_the_new_head_then_unfreezes_the_encoder(tiny_pa
     set_phase(mlm, "encoder", params)
     assert _trainable(mlm.model) == names
     frozen = _with(params, **{"pretrain.freeze_embeddings": True})
-    mlm.params = frozen
     groups = set_phase(mlm, "encoder", frozen)
     assert _trainable(mlm.model) == names - {"bert.embeddings.word_embeddings.weight"}
     assert {g["name"]: g["lr"] for g in groups} == {"head": 2e-3, "encoder": 2e-5}

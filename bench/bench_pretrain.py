@@ -1,0 +1,163 @@
+"""Domain pretraining on the demo corpus: which objective and settings help fine-tuning?
+
+Unlabeled text: data/demo/unlabeled.txt (every stdlib docstring), minus the texts of the
+validation and test splits (the pretrain stage drops them: the guard scores on
+validation, the comparison on test). Each variant runs the real pretrain stage
+(adaptation + the guard's linear probe before and after, on the validation split) in its
+own process.
+
+- search: many settings, scored only by the guard's probe (validation; cheap, no
+  fine-tuning), to choose what `compare` fine-tunes. Never looks at the test split.
+- compare: fine-tuning test accuracy (adamw on the params.yaml defaults, seeds 42 and 1)
+  with no pretraining, masked-LM as before this change, masked-LM with head warm-up, and
+  SimCSE, each adapted for about the same CPU time; every variant against no pretraining
+  with the gate's paired bootstrap interval and McNemar's p, per seed.
+
+    flock /tmp/tuneline-cpu.lock .venv/bin/python -m bench.bench_pretrain [--parts search,compare]
+
+Variant results are cached in bench/.cache/pretrain/ (same settings: reused; `--fresh`
+reruns). Writes bench/results/pretrain.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+
+import numpy as np
+
+from bench.common import BENCH_DIR, PROJECT_ROOT, run_isolated, write_result
+
+MODULE = "bench.pretrain_measure"
+CACHE = BENCH_DIR / ".cache" / "pretrain"
+DATA = CACHE / "data"
+SEEDS = (42, 1)
+ON = ["pretrain.enabled=true"]
+# Masked LM exactly as before this change: every weight from step one at 5e-5, no warm-up.
+MLM_BEFORE = [*ON, "pretrain.objective=mlm", "pretrain.head_warmup_steps=0",
+              "pretrain.lr=5e-5", "pretrain.encoder_lr=5e-5", "pretrain.warmup_ratio=0"]
+MLM_WARM = [*ON, "pretrain.objective=mlm", "pretrain.head_warmup_steps=200",
+            "pretrain.lr=1e-3"]
+SIMCSE = [*ON, "pretrain.objective=simcse", "pretrain.head_warmup_steps=0"]
+
+# Budgets: about 300 s of adaptation each on 2 quiet cores (measured step costs: masked-LM
+# ~1.0 s, head-only ~0.35 s, SimCSE at batch 32 ~1.9 s).
+SEARCH: dict[str, list[str]] = {
+    "mlm_warm_lr1e-5": [*MLM_WARM, "pretrain.max_steps=230", "pretrain.encoder_lr=1e-5"],
+    "mlm_warm_lr3e-5": [*MLM_WARM, "pretrain.max_steps=230", "pretrain.encoder_lr=3e-5"],
+    "mlm_warm_lr1e-4": [*MLM_WARM, "pretrain.max_steps=230", "pretrain.encoder_lr=1e-4"],
+    "mlm_warm_frozen_emb": [*MLM_WARM, "pretrain.max_steps=230", "pretrain.encoder_lr=3e-5",
+                            "pretrain.freeze_embeddings=true"],
+    "simcse_lr1e-5": [*SIMCSE, "pretrain.max_steps=150", "pretrain.batch_size=32",
+                      "pretrain.encoder_lr=1e-5"],
+    "simcse_lr3e-5": [*SIMCSE, "pretrain.max_steps=150", "pretrain.batch_size=32",
+                      "pretrain.encoder_lr=3e-5"],
+    "simcse_lr1e-4": [*SIMCSE, "pretrain.max_steps=150", "pretrain.batch_size=32",
+                      "pretrain.encoder_lr=1e-4"],
+}
+COMPARE: dict[str, list[str]] = {
+    "none": ["pretrain.enabled=false"],
+    "mlm_as_before": [*MLM_BEFORE, "pretrain.max_steps=300"],
+    "mlm_head_warmup": SEARCH["mlm_warm_lr3e-5"],
+    "simcse": SEARCH["simcse_lr3e-5"],
+}
+
+
+def cached_variant(name: str, overrides: list[str], seeds: tuple[int, ...],
+                   fresh: bool) -> dict:
+    key = hashlib.sha256(json.dumps([overrides, seeds]).encode()).hexdigest()[:12]
+    path = CACHE / f"{name}-{key}.json"
+    if path.exists() and not fresh:
+        return json.loads(path.read_text())
+    sets = [a for o in overrides for a in ("--set", o)]
+    result = run_isolated(MODULE, "variant", "--root", str(DATA), *sets,
+                          "--seeds", ",".join(map(str, seeds)), timeout=7200)
+    path.write_text(json.dumps(result))
+    return result
+
+
+def summarize_pretrain(result: dict) -> dict:
+    pre = result.get("pretrain")
+    if pre is None:
+        return {}
+    keys = ("objective", "steps", "head_warmup_steps", "heldout_loss_before",
+            "heldout_loss_after_head_warmup", "heldout_loss_after", "adaptation_seconds",
+            "stage_cpu_seconds", "n_train", "dropped_validation_test_texts")
+    return {**{k: pre[k] for k in keys if k in pre},
+            "probe_before": pre["probe_before"]["accuracy"],
+            "probe_after": pre["probe_after"]["accuracy"],
+            "probe_loss_before": pre["probe_before"]["loss"],
+            "probe_loss_after": pre["probe_after"]["loss"],
+            "guard_would_keep": result["guard_would_keep"]}
+
+
+def bench_search(fresh: bool) -> dict:
+    out = {}
+    for name, overrides in SEARCH.items():
+        out[name] = {"overrides": overrides,
+                     **summarize_pretrain(cached_variant(name, overrides, (), fresh))}
+    return out
+
+
+def bench_compare(fresh: bool) -> dict:
+    from components.config import load_params
+    from components.data_io import load_label_map, load_split
+
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    gold = np.asarray(load_split(DATA / "prepared", "test")[1])
+    n_labels = len(load_label_map(DATA / "prepared"))
+    results = {name: cached_variant(name, o, SEEDS, fresh) for name, o in COMPARE.items()}
+    base = results["none"]["finetune"]
+    out = {}
+    for name, res in results.items():
+        row = {"overrides": COMPARE[name], **summarize_pretrain(res), "seeds": {}}
+        for seed, ft in res["finetune"].items():
+            pred = np.asarray(ft.pop("test_pred"))
+            entry = {k: ft[k] for k in ("test_accuracy", "test_macro_f1", "val_accuracy",
+                                        "best_step", "wall_seconds")}
+            if name != "none":
+                entry["vs_none"] = paired(gold, pred, np.asarray(base[seed]["test_pred"]),
+                                          n_labels, params.gate.noise)
+            row["seeds"][seed] = entry
+        row["mean_test_accuracy"] = float(np.mean([s["test_accuracy"]
+                                                   for s in row["seeds"].values()]))
+        out[name] = row
+    return out
+
+
+def paired(gold: np.ndarray, a: np.ndarray, b: np.ndarray, n_labels: int, noise) -> dict:
+    from components.gate import bootstrap_delta_ci, mcnemar_pvalue
+
+    lo, hi = bootstrap_delta_ci(gold, a, b, "accuracy", n_labels, noise)
+    return {"delta": float((a == gold).mean() - (b == gold).mean()), "ci": [lo, hi],
+            "confidence": noise.confidence, "mcnemar_p": mcnemar_pvalue(a == gold, b == gold)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--parts", default="search,compare")
+    parser.add_argument("--fresh", action="store_true", help="rerun cached variants")
+    args = parser.parse_args()
+    parts = [p for p in args.parts.split(",") if p]
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if not (DATA / "prepared" / "test.jsonl").exists():
+        run_isolated(MODULE, "data", "--root", str(DATA))
+    result = {}
+    previous = BENCH_DIR / "results" / "pretrain.json"
+    if previous.exists():
+        old = json.loads(previous.read_text())
+        result = {k: old[k] for k in ("search", "compare") if k in old and k not in parts}
+    if "search" in parts:
+        result["search"] = bench_search(args.fresh)
+    if "compare" in parts:
+        result["compare"] = bench_compare(args.fresh)
+    command = ("flock /tmp/tuneline-cpu.lock .venv/bin/python -m bench.bench_pretrain "
+               f"--parts {args.parts}")
+    write_result("pretrain", {"model": "all-MiniLM-L6-v2", "command": command,
+                              "unlabeled": "data/demo/unlabeled.txt minus validation/test "
+                                           "texts", **result})
+
+
+if __name__ == "__main__":
+    main()
