@@ -29,6 +29,7 @@ def _prepared(params):
     return params
 
 
+@pytest.mark.slow  # ingest, prepare, pretrain with two probes, a fine-tune with MLflow
 def test_guard_discards_a_damaged_backbone_and_finetune_starts_from_the_original(
         tiny_params):
     from mlflow import MlflowClient
