@@ -70,6 +70,73 @@ def test_without_the_guard_the_damaged_backbone_is_kept(tiny_params):
     assert (params.paths.pretrained / "config.json").exists()
 
 
+def _fake_probe(after_accuracy: float):
+    """A probe that scores the original backbone 0.6 and an adapted one `after_accuracy`."""
+
+    def probe(params, backbone, prepared_dir):
+        accuracy = 0.6 if backbone is None else after_accuracy
+        return {"accuracy": accuracy, "macro_f1": accuracy, "loss": 1.0 - accuracy,
+                "train_accuracy": 0.9, "n_train": 1, "n_validation": 1, "seconds": 0.0}
+
+    return probe
+
+
+@pytest.mark.parametrize(("after", "kept"), [(0.7, True), (0.6, True), (0.5, False)])
+def test_guard_keeps_a_better_backbone_and_discards_a_worse_one(tiny_params, monkeypatch,
+                                                                 after, kept):
+    from components import pretrain as package
+    from components import stages
+
+    monkeypatch.setattr(package, "probe_backbone", _fake_probe(after))
+    params = _prepared(_with(tiny_params, **{"pretrain.enabled": True}))
+    res = stages.pretrain(params)
+    folder = params.paths.pretrained
+    assert res["probe_before"]["accuracy"] == 0.6 and res["probe_after"]["accuracy"] == after
+    assert res["backbone"] == ("adapted" if kept else "original")
+    assert (folder / "config.json").exists() == kept
+    assert json.loads((folder / METRICS_FILE).read_text())["backbone"] == res["backbone"]
+    assert starting_backbone(params) == (folder if kept else None)
+
+
+def test_guard_keeps_the_original_when_adaptation_diverges(tiny_params, monkeypatch):
+    from components import pretrain as package
+    from components import stages
+    from components.pretrain import PretrainDiverged
+
+    def diverge(*args, **kwargs):
+        raise PretrainDiverged("pretraining diverged: loss nan at step 3")
+
+    monkeypatch.setattr(package, "adapt_backbone", diverge)
+    monkeypatch.setattr(package, "probe_backbone", _fake_probe(0.7))
+    params = _prepared(_with(tiny_params, **{"pretrain.enabled": True}))
+    res = stages.pretrain(params)
+    assert res["backbone"] == "original" and "diverged" in res["reason"]
+    assert starting_backbone(params) is None
+    with pytest.raises(PretrainDiverged):
+        stages.pretrain(_with(params, **{"pretrain.keep_if_better": False}), force=True)
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_finetune_starts_from_the_backbone_the_guard_chose(tiny_params, monkeypatch, kept):
+    from components import finetune as training
+    from components import pretrain as package
+    from components import stages
+
+    monkeypatch.setattr(package, "probe_backbone", _fake_probe(0.7 if kept else 0.5))
+    started_from = []
+
+    def fake_train(params, prepared_dir, out_dir, *, init_dir=None, **kwargs):
+        started_from.append(init_dir)
+        return {"strategy": "adamw", "peft_method": "none", "steps": 1, "best_step": 1,
+                "train_seconds": 0.0, "val_accuracy": 0.5}
+
+    monkeypatch.setattr(training, "train", fake_train)
+    params = _prepared(_with(tiny_params, **{"pretrain.enabled": True}))
+    stages.pretrain(params)
+    stages.finetune(params)
+    assert started_from == [params.paths.pretrained if kept else None]
+
+
 def test_judge_keeps_an_equal_or_better_backbone():
     assert judge({"accuracy": 0.8}, {"accuracy": 0.8}, True)[0]
     assert judge({"accuracy": 0.8}, {"accuracy": 0.9}, True)[0]
