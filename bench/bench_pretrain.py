@@ -55,7 +55,6 @@ SEARCH: dict[str, list[str]] = {
     "mlm_as_before": setting("mlm", 130, lr=5e-5, encoder_lr=5e-5, warmup=0.0),
     "mlm_warm_lr2e-5": setting("mlm", 95, warm=100, encoder_lr=2e-5),
     "mlm_warm_lr1e-4": setting("mlm", 95, warm=100, encoder_lr=1e-4),
-    "simcse_lr1e-5": setting("simcse", 75, encoder_lr=1e-5),
     "simcse_lr3e-5": setting("simcse", 75, encoder_lr=3e-5),
     "simcse_lr1e-4": setting("simcse", 75, encoder_lr=1e-4),
 }
