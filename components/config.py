@@ -54,6 +54,7 @@ class PathsConfig(Section):
     prepared: Path = Path("data/prepared")
     pretrained: Path = Path("artifacts/pretrained")
     model: Path = Path("artifacts/model")
+    compressed: Path = Path("artifacts/compressed")
     checkpoints: Path = Path("artifacts/checkpoints")
     eval: Path = Path("artifacts/eval")
     export: Path = Path("artifacts/export")
@@ -242,6 +243,25 @@ def strategy_names() -> list[str]:
                   and issubclass(field.annotation, StrategySection))
 
 
+class CompressConfig(Section):
+    enabled: bool = False
+    keep_layers: list[int] = Field(default_factory=lambda: [0, 2, 4])
+    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)
+    unlabeled: bool = True
+    max_steps: int = Field(600, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    eval_every: int = Field(100, ge=1)
+
+    @field_validator("keep_layers")
+    @classmethod
+    def _some_layers(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("keep at least one layer")
+        return value
+
+
 class EvaluateConfig(Section):
     ece_bins: int = Field(15, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -273,7 +293,7 @@ class GateConfig(Section):
     non_inferiority_margin: dict[str, float] = Field(
         default_factory=lambda: {"accuracy": 0.01, "macro_f1": 0.01})
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
-    int8_min_agreement: float = Field(0.97, ge=0, le=1)
+    int8_confident_margin: float = Field(1.0, ge=0)
     int8_max_accuracy_drop: float = Field(0.01, ge=0, le=1)
     max_logit_diff: float = Field(1e-3, gt=0)
     max_latency_p95_ms: float = Field(50.0, gt=0)
@@ -313,12 +333,59 @@ class ServeConfig(Section):
     workers: int = Field(2, ge=1)
     bucket_call_cost_tokens: int = Field(64, ge=0)
     ort_spinning: bool = False
+    gil_switch_interval_ms: float = Field(5.0, gt=0)
+
+
+class AlertsConfig(Section):
+    """Thresholds of the Prometheus alert rules rendered into deploy/monitoring/."""
+
+    rate_window_minutes: int = Field(5, ge=1)
+    max_error_ratio: float = Field(0.01, gt=0, lt=1)
+    error_for_minutes: int = Field(5, ge=0)
+    max_p99_latency_s: float = Field(0.25, gt=0)
+    latency_for_minutes: int = Field(10, ge=0)
+    readiness_window_minutes: int = Field(15, ge=1)
+    max_readiness_changes: int = Field(3, ge=1)
+    max_model_age_days: float = Field(14, gt=0)
+    max_psi: float = Field(0.25, gt=0)
+    drift_for_minutes: int = Field(30, ge=0)
+
+
+class MonitoringConfig(Section):
+    """Prediction-distribution monitoring: reference bins, live PSI window, alert rules."""
+
+    confidence_bins: list[float] = Field(
+        default_factory=lambda: [0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0])
+    psi_window: int = Field(2000, ge=10)
+    psi_min_predictions: int = Field(200, ge=1)
+    psi_epsilon: float = Field(1e-4, gt=0, lt=0.1)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+
+    @model_validator(mode="after")
+    def _valid_bins_and_window(self) -> MonitoringConfig:
+        from components.drift import check_edges
+
+        check_edges(self.confidence_bins)
+        if self.psi_min_predictions > self.psi_window:
+            raise ValueError("psi_min_predictions must be <= psi_window")
+        return self
 
 
 class ScheduleConfig(Section):
     cron: str = "0 3 * * 1"
     timezone: str = "UTC"
     sensor_interval_s: int = Field(600, ge=10)
+    dedupe_s: int = Field(3600, ge=0)
+    when_busy: Literal["wait", "skip"] = "wait"
+    runs_at_once: int = Field(4, ge=1)
+
+
+class UIConfig(Section):
+    host: str = "127.0.0.1"
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    mlflow_port: int = Field(5000, ge=1, le=65535)
+    start_timeout_s: float = Field(120, gt=0)
+    auth_db: Path = Path("mlflow-auth.db")
 
 
 class Params(Section):
@@ -329,12 +396,15 @@ class Params(Section):
     peft: PeftConfig = Field(default_factory=PeftConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    compress: CompressConfig = Field(default_factory=CompressConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    ui: UIConfig = Field(default_factory=UIConfig)
 
     def hash(self) -> str:
         """Short stable hash of the validated params (for lineage and caching)."""

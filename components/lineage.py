@@ -86,6 +86,9 @@ def describe_version(params: Params, ref: str) -> str:
     if tags.get("promotion") == "manual":
         lines.append(f"manual promotion by {tags.get('promoted_by')} at "
                      f"{tags.get('promoted_at')}: {tags.get('promotion_reason')}")
+    if tags.get("rolled_back_at"):
+        lines.append(f"rolled back by {tags.get('rolled_back_by', '?')} at "
+                     f"{tags['rolled_back_at']}: {tags.get('rollback_reason', '-')}")
     lines += _champion_diff(params, row, get_alias_version(params, CHAMPION), list_versions)
     return "\n".join(lines) + "\n"
 

@@ -22,7 +22,8 @@ def summarize(params: Params, done: dict[str, StageResult], *,
         return {**base, "status": "unchanged", "version": unchanged["version"],
                 "aliases": {alias: unchanged["version"] for alias in unchanged["aliases"]},
                 "run_id": unchanged["run_id"],
-                "reused": ["pretrain", "finetune", "evaluate", "export", "gate", "register"]}
+                "reused": ["pretrain", "finetune", "compress", "evaluate", "export", "gate",
+                           "register"]}
     verdict, registered = done["gate"].result, done["register"].result
     return {
         **base,
@@ -62,6 +63,8 @@ def publish_artifacts(result: dict[str, Any], verdict: dict[str, Any]) -> None:
 def render_summary(result: dict[str, Any]) -> str:
     """Where the run ended and why, as Markdown (also printed by `tuneline run`)."""
     lines = [f"**{result['model_name']}**: {result['status']}"]
+    if result["status"] == "skipped":
+        return "\n".join(lines + [f"- {result['reason']}"]) + "\n"
     if result.get("version"):
         lines.append(f"- model version: v{result['version']} (aliases: "
                      f"{_aliases(result.get('aliases', {}))})")

@@ -1,8 +1,12 @@
 """The `retrain` flow: new data in, a gated model version out.
 
-ingest -> prepare -> version data (DVC) -> [pretrain] -> finetune -> evaluate -> export
--> gate vs @champion -> register. Every step is a stage function of components/stages
+ingest -> prepare -> version data (DVC) -> [pretrain] -> finetune -> [compress] -> evaluate
+-> export -> gate vs @champion -> register. Every step is a stage function of components/stages
 run as a task (pipelines/tasks.py); `dvc repro` and the `tuneline` verbs run the same ones.
+
+The parameters are flat and typed so that the Prefect UI's "Custom run" form shows a text
+field, dropdowns, a toggle and a number; None means "what params.yaml says", and the
+deployment fills the form with those values (pipelines/deployments.py).
 """
 
 from __future__ import annotations
@@ -11,64 +15,98 @@ import time
 from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
+from prefect.states import Completed
 from pydantic import Field
 
-from components.config import load_params, named_overrides, strategy_names
+from components.config import (
+    Params,
+    PeftConfig,
+    load_params,
+    named_overrides,
+    strategy_names,
+)
 from pipelines import tasks
+from pipelines.limits import RetrainBusy, one_retrain_per_model
 from pipelines.quiet import quiet_libraries
 from pipelines.reporting import publish_artifacts, summarize
 
 StrategyName = Literal[tuple(strategy_names())]  # type: ignore[valid-type]
-PeftName = Literal["none", "lora", "ia3", "prompt_tuning", "prefix_tuning"]
+PeftName = PeftConfig.model_fields["method"].annotation
 
 
-@flow(name="retrain", description="Retrain, gate and promote the text classifier.")
+@flow(name="retrain", description=(
+    "Retrain, gate and promote the text classifier: ingest -> prepare -> version data -> "
+    "[pretrain] -> finetune -> [compress] -> evaluate -> export -> gate vs @champion -> "
+    "register."))
 def retrain(
-    data_path: Annotated[str | None, Field(description=(
-        "CSV, JSONL or Parquet with text and label columns. Empty: paths.raw from "
-        "params.yaml (the demo corpus by default)."))] = None,
-    strategy: Annotated[StrategyName | None, Field(description=(
-        "Fine-tuning strategy. Empty: finetune.strategy from params.yaml."))] = None,
-    peft_method: Annotated[PeftName | None, Field(description=(
-        "PEFT method. Empty: peft.method from params.yaml."))] = None,
-    pretrain: Annotated[bool | None, Field(description=(
-        "Domain pretraining first. Empty: pretrain.enabled from params.yaml."))] = None,
-    max_steps: Annotated[int | None, Field(ge=1, description=(
-        "Training steps. Empty: finetune.max_steps from params.yaml."))] = None,
-    overrides: Annotated[list[str] | None, Field(description=(
-        "More params.yaml overrides, each key.path=value, e.g. finetune.adamw.lr=1e-4."))
-    ] = None,
-    params_file: Annotated[str | None, Field(description=(
-        "params.yaml to read. Empty: the project's."))] = None,
-) -> dict[str, Any]:
-    """Run the whole chain; returns a summary (model version, verdict, what was reused)."""
+    data_path: str | None = None,
+    strategy: StrategyName | None = None,
+    peft_method: PeftName | None = None,
+    pretrain: bool | None = None,
+    max_steps: Annotated[int | None, Field(ge=1)] = None,
+    overrides: list[str] | None = None,
+    params_file: str | None = None,
+) -> Any:
+    """Run the whole chain; returns a summary (model version, verdict, what was reused).
+
+    One run per model at a time (pipelines/limits.py): a second one waits, or ends in a
+    Skipped state saying why when `schedule.when_busy` is `skip`. Each parameter left
+    empty (None) takes its value from params.yaml.
+
+    Args:
+        data_path: CSV, JSONL or Parquet file with text and label columns, on the machine
+            that runs the flow (a relative path starts at the project folder). params.yaml:
+            paths.raw.
+        strategy: How the weights move: adamw (gradients) or a zeroth-order method that
+            needs forward passes only (mezo, zo_sign, es). params.yaml: finetune.strategy.
+        peft_method: Which weights train: none (all of them), lora, ia3, prompt_tuning or
+            prefix_tuning. params.yaml: peft.method.
+        pretrain: Masked-LM pretraining on unlabeled in-domain text before fine-tuning.
+            params.yaml: pretrain.enabled.
+        max_steps: Fine-tuning steps (early stopping may end sooner). params.yaml:
+            finetune.max_steps.
+        overrides: More params.yaml values, one key.path=value each, applied last, e.g.
+            finetune.adamw.lr=1e-4 or gate.compare=non_inferiority.
+        params_file: The params.yaml to read (empty: the project's).
+    """
     started = time.perf_counter()
     quiet_libraries()
-    params = load_params(params_file, named_overrides(
+    params = load_params(params_file or None, named_overrides(
         data_path=data_path, strategy=strategy, peft_method=peft_method, pretrain=pretrain,
         max_steps=max_steps) + list(overrides or []))
+    logger = get_run_logger()
+    try:
+        with one_retrain_per_model(params, logger):
+            result = _run_stages(params)
+    except RetrainBusy as busy:
+        logger.warning("SKIPPED: %s", busy)
+        return Completed(name="Skipped", message=str(busy), data={
+            "status": "skipped", "reason": str(busy), "model_name": params.registry.model_name,
+            "flow_seconds": time.perf_counter() - started})
+    result["flow_seconds"] = time.perf_counter() - started
+    if result["status"] == "unchanged":
+        return result
+    publish_artifacts(result, result.pop("verdict"))
+    if not result["gate_passed"]:
+        logger.warning("NOT PROMOTED: %s", "; ".join(result["gate_reasons"]))
+        if params.gate.fail_run_on_reject:
+            raise GateRejected("; ".join(result["gate_reasons"]))
+    return result
+
+
+def _run_stages(params: Params) -> dict[str, Any]:
+    """Every stage as a task, in order; stops after `version` when a version exists."""
     timings: dict[str, float] = {}
     tasks.STAGE_SECONDS.set(timings)
     done = {"ingest": tasks.ingest(params), "prepare": tasks.prepare(params),
             "version": tasks.version_data(params)}
     existing = tasks.find_registered(params)
     if existing is not None:
-        return {**summarize(params, done, unchanged=existing), "stage_seconds": timings,
-                "flow_seconds": time.perf_counter() - started}
-    done["pretrain"] = tasks.pretrain(params)
-    done["finetune"] = tasks.finetune(params)
-    done["evaluate"] = tasks.evaluate(params)
-    done["export"] = tasks.export(params)
-    done["gate"] = tasks.gate(params)
-    done["register"] = tasks.register(params)
-    result = summarize(params, done)
-    result.update(stage_seconds=timings, flow_seconds=time.perf_counter() - started)
-    publish_artifacts(result, done["gate"].result)
-    if not result["gate_passed"]:
-        get_run_logger().warning("NOT PROMOTED: %s", "; ".join(result["gate_reasons"]))
-        if params.gate.fail_run_on_reject:
-            raise GateRejected("; ".join(result["gate_reasons"]))
-    return result
+        return {**summarize(params, done, unchanged=existing), "stage_seconds": timings}
+    for name in ("pretrain", "finetune", "compress", "evaluate", "export", "gate", "register"):
+        done[name] = getattr(tasks, name)(params)
+    return {**summarize(params, done), "stage_seconds": timings,
+            "verdict": done["gate"].result}
 
 
 class GateRejected(RuntimeError):

@@ -87,9 +87,12 @@ def test_parity_on_trained_model_is_within_the_gate(good, tmp_path, tiny_backbon
     parity = json.loads((good["bundle"] / "parity.json").read_text())
     assert parity["rows"] == 12
     assert parity["accuracy_fp32"] >= 0.9  # trained: the head separates the classes
-    assert parity["int8_agreement"] >= gate.int8_min_agreement
-    assert parity["int8_agreement_b1"] >= gate.int8_min_agreement  # rows run one at a time
-    assert parity["int8_accuracy_drop"] <= gate.int8_max_accuracy_drop
+    from components.gate import int8_rules
+
+    flips, change = int8_rules(parity, gate)
+    assert flips["passed"] and flips["value"] == 0       # no confident prediction flipped
+    assert change["passed"] and change["value"] == -parity["int8_accuracy_drop"]
+    assert parity["int8_agreement_b1"] >= 0.9             # rows run one at a time
     assert parity["max_logit_diff"] <= gate.max_logit_diff
     # The shipped int8 graph reproduces the recorded accuracy through the serving path.
     int8 = OnnxClassifier(good["bundle"], INT8_MODEL, threads=1)
@@ -168,8 +171,10 @@ def test_parity_report_counts_flips_and_their_margin():
     r = parity_report(fp32 + 1e-7, fp32, int8, [0, 0, 1])
     assert r["int8_disagreements"] == 1 and r["int8_agreement"] == pytest.approx(2 / 3)
     assert r["int8_accuracy_drop"] == pytest.approx(1 / 3)
-    assert r["int8_disagreement_max_margin"] == pytest.approx(np.tanh(0.05), abs=1e-6)
+    assert r["int8_flip_max_logit_margin"] == pytest.approx(0.1)
     assert r["max_logit_diff"] == pytest.approx(1e-7)
+    assert r["per_row"] == {"y": [0, 0, 1], "fp32_pred": [0, 0, 1], "int8_pred": [0, 1, 1],
+                            "fp32_logit_margin": [2.0, 0.1, 3.0]}
 
 
 def test_profile_shares_name_the_quantized_kernels(good, tmp_path):

@@ -15,6 +15,7 @@ from components.gate import (
     _batched_macro_f1,
     compare_to_champion,
     describe_failure,
+    int8_rules,
     mcnemar_pvalue,
     render_verdict,
     rows_needed,
@@ -148,8 +149,8 @@ def test_first_model_is_judged_on_absolute_rules_only(bundles, tmp_path, tiny_ba
     verdict = run_gate(good["bundle"], good["prepared"], params, out_dir=tmp_path / "gate")
     assert verdict["passed"] and verdict["first_model"] and verdict["reasons"] == []
     names = [r["name"] for r in verdict["rules"]]
-    assert names == ["min.accuracy", "min.macro_f1", "int8_agreement", "int8_accuracy_drop",
-                     "max_logit_diff", "latency_p95_ms", "size_mb"]
+    assert names == ["min.accuracy", "min.macro_f1", "int8_confident_flips",
+                     "int8_accuracy_change", "max_logit_diff", "latency_p95_ms", "size_mb"]
     saved = json.loads((tmp_path / "gate" / "verdict.json").read_text())
     assert saved["passed"] and saved["metrics"]["accuracy"] >= 0.9
     assert "PASSED" in (tmp_path / "gate" / "verdict.md").read_text()
@@ -201,3 +202,37 @@ def test_changed_label_set_needs_a_human(bundles, tmp_path, tiny_backbone_dir):
     assert not verdict["passed"]
     assert verdict["reasons"] == ["same_labels_as_champion = 0 < 1 "
                                   "(label set changed: promote by hand if intended)"]
+
+
+def _parity(fp32_pred, int8_pred, y, margins) -> dict:
+    return {"per_row": {"y": list(y), "fp32_pred": list(fp32_pred), "int8_pred": list(int8_pred),
+                        "fp32_logit_margin": list(margins)}}
+
+
+def test_int8_near_tie_flips_pass_and_are_reported(truth):
+    y = truth[:200]
+    fp32 = _flip(y, 20)
+    int8 = fp32.copy()
+    int8[50:53] = (int8[50:53] + 1) % 3            # 3 right rows flip to wrong ...
+    int8[10:12] = y[10:12]                         # ... 2 wrong rows flip to right
+    margins = np.full(200, 3.0)
+    margins[[10, 11, 50, 51, 52]] = 0.05           # all five are near-ties
+    flips, change = int8_rules(_parity(fp32, int8, y, margins), _gate())
+    assert flips["passed"] and flips["value"] == 0 and flips["near_tie_flips"] == 5
+    assert flips["agreement"] == pytest.approx(195 / 200)
+    assert change["value"] == pytest.approx(-0.005) and change["passed"]
+    assert change["ci_low"] < 0 < change["ci_high"]
+    strict = int8_rules(_parity(fp32, int8, y, margins), _gate(int8_max_accuracy_drop=0.0))
+    assert not strict[1]["passed"] and strict[1]["outcome"] == "drop beyond the allowed drop"
+
+
+def test_int8_flipping_a_confident_prediction_fails(truth):
+    y = truth[:200]
+    fp32 = y.copy()
+    int8 = fp32.copy()
+    int8[7] = (int8[7] + 1) % 3                    # one flip, of a confident row
+    margins = np.full(200, 0.5)
+    margins[7] = 4.2
+    flips, _ = int8_rules(_parity(fp32, int8, y, margins), _gate(int8_max_accuracy_drop=0.05))
+    assert not flips["passed"] and flips["value"] == 1 and flips["near_tie_flips"] == 0
+    assert describe_failure(flips).startswith("int8_confident_flips = 1 > 0")

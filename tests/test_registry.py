@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from components import registry, tracking
+from components.drift import REFERENCE_FILE
 from components.export import SERVED_FILES
 from components.gate import run_gate
 from components.predictor import INT8_MODEL, BundleIntegrityError, OnnxClassifier
@@ -32,7 +33,8 @@ def judge_and_publish(params, bundle: dict[str, Path], work: Path) -> dict:
     run_id = tracking.start_run(params, bundle["prepared"])
     champion = registry.champion_bundle(params, work / f"champion-{run_id}")
     verdict = run_gate(bundle["bundle"], bundle["prepared"], params, champion)
-    result = registry.publish(params, run_id, bundle["bundle"], verdict)
+    result = registry.publish(params, run_id, bundle["bundle"], verdict,
+                              prepared_dir=bundle["prepared"])
     tracking.end_run(params, run_id)
     return result
 
@@ -104,7 +106,7 @@ def test_download_verifies_sha256_and_holds_no_pickle(bundles, tmp_path, tiny_ba
 
     version, local = registry.download_bundle(params, "champion", tmp_path / "served")
     assert version == "1"
-    assert sorted(p.name for p in local.iterdir()) == sorted(SERVED_FILES)
+    assert sorted(p.name for p in local.iterdir()) == sorted([*SERVED_FILES, REFERENCE_FILE])
     for path in local.iterdir():
         assert path.suffix in (".onnx", ".json")  # protobuf and JSON only, no pickle
     assert len(OnnxClassifier(local).predict(["football goal referee"])) == 1

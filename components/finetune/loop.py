@@ -60,9 +60,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class Prebuilt:
+    """A model, its training rows and its loss made by the caller (distillation builds a
+    student and soft targets); the loop does everything else the same way."""
+
+    model: nn.Module
+    tokenizer: Any
+    train_data: Encoded
+    loss_fn: LossFn
+
+
 def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
           init_dir: str | Path | None = None, checkpoint_dir: str | Path | None = None,
-          resume: bool = False, logger: MetricsLogger | None = None) -> dict[str, Any]:
+          resume: bool = False, logger: MetricsLogger | None = None,
+          prebuilt: Prebuilt | None = None) -> dict[str, Any]:
     """Fine-tune a classifier on `prepared_dir` and save it to `out_dir`.
 
     Args:
@@ -73,6 +85,8 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
         checkpoint_dir: where checkpoints go (default `paths.checkpoints`).
         resume: continue from the latest checkpoint there; without it old ones are cleared.
         logger: called as `logger(metrics, step)` for train and validation metrics.
+        prebuilt: train this model on these rows with this loss instead of building the
+            classifier from params (validation is still the prepared validation split).
 
     Returns:
         Final metrics: val_loss / val_accuracy / val_macro_f1 (of the best evaluation, whose
@@ -86,8 +100,12 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
     torch.set_num_threads(params.model.num_threads)
     seed_everything(cfg.seed)
     labels = load_label_map(prepared_dir)
-    model, tokenizer = build_classifier(params, labels, Path(init_dir) if init_dir else None)
-    train_data = _encode_split(tokenizer, prepared_dir, "train", params)
+    if prebuilt is None:
+        model, tokenizer = build_classifier(params, labels,
+                                            Path(init_dir) if init_dir else None)
+        train_data = _encode_split(tokenizer, prepared_dir, "train", params)
+    else:
+        model, tokenizer, train_data = prebuilt.model, prebuilt.tokenizer, prebuilt.train_data
     val_data = _encode_split(tokenizer, prepared_dir, "validation", params)
     strategy = build_strategy(cfg, trainable_parameters(model), cfg.max_steps)
     loader = ShuffledLoader(train_data, cfg.batch_size, cfg.seed, cfg.sort_window)
@@ -104,7 +122,8 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
     model.train(strategy.uses_grad)  # forward-only strategies run without dropout noise
 
     n_classes = len(labels)
-    loss_fn = functools.partial(classification_loss, label_smoothing=cfg.label_smoothing)
+    loss_fn = prebuilt.loss_fn if prebuilt is not None else functools.partial(
+        classification_loss, label_smoothing=cfg.label_smoothing)
     bar = tqdm(total=cfg.max_steps, initial=run.step, desc="finetune", disable=None)
     while run.step < cfg.max_steps and not run.stopped_early:
         t0 = time.perf_counter()

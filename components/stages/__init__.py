@@ -8,6 +8,7 @@ returns a StageResult.
 """
 
 from components.stages.base import StageResult, StaleInputError
+from components.stages.compress import compress
 from components.stages.evaluate import evaluate
 from components.stages.export import export
 from components.stages.finetune import finetune
@@ -20,6 +21,6 @@ from components.stages.spec import ORDER, SPECS, fingerprint, release_fingerprin
 from components.stages.version import DataVersionError, restore_data, version_data
 
 __all__ = ["ORDER", "SPECS", "DataVersionError", "PretrainMissingError", "StageResult",
-           "StaleInputError", "check_inputs", "evaluate", "export", "find_registered",
+           "StaleInputError", "check_inputs", "compress", "evaluate", "export", "find_registered",
            "fingerprint", "finetune", "gate", "ingest", "prepare", "pretrain", "register",
            "release_fingerprint", "restore_data", "version_data"]

@@ -6,6 +6,7 @@ from typing import Any
 
 from components.config import Params
 from components.stages.base import StageResult, run_stage
+from components.stages.compress import shipped_model_dir
 
 
 def evaluate(params: Params, *, force: bool = False) -> StageResult:
@@ -13,7 +14,7 @@ def evaluate(params: Params, *, force: bool = False) -> StageResult:
     from components.evaluate import evaluate_model
 
     return run_stage("evaluate", params, lambda: evaluate_model(
-        params.paths.model, params.paths.prepared, params.paths.eval, params), describe,
+        shipped_model_dir(params), params.paths.prepared, params.paths.eval, params), describe,
         force=force)
 
 

@@ -67,9 +67,17 @@ def _register_new(params: Params, release: str) -> dict[str, Any]:
     tracking.log_params_file(params, run_id, config)
     published = publish(params, run_id, params.paths.export, verdict,
                         tags={"release_fingerprint": release, "params_hash": params.hash(),
-                              "params_artifact": config,
+                              "params_artifact": config, **_shipped_tags(params),
                               "gate_decision": verdict_decision(verdict)})
     return {**published, "run_id": run_id, "release_fingerprint": release, "unchanged": False}
+
+
+def _shipped_tags(params: Params) -> dict[str, str]:
+    """Which model the version serves: the fine-tuned one, or its distilled student."""
+    if not params.compress.enabled:
+        return {"shipped_model": "fine-tuned"}
+    return {"shipped_model": "distilled student",
+            "compress_keep_layers": ",".join(map(str, params.compress.keep_layers))}
 
 
 def _model_run(params: Params) -> str:

@@ -74,6 +74,7 @@ LABELED = "${paths.input}/labeled"
 UNLABELED = "${paths.input}/unlabeled"
 PREPARED = Dep("${paths.prepared}", "prepare", by_content=True)
 MODEL = Dep("${paths.model}", "finetune")
+COMPRESSED = Dep("${paths.compressed}", "compress")
 
 SPECS: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec(
@@ -104,16 +105,24 @@ SPECS: dict[str, StageSpec] = {s.name: s for s in [
               Dep("${paths.pretrained}", "pretrain")),
         outs=("${paths.model}",)),
     StageSpec(
-        "evaluate", "score the torch model on the test split",
-        params=("evaluate",),
+        "compress", "distil into a student with fewer layers (a marker when off)",
+        params=("compress", "finetune", "model.max_length", "model.num_threads",
+                "evaluate.batch_size"),
+        code=("components/stages/compress.py", "components/compress.py", "components/finetune",
+              *_MODEL_CODE),
+        deps=(MODEL, PREPARED, Dep(UNLABELED, "ingest", by_content=True)),
+        outs=("${paths.compressed}",), switch="compress.enabled"),
+    StageSpec(
+        "evaluate", "score the shipped torch model (the student when compress is on)",
+        params=("evaluate", "compress.enabled"),
         code=("components/stages/evaluate.py", "components/evaluate.py", *_MODEL_CODE),
-        deps=(MODEL, PREPARED), outs=("${paths.eval}",)),
+        deps=(MODEL, COMPRESSED, PREPARED), outs=("${paths.eval}",)),
     StageSpec(
         "export", "ONNX fp32 + int8 bundle, parity, size, latency",
-        params=("export", "evaluate.batch_size", "model.num_threads"),
+        params=("export", "evaluate.batch_size", "model.num_threads", "compress.enabled"),
         code=("components/stages/export.py", "components/export.py", "components/predictor.py",
               *_MODEL_CODE),
-        deps=(MODEL, PREPARED), outs=("${paths.export}",)),
+        deps=(MODEL, COMPRESSED, PREPARED), outs=("${paths.export}",)),
     StageSpec(
         "gate", "judge the bundle against the rules and the re-scored @champion",
         params=("gate", "evaluate", "export.latency_repeats", "model.num_threads",

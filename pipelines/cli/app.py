@@ -72,6 +72,11 @@ def user_errors() -> Iterator[None]:
         if not type(exc).__module__.startswith("components"):
             raise
         fail(str(exc), code=3 if type(exc).__name__ == "TrainingDiverged" else 2)
+    except Exception as exc:
+        # MLflow refusing (401: set MLFLOW_TRACKING_USERNAME/PASSWORD) or unreachable.
+        if not type(exc).__module__.startswith("mlflow"):
+            raise
+        fail(f"MLflow ({type(exc).__name__}): {str(exc).splitlines()[0]}")
 
 
 def log_to_console() -> None:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from pipelines.cli.app import InputOpt, ParamsOpt, SetOpt, app, params_or_exit, user_errors
+from pipelines.cli.app import (
+    InputOpt,
+    ParamsOpt,
+    SetOpt,
+    app,
+    fail,
+    params_or_exit,
+    user_errors,
+)
 
 StrategyOpt = Annotated[str | None, typer.Option(
     "--strategy", help="adamw | mezo | zo_sign | es (default: finetune.strategy).")]
@@ -54,6 +60,8 @@ def run(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt = N
 
         atomic_write_json(json_out, {**result, "wall_seconds": time.perf_counter() - started})
     typer.echo("\n" + render_summary(result))
+    if result["status"] == "skipped":
+        raise typer.Exit(1)
     typer.echo("Look closer:\n"
                f"  tuneline models show {result['version']}   lineage, params diff, verdict\n"
                "  tuneline ui               Prefect UI (runs, artifacts) + MLflow UI\n"
@@ -62,11 +70,14 @@ def run(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt = N
 
 @app.command("deploy")
 def deploy(params: ParamsOpt = None, set_: SetOpt = None,
-           limit: Annotated[int, typer.Option(help="Flow runs at once.")] = 1,
+           limit: Annotated[int | None, typer.Option(
+               help="Flow runs at once (default: schedule.runs_at_once); a model still "
+                    "retrains one run at a time.")] = None,
            pool: Annotated[str | None, typer.Option(
                help="Register on this work pool instead of serving here; run "
                     "`prefect worker start --pool POOL` to execute.")] = None) -> None:
-    """Serve the retrain deployments: cron schedule, data sensor, runs started from the UI.
+    """Serve the deployments: retrain (schedule, new-data trigger, UI), watch-data, promote,
+    rollback.
 
     Needs a Prefect server (`tuneline ui`, or PREFECT_API_URL); runs until interrupted.
     """
@@ -77,41 +88,48 @@ def deploy(params: ParamsOpt = None, set_: SetOpt = None,
         ids = deploy_to_pool(p, pool, params, set_ or [])
         typer.echo(f"registered {len(ids)} deployments on work pool {pool!r}: {ids}")
         return
-    serve_deployments(p, params, set_ or [], limit=limit)
+    serve_deployments(p, params, set_ or [], limit=limit or p.schedule.runs_at_once)
 
 
 @app.command("ui")
 def ui(params: ParamsOpt = None, set_: SetOpt = None,
-       prefect_port: Annotated[int, typer.Option(help="Prefect UI/API port.")] = 4200,
-       mlflow_port: Annotated[int, typer.Option(help="MLflow UI port.")] = 5000) -> None:
-    """Start the Prefect server and the MLflow UI on 127.0.0.1; Ctrl-C stops both."""
-    from components.tracking import tracking_uri
+       prefect_port: Annotated[int | None, typer.Option(
+           help="Prefect UI/API port (default: ui.prefect_port).")] = None,
+       mlflow_port: Annotated[int | None, typer.Option(
+           help="MLflow UI port (default: ui.mlflow_port).")] = None,
+       auth: Annotated[bool, typer.Option(
+           "--auth", help="Require credentials on both servers (from PREFECT_API_AUTH_STRING, "
+                          "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD).")] = False,
+       deploy_: Annotated[bool, typer.Option(
+           "--deploy/--no-deploy", help="Also run the deployments (`tuneline deploy`), so "
+                                        "runs started in the UI execute.")] = True) -> None:
+    """Start the Prefect server, the MLflow UI and the deployments; Ctrl-C stops them.
+
+    Prints where to click: start a run, watch it, read the gate's verdict, promote or
+    roll back.
+    """
+    from pipelines.ui import UIError, start_ui, walkthrough
 
     p = params_or_exit(params, set_)
-    bin_dir = Path(sys.executable).parent
-    procs = [
-        subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
-                          "--port", str(prefect_port)]),
-        subprocess.Popen([str(bin_dir / "mlflow"), "ui", "--host", "127.0.0.1", "--port",
-                          str(mlflow_port), "--backend-store-uri", tracking_uri(p),
-                          "--default-artifact-root",
-                          Path(p.registry.artifact_root).resolve().as_uri()]),
-    ]
-    typer.echo(f"Prefect UI: http://127.0.0.1:{prefect_port}   "
-               f"MLflow UI: http://127.0.0.1:{mlflow_port}\n"
-               f"For flows to report there: export PREFECT_API_URL="
-               f"http://127.0.0.1:{prefect_port}/api")
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the servers on SIGTERM too
     try:
-        while all(proc.poll() is None for proc in procs):
+        servers = start_ui(p, params, list(set_ or []),
+                           prefect_port=prefect_port or p.ui.prefect_port,
+                           mlflow_port=mlflow_port or p.ui.mlflow_port, auth=auth,
+                           deploy=deploy_)
+    except UIError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    typer.echo(walkthrough(servers, auth, deploy_), err=False)
+    try:
+        while all(proc.poll() is None for proc in servers.processes):
             time.sleep(1)
     except KeyboardInterrupt:
         pass
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        servers.stop()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -24,7 +24,8 @@ def models(ctx: typer.Context,
     from components.registry import list_versions
 
     p = params_or_exit(params, set_)
-    rows = list_versions(p)
+    with user_errors():
+        rows = list_versions(p)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -41,7 +42,7 @@ def models(ctx: typer.Context,
         if t.get("gate_reasons"):
             notes.append(t["gate_reasons"])
         if t.get("rolled_back_at"):
-            notes.append(f"rolled back {t['rolled_back_at']}")
+            notes.append(f"rolled back {t['rolled_back_at']} ({t.get('rollback_reason', '-')})")
         aliases = " ".join("@" + a for a in r["aliases"]) or "-"
         typer.echo(f"{r['version']:>4}  {aliases:<22} {t.get('test_accuracy', '-'):>6} "
                    f"{t.get('test_macro_f1', '-'):>6}  {gate_text:<8} {r['created']:<19}  "
@@ -73,12 +74,14 @@ def promote(version: Annotated[str, typer.Argument(help="Version number to make 
 
 
 @app.command("rollback")
-def rollback(params: ParamsOpt = None, set_: SetOpt = None) -> None:
+def rollback(reason: Annotated[str, typer.Option(help="Why (recorded on the demoted version).")
+                               ] = "",
+             params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Make the @previous version the @champion again."""
     from components.registry import rollback as rollback_champion
 
     p = params_or_exit(params, set_)
     with user_errors():
-        result = rollback_champion(p)
+        result = rollback_champion(p, reason)
     typer.echo(f"rolled back: v{result['demoted']} -> v{result['version']} "
                f"({', '.join(result['moves'])})")

@@ -1,11 +1,13 @@
-"""One verb per stage: `tuneline ingest | prepare | pretrain | finetune | evaluate | export |
-gate | register`, and `tuneline stages` to see what is current. Each verb parses its options,
-calls the stage function (components/stages) and prints the result: the same function the
-Prefect task and the dvc.yaml stage call.
+"""One verb per stage: `tuneline ingest | prepare | pretrain | finetune | compress |
+evaluate | export | gate | register`, and `tuneline stages` to see what is current. Each
+verb parses its options, calls the stage function (components/stages), and the stage
+prints its one-line result: the same function the Prefect task and the dvc.yaml stage call.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,6 +17,7 @@ from pipelines.cli.app import (
     ParamsOpt,
     SetOpt,
     app,
+    fail,
     log_to_console,
     params_or_exit,
     user_errors,
@@ -37,9 +40,38 @@ def _run(stage: str, params, set_, force: bool | None = None, **kwargs) -> None:
 
 
 @app.command("ingest")
-def ingest(input_: InputOpt = None, params: ParamsOpt = None, set_: SetOpt = None) -> None:
-    """Validate the input file and copy its exact bytes into paths.input (for DVC)."""
-    _run("ingest", params, set_, named={"data_path": input_})
+def ingest(
+    file: Annotated[Path | None, typer.Argument(
+        help="Labeled CSV / JSONL / Parquet (the same as --input).", show_default=False)] = None,
+    input_: InputOpt = None,
+    notify: Annotated[bool, typer.Option(
+        "--notify", help="Also announce the file to the Prefect server (PREFECT_API_URL) as "
+                         "a tuneline.data.changed event, which starts the retrain "
+                         "deployment on it.")] = False,
+    params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """Validate the input file and copy its exact bytes into paths.input (for DVC).
+
+    With --notify the file (and the md5 of its bytes) is announced afterwards, so a running
+    `tuneline deploy` retrains on it; only then, so `dvc repro` never starts a run.
+    """
+    if file is not None and input_ is not None and file != input_:
+        fail(f"two input files given: {file} and --input {input_}")
+    source = (file or input_).resolve() if (file or input_) else None
+    if notify and not os.environ.get("PREFECT_API_URL"):
+        fail("--notify needs a running Prefect server: set PREFECT_API_URL "
+             "(e.g. http://127.0.0.1:4200/api, see `tuneline ui`)")
+    _run("ingest", params, set_, named={"data_path": source})
+    if notify:
+        from components.data_io import md5_file
+        from pipelines.events import DATA_CHANGED, emit_data_changed
+
+        raw = Path(params_or_exit(params, set_, data_path=source).paths.raw).resolve()
+        md5 = md5_file(raw)
+        try:
+            event_id = emit_data_changed(raw, md5, source="tuneline ingest", flush=True)
+        except RuntimeError as exc:
+            fail(str(exc))
+        typer.echo(f"announced {raw} (md5 {md5}) as {DATA_CHANGED} event {event_id}")
 
 
 @app.command("prepare")
@@ -60,6 +92,12 @@ def finetune(resume: Annotated[bool, typer.Option(
              force: ForceOpt = False, params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Fine-tune with finetune.strategy and peft.method; opens the model's MLflow run."""
     _run("finetune", params, set_, force, resume=resume)
+
+
+@app.command("compress")
+def compress(force: ForceOpt = False, params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """Distil the fine-tuned model into a student with compress.keep_layers (when enabled)."""
+    _run("compress", params, set_, force)
 
 
 @app.command("evaluate")
