@@ -1,7 +1,6 @@
-"""Zeroth-order fine-tuning benchmark: speed and memory of a MeZO step, and accuracy.
+"""Zeroth-order fine-tuning benchmark: speed and memory of a full-parameter MeZO step.
 
-    flock /tmp/tuneline-cpu.lock .venv/bin/python -m bench.bench_zo [--rounds 5]
-        [--repeats 12] [--budget-cpu-s 300] [--skip-accuracy]
+    flock /tmp/tuneline-cpu.lock .venv/bin/python -m bench.bench_zo [--rounds 5] [--repeats 12]
 
 Speed/memory (MiniLM-L6, batch 16, seq 64, params.yaml threads): every measurement is its
 own process (bench/zo_measure.py); forward and MeZO processes alternate for `rounds`
@@ -9,20 +8,15 @@ rounds so both sides see the same machine load, and the ratios use medians over 
 samples. A cross-check alternates forward and MeZO step inside single processes (a
 load change then hits both sides alike); the step goal must hold in both. Goals: MeZO
 step / forward <= 2.2 and MeZO phase-peak RSS / inference phase-peak RSS <= 1.05. A
-textbook in-place MeZO step and an AdamW step are measured once for reference.
-
-Accuracy: the real `finetune.train` on the demo corpus (params.yaml defaults) for adamw
-and for mezo, both from a linear-probe head, each given about the same CPU time: steps =
-budget / CPU seconds per step (measured above); a run whose probe and evaluations push it
-over the budget is rerun with fewer steps. Results go to bench/results/zo.json.
+textbook in-place MeZO step and an AdamW step are measured once for reference. Results go
+to bench/results/zo.json. Accuracy within a CPU budget, for every zeroth-order strategy and
+target, is bench/bench_zo_budget.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
-from pathlib import Path
 
 from bench.common import run_isolated, write_result
 
@@ -57,25 +51,6 @@ def reference_runs(repeats: int) -> dict:
         r = run_isolated("bench.zo_measure", "speed", mode, "--repeats", str(repeats))
         out[mode] = {k: r[k] for k in ("median_ms", "p95_ms", "phase_peak_rss_mb",
                                        "process_peak_rss_mb", "cpu_seconds_per_call")}
-    return out
-
-
-def accuracy_runs(budget_cpu_s: float, step_cpu: dict[str, float], extra: list[str]) -> dict:
-    """adamw vs mezo, both from a linear-probe head, under the same CPU budget."""
-    plan = [("adamw", "linear_probe"), ("mezo", "linear_probe")]
-    sets = [a for kv in extra for a in ("--set", kv)]
-    out = {"budget_cpu_seconds": budget_cpu_s, "runs": []}
-    with tempfile.TemporaryDirectory(prefix="bench-zo-") as tmp:
-        for strategy, head in plan:
-            steps = max(1, int(budget_cpu_s / step_cpu[strategy]))
-            run = run_isolated("bench.zo_measure", "train", strategy, str(steps), head,
-                               str(Path(tmp) / strategy), *sets)
-            if run["cpu_seconds"] > 1.15 * budget_cpu_s:
-                # The probe (and evaluation) ate into the budget: rerun with fewer steps.
-                steps = max(1, int(steps * budget_cpu_s / run["cpu_seconds"]))
-                run = run_isolated("bench.zo_measure", "train", strategy, str(steps), head,
-                                   str(Path(tmp) / f"{strategy}-2"), *sets)
-            out["runs"].append({"planned_steps": steps, **run})
     return out
 
 
@@ -118,15 +93,10 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=12)
-    parser.add_argument("--budget-cpu-s", type=float, default=300.0)
-    parser.add_argument("--skip-accuracy", action="store_true")
-    parser.add_argument("--set", dest="extra", action="append", default=[],
-                        help="params override for the accuracy runs, e.g. finetune.mezo.lr=1e-5")
     args = parser.parse_args()
 
     speed = speed_rounds(args.rounds, args.repeats)
     same_process = interleaved_runs(max(1, args.rounds // 2), args.repeats)
-    mezo = speed["mezo"]
     result = {
         "setup": {"model": "all-MiniLM-L6-v2 (packaged)", "batch": 16, "seq": 64,
                   "rounds": args.rounds, "repeats_per_process": args.repeats},
@@ -135,12 +105,7 @@ def main() -> None:
         "reference": reference_runs(max(3, args.repeats // 3)),
         "ratios": judge(speed, same_process),
     }
-    if not args.skip_accuracy:
-        step_cpu = {"mezo": mezo["cpu_seconds_per_call"],
-                    "adamw": result["reference"]["adamw"]["cpu_seconds_per_call"]}
-        result["accuracy"] = accuracy_runs(args.budget_cpu_s, step_cpu, args.extra)
-    # A speed-only run keeps its own file, so it never drops the accuracy results.
-    write_result("zo_speed" if args.skip_accuracy else "zo", result)
+    write_result("zo", result)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,6 @@
         MODE: forward | mezo | mezo_naive | adamw. Times one forward / one training step
         on MiniLM-L6 and reports the peak RSS of the measured phase.
         MODE interleaved: forward and MeZO step alternately in one process (ratio check).
-    python -m bench.zo_measure train STRATEGY STEPS HEAD_INIT OUT_DIR [--set k=v ...]
-        Runs the real `finetune.train` on the demo corpus and scores the test split.
 
 The last stdout line is one JSON object (bench/common.py run_isolated reads it).
 """
@@ -19,7 +17,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -64,12 +61,15 @@ def naive_mezo_step(params, model, batch, seed, lr, eps):
 def setup(batch_size: int, seq: int):
     """MiniLM-L6 with a 10-class head and one fixed random batch, at params threads.
 
-    Every parameter is trainable (embeddings too), whatever params.yaml chooses for
-    training runs: the speed and memory goals are about full-model steps.
+    Every parameter is trainable (embeddings too) and MeZO perturbs all of them with the
+    central (SPSA) estimate and one seed, whatever params.yaml chooses for training runs:
+    the speed and memory goals are about full-model steps.
     """
     from components.modeling import build_classifier
 
-    params = load_params(overrides=["finetune.freeze_embeddings=false"])
+    params = load_params(overrides=["finetune.freeze_embeddings=false",
+                                    "finetune.mezo.target=all", "finetune.mezo.estimator=spsa",
+                                    "finetune.mezo.n_samples=1"])
     torch.set_num_threads(params.model.num_threads)
     labels = [f"c{i}" for i in range(10)]
     model, _ = build_classifier(params, labels)
@@ -150,33 +150,6 @@ def interleaved(repeats: int, batch_size: int, seq: int, warmup: int) -> dict:
             "threads": torch.get_num_threads(), "batch": batch_size, "seq": seq}
 
 
-def test_accuracy(model_dir: Path, prepared: Path, batch_size: int = 64) -> float:
-    from components.evaluate import load_with_test_split, torch_logits
-
-    trained, texts, y_true = load_with_test_split(model_dir, prepared)
-    logits = torch_logits(trained.model, trained.tokenizer, texts,
-                          int(trained.meta.get("max_length", 64)), batch_size)
-    return float((logits.argmax(-1) == np.asarray(y_true)).mean())
-
-
-def train_run(strategy: str, steps: int, head_init: str, out: Path, extra: list[str]) -> dict:
-    from components.finetune import train
-
-    overrides = [f"finetune.strategy={strategy}", f"finetune.max_steps={steps}",
-                 f"finetune.head_init={head_init}", *extra]
-    params = load_params(overrides=overrides)
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    metrics = train(params, params.paths.prepared, out / "model",
-                    checkpoint_dir=out / "checkpoints")
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
-    acc = test_accuracy(out / "model", params.paths.prepared)
-    keep = ("steps", "best_step", "stopped_early", "train_seconds", "val_accuracy",
-            "val_macro_f1", "train_loss_initial", "train_loss_final", "trainable_params")
-    return {"strategy": strategy, "head_init": head_init, "overrides": overrides,
-            "cpu_seconds": cpu, "wall_seconds": wall, "test_accuracy": acc,
-            "peak_rss_mb": peak_rss_mb(), **{k: metrics.get(k) for k in keep}}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -186,20 +159,11 @@ def main() -> None:
     sp.add_argument("--batch", type=int, default=16)
     sp.add_argument("--seq", type=int, default=64)
     sp.add_argument("--warmup", type=int, default=4)
-    tp = sub.add_parser("train")
-    tp.add_argument("strategy")
-    tp.add_argument("steps", type=int)
-    tp.add_argument("head_init")
-    tp.add_argument("out", type=Path)
-    tp.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    if args.cmd == "speed":
-        if args.mode == "interleaved":
-            result = interleaved(args.repeats, args.batch, args.seq, args.warmup)
-        else:
-            result = speed(args.mode, args.repeats, args.batch, args.seq, args.warmup)
+    if args.mode == "interleaved":
+        result = interleaved(args.repeats, args.batch, args.seq, args.warmup)
     else:
-        result = train_run(args.strategy, args.steps, args.head_init, args.out, args.overrides)
+        result = speed(args.mode, args.repeats, args.batch, args.seq, args.warmup)
     print(json.dumps(result))
 
 

@@ -60,11 +60,21 @@ class PathsConfig(Section):
     export: Path = Path("artifacts/export")
     gate: Path = Path("artifacts/gate")
     metrics: Path = Path("metrics")
+    sweep: Path = Path("artifacts/sweep")
+
+
+class TaskConfig(Section):
+    """What is predicted: one label per text, or one BIO tag per word (entities)."""
+
+    type: Literal["sequence_classification", "token_classification"] = "sequence_classification"
+    stride: int = Field(16, ge=0)
 
 
 class DataConfig(Section):
     text_column: str = "text"
     label_column: str = "label"
+    tokens_column: str = "tokens"
+    tags_column: str = "tags"
     labels: list[str] = Field(default_factory=list)
     min_chars: int = Field(3, ge=1)
     max_chars: int = Field(2000, ge=1)
@@ -170,36 +180,91 @@ class AdamWConfig(StrategySection):
     ema_decay: float = Field(0.0, ge=0, lt=1)
 
 
-class ZONoiseSection(StrategySection):
-    """Noise settings shared by the zeroth-order strategies.
+class ZOSection(StrategySection):
+    """Settings every zeroth-order strategy shares: what it perturbs, and the noise table.
 
-    Directions are slices of one fixed table of normals picked by seed (no per-step
-    random-number generation); embedding matrices are perturbed only on the rows a batch
-    uses, since the loss does not depend on the others.
+    An estimate's variance grows with the number of values perturbed, so `target` narrows
+    the trainable parameters to a low-dimensional subset (the rest stay frozen for the
+    run): `all` (every trainable parameter: the whole model, or the PEFT adapters and head
+    when `peft.method` is set), `bitfit` (biases and LayerNorms, plus the head) or
+    `top_layers` (the last `top_layers` transformer layers, plus the head). Directions are
+    slices of one fixed table of normals picked by seed (no per-step random numbers).
     """
 
+    target: Literal["all", "bitfit", "top_layers"] = "all"
+    top_layers: int = Field(2, ge=1)
     noise_table_size: int = Field(262_144, ge=1024)
+
+
+class ZOGradSection(ZOSection):
+    """Zeroth-order strategies that estimate a gradient (mezo, zo_sign, es).
+
+    Embedding matrices are perturbed only on the rows a batch uses, since the loss does not
+    depend on the others (`sparse_embeddings`).
+    """
+
     sparse_embeddings: bool = True
 
 
-class ZOConfig(ZONoiseSection):
+class ZOConfig(ZOGradSection):
+    """MeZO. `estimator`: `spsa` = central differences (L(+eps z) - L(-eps z)) / 2 eps over
+    `n_samples` seeds, 2 forwards each; `fzoo` = one forward at theta shared by `n_samples`
+    one-sided differences (n + 1 forwards), the step divided by the spread of the sampled
+    losses (lr is then a step length, whatever the scale of the loss)."""
+
+    estimator: Literal["spsa", "fzoo"] = "spsa"
     lr: float = Field(1e-5, gt=0)
     eps: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     n_samples: int = Field(1, ge=1)
 
+    @model_validator(mode="after")
+    def _fzoo_needs_a_spread(self) -> ZOConfig:
+        if self.estimator == "fzoo" and self.n_samples < 2:
+            raise ValueError("estimator fzoo scales its step by the spread of n_samples "
+                             "losses: n_samples must be >= 2")
+        return self
 
-class ZOSignConfig(ZONoiseSection):
+
+class ZOSignConfig(ZOGradSection):
     lr: float = Field(1e-5, gt=0)
     eps: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
 
 
-class ESConfig(ZONoiseSection):
+class ESConfig(ZOGradSection):
     population: int = Field(8, ge=1)
     sigma: float = Field(1e-3, gt=0)
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+
+
+class CEMConfig(ZOSection):
+    """Cross-entropy method: a Gaussian over the target values (mean = the weights, one
+    standard deviation per value), `population` samples a step, the best
+    `elite_fraction` refit mean and variance (blended by `smoothing`), std floored at
+    `sigma_min`."""
+
+    target: Literal["all", "bitfit", "top_layers"] = "top_layers"
+    top_layers: int = Field(1, ge=1)
+    population: int = Field(16, ge=2)
+    elite_fraction: float = Field(0.25, gt=0, lt=1)
+    sigma: float = Field(3e-4, gt=0)
+    sigma_min: float = Field(1e-4, gt=0)
+    smoothing: float = Field(1.0, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _elite_and_floor(self) -> CEMConfig:
+        if self.elite_count < 1:
+            raise ValueError(f"elite_fraction {self.elite_fraction} of population "
+                             f"{self.population} selects no sample")
+        if self.sigma_min > self.sigma:
+            raise ValueError(f"sigma_min ({self.sigma_min}) must be <= sigma ({self.sigma})")
+        return self
+
+    @property
+    def elite_count(self) -> int:
+        return int(round(self.elite_fraction * self.population))
 
 
 class LinearProbeConfig(Section):
@@ -226,6 +291,7 @@ class FinetuneConfig(Section):
     mezo: ZOConfig = Field(default_factory=ZOConfig)
     zo_sign: ZOSignConfig = Field(default_factory=ZOSignConfig)
     es: ESConfig = Field(default_factory=ESConfig)
+    cem: CEMConfig = Field(default_factory=CEMConfig)
     linear_probe: LinearProbeConfig = Field(default_factory=LinearProbeConfig)
 
     @field_validator("strategy")
@@ -274,7 +340,10 @@ class ExportConfig(Section):
     latency_repeats: int = Field(50, ge=1)
 
 
-GATED_METRICS = ("accuracy", "macro_f1")
+GATED_METRICS = ("accuracy", "macro_f1", "entity_f1")
+# The gated metrics a task defines; the gate judges those of its rules that apply.
+TASK_METRICS = {"sequence_classification": ("accuracy", "macro_f1"),
+                "token_classification": ("accuracy", "macro_f1", "entity_f1")}
 
 
 class NoiseConfig(Section):
@@ -286,12 +355,12 @@ class NoiseConfig(Section):
 
 class GateConfig(Section):
     min_metrics: dict[str, float] = Field(
-        default_factory=lambda: {"accuracy": 0.5, "macro_f1": 0.4})
+        default_factory=lambda: {"accuracy": 0.5, "macro_f1": 0.4, "entity_f1": 0.3})
     max_drop_vs_champion: dict[str, float] = Field(
-        default_factory=lambda: {"accuracy": 0.0, "macro_f1": 0.01})
+        default_factory=lambda: {"accuracy": 0.0, "macro_f1": 0.01, "entity_f1": 0.01})
     compare: Literal["tolerance", "non_inferiority"] = "tolerance"
     non_inferiority_margin: dict[str, float] = Field(
-        default_factory=lambda: {"accuracy": 0.01, "macro_f1": 0.01})
+        default_factory=lambda: {"accuracy": 0.01, "macro_f1": 0.01, "entity_f1": 0.01})
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
     int8_confident_margin: float = Field(1.0, ge=0)
     int8_max_accuracy_drop: float = Field(0.01, ge=0, le=1)
@@ -388,7 +457,140 @@ class UIConfig(Section):
     auth_db: Path = Path("mlflow-auth.db")
 
 
+class SearchRange(Section):
+    """One searched param: a range (`low`..`high`, optionally on a log scale or a grid of
+    `step`) or a list of `choices`. Whole numbers are searched as integers when the param
+    itself is an integer."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SearchRange:
+        if self.choices is not None:
+            if not self.choices:
+                raise ValueError("choices: give at least one value")
+            if self.low is not None or self.high is not None or self.step or self.log:
+                raise ValueError("give either choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give low and high (or choices)")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("log: needs low > 0 and no step")
+        return self
+
+
+SPACE_FIELDS = set(SearchRange.model_fields)
+
+
+def flatten_space(raw: Any, prefix: str = "") -> Any:
+    """`{finetune: {adamw: {lr: {low: ..}}}}` -> `{"finetune.adamw.lr": {low: ..}}`.
+
+    Lets `--set sweep.space.finetune.adamw.lr.high=1e-3` reach one bound of an entry
+    written as `finetune.adamw.lr: {...}`; a null entry removes that param from the space.
+    """
+    if not isinstance(raw, dict):
+        return raw
+    return {k: v for k, v in _flatten_space(raw, prefix).items() if v is not None}
+
+
+def _flatten_space(raw: dict[str, Any], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not set(value) & SPACE_FIELDS:
+            for sub, spec in _flatten_space(value, name + ".").items():
+                out[sub] = _merge(out.get(sub), spec)
+        else:
+            out[name] = _merge(out.get(name), value)
+    return out
+
+
+def _merge(old: Any, new: Any) -> Any:
+    return {**old, **new} if isinstance(old, dict) and isinstance(new, dict) else new
+
+
+class PrunerConfig(Section):
+    method: Literal["median", "successive_halving", "none"] = "median"
+    startup_trials: int = Field(2, ge=0)
+    warmup_steps: int = Field(150, ge=0)
+    reduction_factor: int = Field(3, ge=2)
+
+
+class BudgetConfig(Section):
+    cpu_seconds: float = Field(0.0, ge=0)
+    wall_seconds: float = Field(0.0, ge=0)
+
+
+def _default_space() -> dict[str, SearchRange]:
+    return {"finetune.adamw.lr": SearchRange(low=3e-5, high=5e-4, log=True),
+            "finetune.max_steps": SearchRange(low=300, high=900, step=100),
+            "finetune.adamw.warmup_ratio": SearchRange(low=0.0, high=0.2),
+            "finetune.early_stopping.patience": SearchRange(choices=[0, 4]),
+            "model.max_length": SearchRange(choices=[64, 128])}
+
+
+class SweepConfig(Section):
+    study: str = "tuneline"
+    storage: str | None = None
+    n_trials: int = Field(16, ge=1)
+    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    seed: int = 0
+    startup_trials: int = Field(6, ge=0)
+    pruner: PrunerConfig = Field(default_factory=PrunerConfig)
+    enqueue_current: bool = True
+    enqueue: list[dict[str, Any]] = Field(default_factory=list)
+    workers: int = Field(2, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    dask_address: str | None = None
+    space: dict[str, SearchRange] = Field(default_factory=_default_space)
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _flat_keys(cls, value: Any) -> Any:
+        return flatten_space(value)
+
+    @field_validator("enqueue", mode="before")
+    @classmethod
+    def _flat_enqueue(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        return [_flatten_values(v) if isinstance(v, dict) else v for v in value]
+
+    @model_validator(mode="after")
+    def _enqueued_keys_are_searched(self) -> SweepConfig:
+        if not self.space:
+            raise ValueError("space: give at least one param to search")
+        for i, point in enumerate(self.enqueue):
+            unknown = sorted(set(point) - set(self.space))
+            if unknown:
+                raise ValueError(f"enqueue[{i}]: {', '.join(unknown)} not in sweep.space")
+        return self
+
+
+def _flatten_values(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            out.update(_flatten_values(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# Sections a sweep may not search: where things are, how they are served and watched, the
+# sweep itself.
+UNSEARCHABLE = ("paths", "registry", "serve", "monitoring", "schedule", "ui", "sweep")
+
+
 class Params(Section):
+    task: TaskConfig = Field(default_factory=TaskConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
@@ -405,10 +607,57 @@ class Params(Section):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     ui: UIConfig = Field(default_factory=UIConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+
+    @model_validator(mode="after")
+    def _searched_keys_exist(self) -> Params:
+        for key, spec in self.sweep.space.items():
+            try:
+                value = lookup(self, key)
+            except ValueError as exc:
+                raise ValueError(f"sweep.space.{key}: {exc}") from None
+            if key.split(".")[0] in UNSEARCHABLE:
+                raise ValueError(f"sweep.space.{key}: {key.split('.')[0]}.* cannot be searched")
+            if isinstance(value, BaseModel | dict | list):
+                raise ValueError(f"sweep.space.{key}: a section, not a single value")
+            numeric = isinstance(value, int | float) and not isinstance(value, bool)
+            if spec.choices is None and not numeric:
+                raise ValueError(f"sweep.space.{key}: not a number; search it with choices")
+            if (spec.choices is None and isinstance(value, int)
+                    and not all(float(v).is_integer() for v in (spec.low, spec.high,
+                                                                 spec.step or 1))):
+                raise ValueError(f"sweep.space.{key}: an integer; low, high and step must be "
+                                 "whole numbers")
+        return self
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> Params:
+        if self.task.type == "token_classification" and self.compress.enabled:
+            raise ValueError("compress.enabled: distillation is for sequence_classification; "
+                             "turn it off for task.type=token_classification")
+        if (self.task.type == "token_classification" and self.pretrain.enabled
+                and self.pretrain.keep_if_better):
+            raise ValueError("pretrain.keep_if_better: the guard's probe scores one label per "
+                             "text; set it false for task.type=token_classification (the "
+                             "gate still judges the fine-tuned model)")
+        return self
 
     def hash(self) -> str:
         """Short stable hash of the validated params (for lineage and caching)."""
         return params_hash(self.model_dump(mode="json"))
+
+
+def lookup(params: BaseModel, key: str) -> Any:
+    """The value at a dotted key (`finetune.adamw.lr`); ValueError naming an unknown key."""
+    node: Any = params
+    for i, part in enumerate(key.split(".")):
+        if isinstance(node, BaseModel) and part in type(node).model_fields:
+            node = getattr(node, part)
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            raise ValueError(f"no such param ({'.'.join(key.split('.')[:i + 1])} is unknown)")
+    return node
 
 
 def params_hash(raw: dict[str, Any]) -> str:
@@ -422,7 +671,7 @@ def _format_error(err: ValidationError) -> str:
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         msg = msg.removeprefix("Value error, ")
-        lines.append(f"{key}: {msg}")
+        lines.append(f"{key}: {msg}" if e["loc"] else msg)  # whole-model rules name their keys
     return "invalid params: " + "; ".join(lines)
 
 
@@ -461,7 +710,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
 
 def named_overrides(*, data_path: str | Path | None = None, strategy: str | None = None,
                     peft_method: str | None = None, pretrain: bool | None = None,
-                    max_steps: int | None = None) -> list[str]:
+                    max_steps: int | None = None, n_trials: int | None = None,
+                    dask_address: str | None = None) -> list[str]:
     """The `--set` equivalents of the named run options: `--input X` is `paths.raw=X`, ..."""
     sets = []
     if data_path is not None and str(data_path) != "":
@@ -474,6 +724,10 @@ def named_overrides(*, data_path: str | Path | None = None, strategy: str | None
         sets.append(f"pretrain.enabled={str(pretrain).lower()}")
     if max_steps is not None:
         sets.append(f"finetune.max_steps={max_steps}")
+    if n_trials is not None:
+        sets.append(f"sweep.n_trials={n_trials}")
+    if dask_address:
+        sets.append(f"sweep.dask_address={dask_address}")
     return sets
 
 

@@ -193,13 +193,20 @@ class CheckedDataset:
         return dict(Counter(q["reason"] for q in self.quarantined).most_common())
 
 
-def check_dataset(input_path: str | Path, cfg: DataConfig) -> CheckedDataset:
+def check_dataset(input_path: str | Path, cfg: DataConfig,
+                  task: str = "sequence_classification") -> CheckedDataset:
     """Read and validate `input_path` without writing anything.
+
+    `task` token_classification reads words + tags instead (`components.token_data`).
 
     Raises:
         DataValidationError: missing file or columns, unsupported format, no usable rows,
             fewer than two classes, or a quarantined fraction above `cfg.max_bad_fraction`.
     """
+    if task == "token_classification":
+        from components.token_data import check_token_dataset
+
+        return check_token_dataset(input_path, cfg)
     rows = list(read_rows(input_path, cfg))
     if not rows:
         raise DataValidationError(f"{input_path}: no rows")
@@ -220,9 +227,11 @@ def check_dataset(input_path: str | Path, cfg: DataConfig) -> CheckedDataset:
     return checked
 
 
-def prepare_dataset(input_path: str | Path, out_dir: str | Path, cfg: DataConfig
-                    ) -> dict[str, Any]:
+def prepare_dataset(input_path: str | Path, out_dir: str | Path, cfg: DataConfig,
+                    task: str = "sequence_classification") -> dict[str, Any]:
     """Validate `input_path`, quarantine bad rows, split, and write the prepared folder.
+
+    `task` token_classification prepares words + tags (`components.token_data`).
 
     All outputs are written into a temp folder that replaces `out_dir` in one rename, so a
     failure leaves any earlier prepared folder as it was.
@@ -235,6 +244,10 @@ def prepare_dataset(input_path: str | Path, out_dir: str | Path, cfg: DataConfig
     """
     from components.near_dup import cross_split_near_duplicates
 
+    if task == "token_classification":
+        from components.token_data import prepare_token_dataset
+
+        return prepare_token_dataset(input_path, out_dir, cfg)
     checked = check_dataset(input_path, cfg)
     splits = split_stable(checked.accepted, cfg)
     if not splits["train"]:

@@ -1,7 +1,8 @@
 """Read inputs and prepared data; content hashes of files and folders (DVC's md5).
 
 Labeled input: CSV / JSONL / Parquet with text and label columns (and optionally a group
-column); unlabeled text: .txt (one document per line) or .jsonl with a text field.
+column), or for token classification JSONL / CoNLL (`components.token_data`); unlabeled
+text: .txt (one document per line) or .jsonl with a text field.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from components.config import DataConfig
 
 SPLITS = ("train", "validation", "test")
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet",
-           ".pq": "parquet"}
+           ".pq": "parquet", ".conll": "conll"}
 
 
 class DataValidationError(ValueError):
@@ -62,6 +63,9 @@ def read_rows(path: str | Path, cfg: DataConfig) -> Iterator[dict[str, Any]]:
     if fmt == "jsonl":
         yield from _read_jsonl(path, columns)
         return
+    if fmt == "conll":
+        raise DataValidationError(f"{path}: a CoNLL file holds word tags; set "
+                                  "task.type=token_classification to train on it")
     import pandas as pd
 
     if fmt == "csv":
@@ -148,6 +152,13 @@ def load_split(prepared_dir: str | Path, split: str) -> tuple[list[str], list[in
             texts.append(row["text"])
             ids.append(labels[row["label"]])
     return texts, ids
+
+
+def load_texts(prepared_dir: str | Path, split: str) -> list[str]:
+    """The texts of one prepared split, whatever the task (token rows keep their words
+    joined by spaces as their text)."""
+    with open(Path(prepared_dir) / f"{split}.jsonl", encoding="utf-8") as fh:
+        return [json.loads(line)["text"] for line in fh if line.strip()]
 
 
 def load_unlabeled(path: str | Path) -> list[str]:

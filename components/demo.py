@@ -1,12 +1,18 @@
 """The demo corpus: real docstrings of the installed Python standard library.
 
 Each docstring is labeled by the family of module it comes from (networking, concurrency,
-email, ...). Sources are parsed with `ast`, never imported, so building the corpus has no
+email, ...). For token classification the same rows also carry the docstring's words and
+BIO tags: the spans its author marked up become entities, with the markup removed
+(`markup_entities`): ``code``, `code` and a quoted 'value' -> CODE; :func:`x`,
+:class:`x`, :meth:`x`, :mod:`x` and the other Sphinx roles -> REF; PEP nnn and
+:pep:`nnn` -> PEP; URLs -> URL.
+Sources are parsed with `ast`, never imported, so building the corpus has no
 side effects and is deterministic for a given Python version. Every docstring, sampled or
 not, also goes to an unlabeled text file for masked-LM pretraining.
 
 Corpus folder layout:
-    labeled.jsonl   {"text", "label", "source"} per line (input of `prepare`)
+    labeled.jsonl   {"text", "label", "source", "tokens", "tags"} per line (input of
+                    `prepare`: text + label, or tokens + tags for token classification)
     unlabeled.txt   one docstring per line (input of `pretrain`)
     corpus.json     Python version, families, counts
 """
@@ -17,6 +23,7 @@ import ast
 import inspect
 import json
 import random
+import re
 import sys
 import sysconfig
 from pathlib import Path
@@ -50,6 +57,72 @@ FAMILIES: dict[str, list[str]] = {
                    "dataclasses", "typing", "copy", "weakref", "abc", "_collections_abc",
                    "contextlib", "types", "graphlib"],
 }
+
+
+# Bump when the rows change shape: an older corpus is then rebuilt.
+CORPUS_FORMAT = 2
+# Markup a docstring's author used to mark a span, leftmost first: a Sphinx role, a
+# ``literal``, a `literal`, a 'quoted' value (one word), a PEP number, a URL.
+_MARKUP = re.compile(
+    r":(?:py:)?(?P<role>[a-z]+):`(?P<target>[^`]+)`"
+    r"|``(?P<literal>[^`]+)``"
+    r"|(?<![`\w])`(?P<code>[^`]+)`(?![`\w])"
+    r"|(?<![\w'])'(?P<quoted>[^'\s]{1,40})'(?![\w'])"
+    r"|\b(?P<pep>PEP\s?\d+)\b"
+    r"|(?P<url>https?://[^\s<>`\"']+[^\s<>`\"'.,;:)\]])")
+
+
+def markup_entities(text: str) -> tuple[str, list[tuple[int, int, str]]]:
+    """`text` without its markup, and the (start, end, type) of each span it marked."""
+    out: list[str] = []
+    spans: list[tuple[int, int, str]] = []
+    pos = length = 0
+    for m in _MARKUP.finditer(text):
+        kind, content = _entity(m)
+        if not content:
+            continue
+        out.append(text[pos: m.start()])
+        length += m.start() - pos
+        spans.append((length, length + len(content), kind))
+        out.append(content)
+        length += len(content)
+        pos = m.end()
+    out.append(text[pos:])
+    return "".join(out), spans
+
+
+def _entity(m: re.Match) -> tuple[str, str]:
+    if m["role"]:
+        target = m["target"].strip().lstrip("~!")
+        if "<" in target and target.endswith(">"):  # :ref:`title <target>`: the title shows
+            target = target.split("<", 1)[0].strip()
+        if m["role"] == "pep":
+            return "PEP", f"PEP {target}"
+        return "REF", target
+    if m["literal"] or m["code"] or m["quoted"]:
+        return "CODE", (m["literal"] or m["code"] or m["quoted"]).strip()
+    if m["pep"]:
+        return "PEP", m["pep"]
+    return "URL", m["url"]
+
+
+def bio_words(text: str, spans: list[tuple[int, int, str]]) -> tuple[list[str], list[str]]:
+    """The words of `text` (as a BERT pre-tokenizer splits them) and their BIO tags.
+
+    A word belongs to the span its first character is in; the first word of a span is B-.
+    """
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    words = BertPreTokenizer().pre_tokenize_str(text)
+    tags, previous = [], None
+    for _, (start, _) in words:
+        span = next((s for s in spans if s[0] <= start < s[1]), None)
+        if span is None:
+            tags.append("O")
+        else:
+            tags.append(("I-" if span == previous else "B-") + span[2])
+        previous = span
+    return [w for w, _ in words], tags
 
 
 def stdlib_dir() -> Path:
@@ -115,8 +188,10 @@ def collect_corpus(cfg: DemoConfig, root: Path | None = None
                     seen.add(text)
                     unlabeled.append(text)
                     families_of.setdefault(text, set()).add(family)
+                    tokens, tags = bio_words(*markup_entities(text))
                     rows.append({"text": text, "label": family,
-                                 "source": path.relative_to(root).as_posix()})
+                                 "source": path.relative_to(root).as_posix(),
+                                 "tokens": tokens, "tags": tags})
         by_family[family] = rows
     labeled = []
     rng = random.Random(cfg.seed)
@@ -135,8 +210,15 @@ def build_demo_corpus(out_dir: str | Path, cfg: DemoConfig) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for row in labeled:
         counts[row["label"]] = counts.get(row["label"], 0) + 1
-    meta = {"python": ".".join(map(str, sys.version_info[:3])), "labeled_rows": len(labeled),
+    entities: dict[str, int] = {}
+    for row in labeled:
+        for tag in row["tags"]:
+            if tag.startswith("B-"):
+                entities[tag[2:]] = entities.get(tag[2:], 0) + 1
+    meta = {"format": CORPUS_FORMAT, "python": ".".join(map(str, sys.version_info[:3])),
+            "labeled_rows": len(labeled),
             "unlabeled_docs": len(unlabeled), "families": dict(sorted(counts.items())),
+            "entities": dict(sorted(entities.items())),
             "config": cfg.model_dump()}
     with atomic_dir(out_dir) as tmp:
         with open(tmp / "labeled.jsonl", "w", encoding="utf-8") as fh:

@@ -202,12 +202,18 @@ def evaluate_model(model_dir: str | Path, prepared_dir: str | Path, out_dir: str
     """Score a trained model folder on the test split and write the report folder.
 
     Returns:
-        Headline metrics: accuracy, macro_f1, ece, n.
+        Headline metrics: accuracy, macro_f1, ece, n (token classification:
+        `components.token_eval.headline`).
 
     Raises:
         FileNotFoundError: the model folder or the prepared test split is missing.
         ValueError: the model's labels differ from the prepared label map.
     """
+    if params.task.type == "token_classification":
+        from components.modeling import load_trained
+        from components.token_eval import evaluate_token_model
+
+        return evaluate_token_model(load_trained(model_dir), prepared_dir, out_dir, params)
     trained, texts, y_true = load_with_test_split(model_dir, prepared_dir)
     if not texts:
         raise ValueError(f"{prepared_dir}/test.jsonl is empty: nothing to evaluate")

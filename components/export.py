@@ -87,8 +87,10 @@ def _export_fused(model: Any, args: tuple, path: Path, opset: int) -> dict[str, 
     raw = path.with_name(path.name + ".raw.onnx")
     base.set_attn_implementation("eager")
     try:
+        with torch.inference_mode():
+            per_token = _logits_only(model)(*args).dim() == 3  # token classification
         dynamic = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-                   "logits": {0: "batch"}}
+                   "logits": {0: "batch", 1: "seq"} if per_token else {0: "batch"}}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes on shape arithmetic it records
             torch.onnx.export(_logits_only(model), args, str(raw), dynamo=False,
@@ -242,8 +244,9 @@ def measure_bundle(model: Any, bundle: Path, texts: list[str], y_true: list[int]
 
 
 def export_model(model: Any, tokenizer: Any, labels: list[str], out_dir: str | Path,
-                 params: Params, *, texts: list[str], y_true: list[int],
-                 meta: dict[str, Any] | None = None) -> dict[str, Any]:
+                 params: Params, *, texts: list[str], y_true: list[Any],
+                 meta: dict[str, Any] | None = None,
+                 words: list[list[str]] | None = None) -> dict[str, Any]:
     """Write the ONNX bundle for an in-memory classifier and measure it on (texts, y_true).
 
     Args:
@@ -252,8 +255,11 @@ def export_model(model: Any, tokenizer: Any, labels: list[str], out_dir: str | P
         labels: class names, index = class id.
         out_dir: bundle folder; replaced atomically.
         params: `export`, `model.max_length`, `model.num_threads` are used.
-        texts, y_true: parity rows (usually the test split).
-        meta: source model metadata copied into export_config.json.
+        texts, y_true: parity rows (usually the test split); token classification: the
+            test sentences' words in `words`, their tag ids in `y_true`, `texts` the words
+            joined by spaces.
+        meta: source model metadata copied into export_config.json (its task and window
+            stride decide how the bundle is read).
 
     Returns:
         The parity / size / latency numbers (also in the bundle's parity.json).
@@ -264,10 +270,12 @@ def export_model(model: Any, tokenizer: Any, labels: list[str], out_dir: str | P
         raise ValueError("export needs a fast tokenizer (tokenizer.json); got a slow one")
     if cap := params.export.parity_max_rows:
         texts, y_true = texts[:cap], y_true[:cap]
+        words = words[:cap] if words is not None else None
     if not texts:
         raise ValueError("export needs at least one parity row (the test split is empty)")
     model = merge_for_export(model).eval()
     max_length = int((meta or {}).get("max_length", params.model.max_length))
+    task = (meta or {}).get("task", "sequence_classification")
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         # Two rows of different lengths, so neither axis gets specialised to 1 at trace time.
@@ -278,6 +286,7 @@ def export_model(model: Any, tokenizer: Any, labels: list[str], out_dir: str | P
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
         atomic_write_json(tmp / "labels.json", {"labels": list(labels)})
         atomic_write_json(tmp / "export_config.json", {
+            "task": task, "stride": int((meta or {}).get("stride", params.task.stride)),
             "max_length": max_length, "opset": params.export.opset,
             "pad_token_id": int(tokenizer.pad_token_id or 0),
             "quantization": {"method": "dynamic", "weight_type": "QInt8",
@@ -287,7 +296,12 @@ def export_model(model: Any, tokenizer: Any, labels: list[str], out_dir: str | P
             # Read by OnnxClassifier: keep ONNX Runtime from re-fusing the slow kernels.
             "onnxruntime": {"disabled_optimizers": DISABLED_ORT_OPTIMIZERS},
             "source": meta or {}})
-        result = measure_bundle(model, tmp, texts, y_true, params)
+        if task == "token_classification":
+            from components.token_eval import measure_token_bundle
+
+            result = measure_token_bundle(model, tmp, words or [], y_true, params)
+        else:
+            result = measure_bundle(model, tmp, texts, y_true, params)
         atomic_write_json(tmp / PARITY_FILE, result)
         write_manifest(tmp)
     return result
@@ -310,6 +324,15 @@ def export_bundle(model_dir: str | Path, prepared_dir: str | Path, out_dir: str 
     """
     from components.evaluate import load_with_test_split
 
+    if params.task.type == "token_classification":
+        from components.modeling import load_trained
+        from components.token_data import load_token_split
+
+        trained = load_trained(model_dir)
+        words, tags = load_token_split(prepared_dir, "test")
+        return export_model(trained.model, trained.tokenizer, trained.labels, out_dir, params,
+                            texts=[" ".join(w) for w in words], y_true=tags,
+                            meta=trained.meta, words=words)
     trained, texts, y_true = load_with_test_split(model_dir, prepared_dir)
     return export_model(trained.model, trained.tokenizer, trained.labels, out_dir, params,
                         texts=texts, y_true=y_true, meta=trained.meta)

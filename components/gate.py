@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from components.config import GATED_METRICS, GateConfig, NoiseConfig, Params
+from components.config import GATED_METRICS, TASK_METRICS, GateConfig, NoiseConfig, Params
 from components.evaluate import accuracy, compute_report, headline_metrics, macro_f1
 from components.io import atomic_write_json, atomic_write_text, read_json
 from components.predictor import INT8_MODEL, OnnxClassifier, verify_bundle
@@ -102,33 +102,42 @@ def compare_to_champion(y: np.ndarray, challenger: np.ndarray, champion: np.ndar
     noise = cfg.noise
     pvalue = mcnemar_pvalue(challenger == y, champion == y) if noise.method == "mcnemar" else None
     rules = []
-    for metric, max_drop in cfg.max_drop_vs_champion.items():
+    for metric in cfg.max_drop_vs_champion:
+        if metric not in TASK_METRICS["sequence_classification"]:
+            continue
         delta = (metric_value(metric, y, challenger, num_labels)
                  - metric_value(metric, y, champion, num_labels))
         lo, hi = bootstrap_delta_ci(y, challenger, champion, metric, num_labels, noise)
-        detail: dict[str, Any] = {"method": noise.method, "confidence": noise.confidence,
-                                  "ci_low": lo, "ci_high": hi, "n": int(len(y))}
-        if pvalue is not None:
-            detail["p_value"] = pvalue
-            significant_drop = delta < 0 and pvalue < 1.0 - noise.confidence
-        else:
-            significant_drop = hi < 0
-        if delta < -max_drop:
-            outcome, passed = "drop beyond the allowed drop", False
-        elif significant_drop:
-            outcome, passed = "significant drop", False
-        elif cfg.compare == "non_inferiority":
-            margin = cfg.non_inferiority_margin[metric]
-            detail["margin"] = margin
-            passed = lo > -margin
-            outcome = "non-inferior" if passed else "undecided: interval reaches below -margin"
-            if not passed:
-                detail["rows_needed"] = rows_needed(len(y), lo, hi, delta, margin)
-        else:
-            outcome, passed = ("better" if lo > 0 else "no measured drop"), True
-        rules.append(make_rule(f"vs_champion.{metric}", delta, 0.0 - max_drop, ">=", passed,
-                               outcome=outcome, **detail))
+        rules.append(judge_delta(metric, delta, lo, hi, len(y), pvalue, cfg))
     return rules
+
+
+def judge_delta(metric: str, delta: float, lo: float, hi: float, n: int,
+                pvalue: float | None, cfg: GateConfig) -> dict[str, Any]:
+    """One vs_champion.<metric> rule from the measured change and its paired interval."""
+    noise, max_drop = cfg.noise, cfg.max_drop_vs_champion[metric]
+    detail: dict[str, Any] = {"method": noise.method, "confidence": noise.confidence,
+                              "ci_low": lo, "ci_high": hi, "n": int(n)}
+    if pvalue is not None:
+        detail["p_value"] = pvalue
+        significant_drop = delta < 0 and pvalue < 1.0 - noise.confidence
+    else:
+        significant_drop = hi < 0
+    if delta < -max_drop:
+        outcome, passed = "drop beyond the allowed drop", False
+    elif significant_drop:
+        outcome, passed = "significant drop", False
+    elif cfg.compare == "non_inferiority":
+        margin = cfg.non_inferiority_margin[metric]
+        detail["margin"] = margin
+        passed = lo > -margin
+        outcome = "non-inferior" if passed else "undecided: interval reaches below -margin"
+        if not passed:
+            detail["rows_needed"] = rows_needed(n, lo, hi, delta, margin)
+    else:
+        outcome, passed = ("better" if lo > 0 else "no measured drop"), True
+    return make_rule(f"vs_champion.{metric}", delta, 0.0 - max_drop, ">=", passed,
+                     outcome=outcome, **detail)
 
 
 def rows_needed(n: int, lo: float, hi: float, delta: float, margin: float) -> int | None:
@@ -260,6 +269,11 @@ def run_gate(bundle_dir: str | Path, prepared_dir: str | Path, params: Params,
 
     cfg = params.gate
     bundle_dir = Path(bundle_dir)
+    if params.task.type == "token_classification":
+        from components.token_gate import run_token_gate
+
+        return run_token_gate(bundle_dir, prepared_dir, params, champion_bundle_dir,
+                              out_dir=out_dir)
     labels = load_label_map(prepared_dir)
     texts, y_list = load_split(prepared_dir, "test")
     y = np.asarray(y_list)
@@ -268,7 +282,7 @@ def run_gate(bundle_dir: str | Path, prepared_dir: str | Path, params: Params,
     report = compute_report(y, logits, labels, params.evaluate.ece_bins)
     pred = logits.argmax(axis=1)
     rules = [make_rule(f"min.{m}", metric_value(m, y, pred, len(labels)), t, ">=")
-             for m, t in cfg.min_metrics.items()]
+             for m, t in cfg.min_metrics.items() if m in TASK_METRICS["sequence_classification"]]
     verify_bundle(bundle_dir, [PARITY_FILE])
     latency = latency_ms(clf, texts, 1, params.export.latency_repeats)["p95_ms"]
     size_mb = (bundle_dir / INT8_MODEL).stat().st_size / 2**20
@@ -296,7 +310,7 @@ def render_verdict(verdict: dict[str, Any]) -> str:
     if champion:
         lines += ["| test split | challenger | champion |", "|---|---|---|"]
         lines += [f"| {m} | {verdict['metrics'][m]:.4f} | {champion[m]:.4f} |"
-                  for m in GATED_METRICS]
+                  for m in GATED_METRICS if m in champion and m in verdict["metrics"]]
         lines.append("")
     lines += ["| rule | value | threshold | pass | detail |", "|---|---|---|---|---|"]
     for r in verdict["rules"]:

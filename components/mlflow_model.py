@@ -28,11 +28,12 @@ from components.config import PROJECT_ROOT, Params
 from components.drift import REFERENCE_FILE
 from components.export import SERVED_FILES
 from components.predictor import INT8_MODEL, verify_bundle
+from components.tagging import is_token_bundle
 
 BUNDLE_SUBPATH = "artifacts/bundle"
 MODEL_CODE = PROJECT_ROOT / "deploy" / "pyfunc_model.py"
 # The modules model.py imports, shipped in the model's code folder as the same package.
-CODE_MODULES = ("__init__.py", "io.py", "predictor.py")
+CODE_MODULES = ("__init__.py", "io.py", "predictor.py", "tagging.py")
 log = logging.getLogger(__name__)
 REQUIREMENTS = ("onnxruntime", "tokenizers", "numpy", "pandas")
 
@@ -47,11 +48,14 @@ def _pinned(packages: tuple[str, ...]) -> list[str]:
     return out
 
 
-def signature() -> Any:
-    """Input: a string column `text`; output: `label`, `score` and `scores` ({label: p})."""
+def signature(token: bool = False) -> Any:
+    """Input: a string column `text`; output: `label`, `score` and `scores` ({label: p}),
+    or for a token-classification bundle entities (a list of records; no output schema)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, DataType, Map, Schema
 
+    if token:
+        return ModelSignature(inputs=Schema([ColSpec(DataType.string, "text")]))
     return ModelSignature(
         inputs=Schema([ColSpec(DataType.string, "text")]),
         outputs=Schema([ColSpec(DataType.string, "label"), ColSpec(DataType.double, "score"),
@@ -82,6 +86,7 @@ def build_pyfunc_model(bundle_dir: str | Path, out_dir: str | Path, params: Para
     bundle_dir = Path(bundle_dir)
     manifest = verify_bundle(bundle_dir, [f for f in SERVED_FILES if f != "manifest.json"])
     labels = json.loads((bundle_dir / "labels.json").read_text())["labels"]
+    token = is_token_bundle(json.loads((bundle_dir / "export_config.json").read_text()))
     with tempfile.TemporaryDirectory(prefix="tuneline-pyfunc-") as tmp:
         staged = Path(tmp) / "bundle"
         staged.mkdir()
@@ -93,7 +98,7 @@ def build_pyfunc_model(bundle_dir: str | Path, out_dir: str | Path, params: Para
             shutil.copy2(PROJECT_ROOT / "components" / name, code / name)
         mlflow.pyfunc.save_model(
             str(out_dir), python_model=str(MODEL_CODE), artifacts={"bundle": str(staged)},
-            code_paths=[str(code)], signature=signature(),
+            code_paths=[str(code)], signature=signature(token),
             input_example=pd.DataFrame({"text": list(example_texts[:3])}),
             pip_requirements=_pinned(REQUIREMENTS),
             model_config={"sha256": manifest[INT8_MODEL], "threads": params.serve.threads,
@@ -113,9 +118,13 @@ def test_reference(bundle_dir: str | Path, prepared_dir: str | Path, params: Par
     from components.data_io import load_split
     from components.drift import prediction_distribution
     from components.predictor import OnnxClassifier
-
     if not (Path(prepared_dir) / "test.jsonl").exists():
         return None, []
+    if is_token_bundle(json.loads((Path(bundle_dir) / "export_config.json").read_text())):
+        # Entities have no one-label-per-text distribution: no reference, no drift PSI.
+        from components.data_io import load_texts
+
+        return None, load_texts(prepared_dir, "test")
     texts, _ = load_split(prepared_dir, "test")
     if not texts:
         return None, []
@@ -138,7 +147,7 @@ def log_version_model(client: Any, params: Params, run_id: str, bundle_dir: str 
     """
     prepared = Path(prepared_dir) if prepared_dir is not None else Path(params.paths.prepared)
     reference, texts = test_reference(bundle_dir, prepared, params)
-    if reference is None:
+    if reference is None and not texts:
         log.warning(
             "%s has no test split: the version gets no prediction reference (no drift PSI)",
             prepared)

@@ -5,7 +5,8 @@ A saved model folder holds:
     model.safetensors      every weight of the (possibly PEFT-wrapped) module; never pickle
     tokenizer files        what `AutoTokenizer.from_pretrained` reads
     tuneline_model.json    labels, strategy, peft method + config, params hash, max_length,
-                           backbone, pooling (components/pooling.py), extra metrics
+                           backbone, pooling (components/pooling.py), task (+ window
+                           stride), extra metrics
 
 Reloading rebuilds the same module from config.json (no backbone download needed), wraps it
 with the same PEFT config, and loads the weights strictly, so logits are bit-identical.
@@ -81,12 +82,35 @@ def resolve_backbone(name_or_path: str) -> str:
     return name_or_path  # a hub id; only works where a hub is reachable
 
 
+TOKEN_TASK = "token_classification"
+
+
+def model_class(config: Any, pooling: str, task: str) -> type:
+    """The module class: a per-token head for token classification (pooling does not
+    apply: every token is classified), else the pooled sequence classifier."""
+    if task == TOKEN_TASK:
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING,
+        )
+
+        return MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING[type(config)]
+    return classifier_class(config, pooling)
+
+
+def build_model(config: Any, pooling: str, task: str, source: str | None = None) -> nn.Module:
+    """`model_class` from pretrained weights in `source`, or empty from `config`."""
+    cls = model_class(config, pooling, task)
+    model = cls.from_pretrained(source, config=config) if source else cls._from_config(config)
+    return model if task == TOKEN_TASK else finish_pooling(model, pooling)
+
+
 def make_peft_config(params: Params) -> Any | None:
     """The peft config object for `params.peft.method`, or None for full fine-tuning."""
     import peft
 
     cfg = params.peft
-    task = peft.TaskType.SEQ_CLS
+    task = (peft.TaskType.TOKEN_CLS if params.task.type == TOKEN_TASK
+            else peft.TaskType.SEQ_CLS)
     if cfg.method == "none":
         return None
     if cfg.method == "lora":
@@ -161,9 +185,7 @@ def build_classifier(params: Params, labels: list[str], init_dir: Path | None = 
     config = AutoConfig.from_pretrained(
         source, num_labels=len(labels), id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)})
-    model_cls = classifier_class(config, params.model.pooling)
-    model = finish_pooling(model_cls.from_pretrained(source, config=config),
-                           params.model.pooling)
+    model = build_model(config, params.model.pooling, params.task.type, source)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = wrap_peft(model, make_peft_config(params))
     if params.finetune.freeze_embeddings:
@@ -207,7 +229,7 @@ def save_trained(model: nn.Module, tokenizer: Any, labels: list[str], params: Pa
                 "peft_method": params.peft.method, "peft_config": peft_config_dict(model),
                 "params_hash": params.hash(), "max_length": params.model.max_length,
                 "backbone": params.model.name_or_path, "pooling": params.model.pooling,
-                "format": 1,
+                "task": params.task.type, "stride": params.task.stride, "format": 1,
                 "params": params.model_dump(mode="json"), **(extra or {})}
         atomic_write_json(tmp / META_FILE, meta)
     return out_dir
@@ -230,7 +252,7 @@ def load_trained(model_dir: str | Path) -> TrainedModel:
     meta = read_json(model_dir / META_FILE)
     config = AutoConfig.from_pretrained(model_dir)
     pooling = meta.get("pooling", "cls")  # folders written before pooling was a choice: cls
-    model = finish_pooling(classifier_class(config, pooling)._from_config(config), pooling)
+    model = build_model(config, pooling, meta.get("task", "sequence_classification"))
     if meta.get("peft_config"):
         model = peft.get_peft_model(model, peft.get_peft_config(dict(meta["peft_config"])))
     load_model(model, str(model_dir / WEIGHTS_FILE), strict=True)

@@ -9,7 +9,8 @@ onnxruntime, tokenizers, numpy and pandas: no torch, no project checkout.
     import mlflow
     model = mlflow.pyfunc.load_model("models:/tuneline-classifier@champion")
     model.predict(pd.DataFrame({"text": ["Return the socket's own address."]}))
-    # -> DataFrame: label, score, scores ({label: probability})
+    # -> DataFrame: label, score, scores ({label: probability}); a token-classification
+    #    version: entities ([{type, text, start, end, score}], character offsets)
 
 On load, every bundle file is checked against the bundle's manifest and the int8 graph
 against the sha256 recorded in the model config at registration.
@@ -43,12 +44,21 @@ class TunelineClassifier(PythonModel):
     """Text in, label + top-1 score + every class probability out."""
 
     def load_context(self, context) -> None:
+        import json
+        from pathlib import Path
+
         from components.predictor import BundleIntegrityError, OnnxClassifier
+        from components.tagging import OnnxTagger, is_token_bundle
 
         config = context.model_config or {}
         self.batch_size = int(config.get("batch_size", 32))
-        self.clf = OnnxClassifier(context.artifacts["bundle"],
-                                  threads=int(config.get("threads", 2)), verify=True)
+        bundle = context.artifacts["bundle"]
+        export = json.loads((Path(bundle) / "export_config.json").read_text())
+        # A token-classification bundle answers with entities (see `predict`).
+        self.tagger = (OnnxTagger(bundle, threads=int(config.get("threads", 2)), verify=True)
+                       if is_token_bundle(export) else None)
+        self.clf = (self.tagger.clf if self.tagger else
+                    OnnxClassifier(bundle, threads=int(config.get("threads", 2)), verify=True))
         expected = config.get("sha256")
         if expected and self.clf.sha256 != expected:
             raise BundleIntegrityError(
@@ -57,6 +67,9 @@ class TunelineClassifier(PythonModel):
 
     # The DataFrame hint tells MLflow to keep the explicit signature (no type-hint schema).
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        if self.tagger is not None:  # [{type, text, start, end, score}] per text
+            return pd.DataFrame({"entities": self.tagger.entities(texts_of(model_input),
+                                                                  self.batch_size)})
         preds = self.clf.predict(texts_of(model_input), batch_size=self.batch_size)
         return pd.DataFrame({"label": [p.label for p in preds],
                              "score": [p.score for p in preds],

@@ -29,7 +29,7 @@ def _cases(tmp):
         "parquet with a non-string text column": (["--input", str(tmp / "numbers.parquet")],
                                                   "column 'text' holds int64, not text"),
         "unknown strategy": (["--input", str(tmp / "good.csv"), "--strategy", "bogus"],
-                             "unknown strategy 'bogus'; valid: adamw, es, mezo, zo_sign"),
+                             "unknown strategy 'bogus'; valid: adamw, cem, es, mezo, zo_sign"),
         "unknown peft method": (["--input", str(tmp / "good.csv"), "--peft", "dora"],
                                 "peft.method: Input should be"),
     }

@@ -20,7 +20,7 @@ def test_retrain_form_is_plain_typed_fields_with_params_yaml_values():
     for name, prop in props.items():
         assert "anyOf" not in prop, name                      # no `str | None` toggle
         assert prop["description"] and "\n" not in prop["description"], name
-    assert props["strategy"]["enum"] == ["adamw", "es", "mezo", "zo_sign"]
+    assert props["strategy"]["enum"] == ["adamw", "cem", "es", "mezo", "zo_sign"]
     assert props["peft_method"]["enum"][0] == "none" and "lora" in props["peft_method"]["enum"]
     assert props["pretrain"]["type"] == "boolean" and props["max_steps"]["minimum"] == 1
     assert props["overrides"] == {**props["overrides"], "type": "array",

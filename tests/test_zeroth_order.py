@@ -115,37 +115,69 @@ def micro_model():
     return BertForSequenceClassification(cfg).eval()
 
 
-def test_mezo_update_follows_the_true_gradient_direction(tiny_params):
-    """Averaged over many seeds, the MeZO update is aligned with -grad (cosine >> 0)."""
-    model = micro_model()
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, 30, (8, 10), generator=gen)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-             "labels": torch.randint(0, 3, (8,), generator=gen)}
-    params = trainable_parameters(model)
-    loss_fn(model, batch).backward()
-    true_grad = torch.cat([p.grad.reshape(-1) for _, p in params])
-
-    cfg = tiny_params.finetune.mezo.model_copy(update={"lr": 1e-3, "eps": 1e-4})
-    strategy = STRATEGIES["mezo"](cfg, params, 2000, seed=5)
+def averaged_update(strategy, model, batch, steps, loss=loss_fn):
+    """Mean parameter change of `steps` updates, each from the same starting weights."""
+    params = strategy.params
     start = [p.detach().clone() for _, p in params]
-    total = torch.zeros_like(true_grad)
-    n = 1000
-    for step in range(n):
+    total = torch.zeros(sum(p.numel() for p in start))
+    for step in range(steps):
         with torch.inference_mode():
-            strategy.step(model, batch, loss_fn, step)
+            strategy.step(model, batch, loss, step)
         with torch.no_grad():
-            deltas = [(p - p0).reshape(-1) for (_, p), p0 in zip(params, start, strict=True)]
-            total += torch.cat(deltas)
+            total += torch.cat([(p - p0).reshape(-1)
+                                for (_, p), p0 in zip(params, start, strict=True)])
             for (_, p), p0 in zip(params, start, strict=True):
                 p.copy_(p0)  # every sample starts from the same weights
-    estimate = -total / (cfg.lr * n)
+    return total / steps
+
+
+def micro_batch():
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 30, (8, 10), generator=gen)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+            "labels": torch.randint(0, 3, (8,), generator=gen)}
+
+
+# (estimator, n_samples, target, steps): n-SPSA and FZOO over the whole model, and FZOO
+# over the BitFit target (compared with the gradient of the targeted values only).
+ESTIMATORS = [("spsa", 1, "all", 1000), ("spsa", 4, "all", 300), ("fzoo", 4, "all", 300),
+              ("fzoo", 8, "bitfit", 150)]
+
+
+@pytest.mark.parametrize(("estimator", "n_samples", "target", "steps"), ESTIMATORS)
+def test_mezo_update_follows_the_true_gradient_direction(tiny_params, estimator, n_samples,
+                                                         target, steps):
+    """Averaged over many seeds, the update is aligned with -grad (cosine >> 0)."""
+    model, batch = micro_model(), micro_batch()
+    loss_fn(model, batch).backward()
+    cfg = tiny_params.finetune.mezo.model_copy(update={
+        "lr": 1e-3, "eps": 1e-4, "estimator": estimator, "n_samples": n_samples,
+        "target": target})
+    strategy = STRATEGIES["mezo"](cfg, trainable_parameters(model), 2000, seed=5)
+    true_grad = torch.cat([p.grad.reshape(-1) for _, p in strategy.params])
+    estimate = -averaged_update(strategy, model, batch, steps)
     cosine = float(F.cosine_similarity(estimate, true_grad, dim=0))
-    # A random direction would give |cosine| ~ 1/sqrt(#params) ~ 0.03.
+    # A random direction would give |cosine| ~ 1/sqrt(#values) ~ 0.03.
     assert cosine > 0.5, cosine
     # Unused embedding rows get exactly zero update: their gradient is zero too.
     unused = true_grad == 0
     assert torch.all(estimate[unused] == 0)
+
+
+def test_fzoo_step_ignores_the_loss_scale(tiny_params):
+    """Dividing by the spread of the sampled losses makes the step scale-free (an SPSA step
+    would be 100 times longer on a 100 times larger loss)."""
+    model, batch = micro_model(), micro_batch()
+    cfg = tiny_params.finetune.mezo.model_copy(update={
+        "lr": 1e-3, "eps": 1e-2, "estimator": "fzoo", "n_samples": 4})
+
+    def scaled(model, batch):
+        return 100.0 * loss_fn(model, batch)
+
+    steps = [averaged_update(STRATEGIES["mezo"](cfg, trainable_parameters(model), 10, seed=5),
+                             model, batch, 3, loss) for loss in (loss_fn, scaled)]
+    assert steps[0].abs().max() > 0
+    torch.testing.assert_close(steps[1], steps[0], rtol=1e-2, atol=1e-6)
 
 
 def test_centered_ranks_are_scale_free():
@@ -203,6 +235,8 @@ def test_linear_probe_fits_only_the_head(tiny_params):
 
 # Per strategy x PEFT method: step sizes that move a tiny model within 40 steps. ZO-sign
 # steps have a fixed length, and ES's rank-shaped steps too, so they need smaller values.
+# The gradient-estimating strategies train every trainable parameter here (target all);
+# CEM searches the BitFit values of the full model and the LoRA adapters.
 ZO_MATRIX = {
     ("mezo", "none"): {"finetune.mezo.lr": 5e-3, "finetune.mezo.eps": 1e-3},
     ("mezo", "lora"): {"finetune.mezo.lr": 1e-2, "finetune.mezo.eps": 1e-3},
@@ -212,6 +246,10 @@ ZO_MATRIX = {
                      "finetune.es.population": 4},
     ("es", "lora"): {"finetune.es.lr": 1e-2, "finetune.es.sigma": 1e-2,
                      "finetune.es.population": 4},
+    ("cem", "none"): {"finetune.cem.target": "bitfit", "finetune.cem.sigma": 3e-2,
+                      "finetune.cem.sigma_min": 1e-2},
+    ("cem", "lora"): {"finetune.cem.target": "all", "finetune.cem.sigma": 3e-2,
+                      "finetune.cem.sigma_min": 1e-2},
 }
 
 
@@ -222,7 +260,7 @@ def test_zeroth_order_training_lowers_the_loss(tiny_params, tiny_prepared, tuned
         "finetune.strategy": strategy, "peft.method": method, "model.num_threads": 1,
         "model.name_or_path": str(tuned_backbone_dir), "finetune.max_steps": 40,
         "finetune.eval_every": 40, "finetune.checkpoint_every": 40,
-        **ZO_MATRIX[(strategy, method)]})
+        f"finetune.{strategy}.target": "all", **ZO_MATRIX[(strategy, method)]})
     start, tokenizer = build_classifier(params, TINY_LABELS)  # same seed -> same start
     loss_before = _train_loss(start, tokenizer, tiny_prepared, params)
     metrics = train(params, tiny_prepared, tmp_path / "model", checkpoint_dir=tmp_path / "ck")
@@ -232,16 +270,27 @@ def test_zeroth_order_training_lowers_the_loss(tiny_params, tiny_prepared, tuned
     assert loss_after < 0.95 * loss_before, (loss_before, loss_after)
 
 
-def test_mezo_with_linear_probe_resumes_bit_identically(tiny_params, tiny_prepared, tmp_path):
+@pytest.mark.parametrize(("strategy", "settings"), [
+    ("mezo", {"finetune.mezo.lr": 1e-2, "finetune.mezo.target": "all"}),
+    ("mezo", {"finetune.mezo.lr": 1e-2, "finetune.mezo.target": "top_layers",
+              "finetune.mezo.top_layers": 1, "finetune.mezo.estimator": "fzoo",
+              "finetune.mezo.n_samples": 3}),
+    ("cem", {"finetune.cem.sigma": 1e-2, "finetune.cem.sigma_min": 1e-3,
+             "finetune.cem.smoothing": 0.5, "finetune.cem.population": 4}),
+])
+def test_zeroth_order_with_linear_probe_resumes_bit_identically(tiny_params, tiny_prepared,
+                                                                tmp_path, strategy, settings):
     params = _with(tiny_params, **{
-        "finetune.strategy": "mezo", "finetune.head_init": "linear_probe",
+        "finetune.strategy": strategy, "finetune.head_init": "linear_probe",
         "model.num_threads": 1, "finetune.max_steps": 20, "finetune.eval_every": 20,
-        "finetune.checkpoint_every": 10, "finetune.mezo.lr": 1e-2})
+        "finetune.checkpoint_every": 10, **settings})
     logged = []
     reference = train(params, tiny_prepared, tmp_path / "ref", checkpoint_dir=tmp_path / "ck",
                       logger=lambda m, step: logged.append(m))
     probe = next(m for m in logged if "probe/accuracy" in m)
     assert probe["probe/accuracy"] > probe["probe/accuracy_before"]
+    cpu = [m["train/cpu_seconds"] for m in logged if "train/cpu_seconds" in m]
+    assert len(cpu) == 20 and cpu == sorted(cpu) and cpu[-1] > 0
     # The uninterrupted run left its step-10 checkpoint: resuming from it must end the same.
     resumed = train(params, tiny_prepared, tmp_path / "resumed", checkpoint_dir=tmp_path / "ck",
                     resume=True)
@@ -251,3 +300,32 @@ def test_mezo_with_linear_probe_resumes_bit_identically(tiny_params, tiny_prepar
     assert ref_w.keys() == new_w.keys()
     assert all(torch.equal(ref_w[k], new_w[k]) for k in ref_w)
     assert resumed["val_loss"] == reference["val_loss"]
+
+
+@pytest.mark.parametrize(("method", "target"), [("none", "top_layers"), ("none", "bitfit"),
+                                                ("lora", "all")])
+def test_frozen_modules_run_once_per_step_with_identical_losses(tiny_params, method, target):
+    model, tok = tiny_model(tiny_params, method)
+    batch = make_batch(tok, tiny_rows(4)[:8])
+    tiny_params.finetune.strategy = "mezo"
+    tiny_params.finetune.mezo.target = target
+    tiny_params.finetune.mezo.top_layers = 1
+    strategy = build_strategy(tiny_params.finetune, trainable_parameters(model), 10)
+    seeds = [strategy.sample_seed(0, k) for k in range(3)]
+    # A child of a reused module runs only when its parent really computes.
+    bottom = model.get_submodule("base_model.model.bert.embeddings.word_embeddings"
+                                 if method == "lora" else "bert.encoder.layer.0.output.dense")
+    calls = []
+    bottom.register_forward_hook(lambda *a: calls.append(1))
+    with torch.inference_mode():
+        plain = [strategy.perturbed_loss(model, batch, loss_fn, s, e)
+                 for s in seeds for e in (1e-2, -1e-2)]
+        n_plain = len(calls)
+        with strategy.reuse(model).active():
+            reused = [strategy.perturbed_loss(model, batch, loss_fn, s, e)
+                      for s in seeds for e in (1e-2, -1e-2)]
+    assert reused == plain  # bit-identical: reuse is exact
+    assert n_plain == 6
+    # Below the target (the embeddings under LoRA, the first layer under top_layers), the
+    # 6 forwards of the block computed once; under bitfit every layer has targeted biases.
+    assert len(calls) - n_plain == (6 if target == "bitfit" else 1)

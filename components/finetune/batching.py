@@ -27,12 +27,15 @@ Batch = dict[str, torch.Tensor]
 class Encoded:
     """Token ids of every example (unpadded) and their class ids.
 
+    Token classification: an example is a window of a sentence and its label a list, one
+    tag id per token (-100 where no tag is scored: special tokens, non-first sub-tokens).
+
     `targets`, when set, are a teacher's logits for each example (distillation); a label
     of -1 then marks a row with no gold label (unlabeled text, soft targets only).
     """
 
     input_ids: list[list[int]]
-    labels: list[int]
+    labels: list[int] | list[list[int]]
     pad_id: int
     targets: torch.Tensor | None = None
 
@@ -49,6 +52,17 @@ def encode(tokenizer: Any, texts: list[str], labels: list[int], max_length: int)
     return Encoded(input_ids=[list(x) for x in ids], labels=list(labels), pad_id=pad)
 
 
+def encode_tagged(tokenizer: Any, words: list[list[str]], tags: list[list[int]],
+                  max_length: int, stride: int) -> Encoded:
+    """Tokenize tagged sentences once into overlapping windows (see `label_windows`)."""
+    from components.tagging import label_windows, window_tokenizer
+
+    windows = window_tokenizer(tokenizer.backend_tokenizer, max_length, stride)
+    ids, labels = label_windows(windows, words, tags)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return Encoded(input_ids=ids, labels=labels, pad_id=pad)
+
+
 def collate(data: Encoded, indices: list[int]) -> Batch:
     """Pad the chosen examples to the longest of them (dynamic padding keeps steps cheap)."""
     width = max(len(data.input_ids[i]) for i in indices)
@@ -58,7 +72,12 @@ def collate(data: Encoded, indices: list[int]) -> Batch:
         seq = data.input_ids[i]
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         mask[row, : len(seq)] = 1
-    labels = torch.tensor([data.labels[i] for i in indices], dtype=torch.long)
+    if data.labels and isinstance(data.labels[0], list):  # per-token tags, padded unscored
+        labels = torch.full((len(indices), width), -100, dtype=torch.long)
+        for row, i in enumerate(indices):
+            labels[row, : len(data.labels[i])] = torch.tensor(data.labels[i], dtype=torch.long)
+    else:
+        labels = torch.tensor([data.labels[i] for i in indices], dtype=torch.long)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     if data.targets is not None:
         batch["teacher_logits"] = data.targets[indices]

@@ -17,7 +17,7 @@ from components.finetune.base import LossFn, Strategy, register_strategy
 # Biases and LayerNorm weights are not decayed: shrinking them towards zero only hurts
 # (they set offsets and scales, not feature weights).
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "LayerNorm.bias")
-_LAYER = re.compile(r"\.layers?\.(\d+)\.")
+LAYER_NAME = re.compile(r"\.layers?\.(\d+)\.")
 
 
 def layer_depths(names: list[str]) -> dict[str, int]:
@@ -27,7 +27,7 @@ def layer_depths(names: list[str]) -> dict[str, int]:
     Parameters named neither `...layer.<i>...` nor `...embeddings...` (head, pooler,
     PEFT prompt encoders) count as the top.
     """
-    layer = {n: int(m.group(1)) for n in names if (m := _LAYER.search(n))}
+    layer = {n: int(m.group(1)) for n in names if (m := LAYER_NAME.search(n))}
     top = max(layer.values(), default=-1) + 1
     depths = {}
     for name in names:

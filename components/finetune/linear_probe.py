@@ -47,7 +47,8 @@ def _logits(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 def collect_features(model: nn.Module, head: nn.Linear,
                      batches: Iterable[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs of `head` (N x in_features) and labels (N) over `batches`, in eval mode."""
+    """Inputs of `head` (N x in_features) and labels (N) over `batches`, in eval mode
+    (per scored token for a token classifier)."""
     feats: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     handle = head.register_forward_hook(lambda mod, args, out: feats.append(args[0].detach()))
@@ -64,7 +65,10 @@ def collect_features(model: nn.Module, head: nn.Linear,
     if not feats:
         raise ValueError("linear probe: no training batches")
     x = torch.cat([f.reshape(-1, f.shape[-1]) for f in feats])
-    return x, torch.cat(labels)
+    # Token classification: a feature per token, kept where a tag is scored.
+    y = torch.cat([lab.reshape(-1) for lab in labels])
+    keep = y != -100
+    return x[keep], y[keep]
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,

@@ -28,7 +28,13 @@ from components.config import Params
 from components.data_io import data_version, load_label_map, load_split
 from components.finetune import checkpoint as ckpt
 from components.finetune.base import LossFn, Strategy, build_strategy
-from components.finetune.batching import Encoded, ShuffledLoader, encode, sequential_batches
+from components.finetune.batching import (
+    Encoded,
+    ShuffledLoader,
+    encode,
+    encode_tagged,
+    sequential_batches,
+)
 from components.finetune.loggers import MetricsLogger, null_logger
 from components.finetune.validation import EarlyStopper, classification_loss, evaluate_split
 from components.modeling import build_classifier, save_trained, trainable_parameters
@@ -46,6 +52,7 @@ class RunState:
 
     step: int = 0
     train_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0  # process CPU time of the steps (all threads)
     losses: list[float] = field(default_factory=list)
     last_eval: dict[str, float] = field(default_factory=dict)
     best_eval: dict[str, float] = field(default_factory=dict)
@@ -126,13 +133,15 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
         classification_loss, label_smoothing=cfg.label_smoothing)
     bar = tqdm(total=cfg.max_steps, initial=run.step, desc="finetune", disable=None)
     while run.step < cfg.max_steps and not run.stopped_early:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         out = _one_step(model, strategy, loader.next_batch(), run.step, loss_fn)
         run.train_seconds += time.perf_counter() - t0
+        run.train_cpu_seconds += time.process_time() - cpu0
         _guard_finite(out["loss"], run.step, model, root, strategy)
         run.step += 1
         run.losses.append(out["loss"])
-        log({f"train/{k}": v for k, v in out.items()}, run.step)
+        log({**{f"train/{k}": v for k, v in out.items()},
+             "train/cpu_seconds": run.train_cpu_seconds}, run.step)
         bar.update(1)
         bar.set_postfix(loss=f"{out['loss']:.4f}")
         if run.step % cfg.eval_every == 0 or run.step == cfg.max_steps:
@@ -152,6 +161,12 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
 
 def _encode_split(tokenizer: Any, prepared_dir: str | Path, split: str,
                   params: Params) -> Encoded:
+    if params.task.type == "token_classification":
+        from components.token_data import load_token_split
+
+        words, tags = load_token_split(prepared_dir, split)
+        return encode_tagged(tokenizer, words, tags, params.model.max_length,
+                             params.task.stride)
     texts, ids = load_split(prepared_dir, split)
     return encode(tokenizer, texts, ids, params.model.max_length)
 
@@ -264,7 +279,8 @@ def _finish(model: nn.Module, tokenizer: Any, labels: list[str], params: Params,
     metrics: dict[str, Any] = {
         **{f"val_{k}": v for k, v in run.best_eval.items()},
         "steps": run.step, "best_step": stopper.best_step, "stopped_early": run.stopped_early,
-        "train_seconds": round(run.train_seconds, 3), "resumed_from": run.resumed_from,
+        "train_seconds": round(run.train_seconds, 3),
+        "train_cpu_seconds": round(run.train_cpu_seconds, 3), "resumed_from": run.resumed_from,
         "train_loss_initial": float(np.mean(run.losses[:window])),
         "train_loss_final": float(np.mean(run.losses[-window:])),
         "trainable_params": n_train, "total_params": n_total,

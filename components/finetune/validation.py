@@ -12,11 +12,23 @@ from components.config import EarlyStoppingConfig
 from components.finetune.batching import Batch, Encoded, sequential_batches
 
 
+def scored(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of the scored rows: per-token logits [batch, seq, tags] are
+    flattened and the unscored positions (label -100) dropped."""
+    if logits.dim() == 3:
+        logits, labels = logits.flatten(0, 1), labels.flatten()
+        keep = labels != -100
+        return logits[keep], labels[keep]
+    return logits, labels
+
+
 def classification_loss(model: nn.Module, batch: Batch,
                         label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy of the model's logits against `batch["labels"]`."""
+    """Mean cross-entropy of the model's logits against `batch["labels"]` (per text, or
+    per scored token)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return F.cross_entropy(logits, batch["labels"], label_smoothing=label_smoothing)
+    logits, labels = scored(logits, batch["labels"])
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
 def macro_f1(preds: torch.Tensor, labels: torch.Tensor, n_classes: int) -> float:
@@ -33,7 +45,8 @@ def macro_f1(preds: torch.Tensor, labels: torch.Tensor, n_classes: int) -> float
 
 def evaluate_split(model: nn.Module, data: Encoded, batch_size: int, n_classes: int,
                    max_batches: int = 0) -> dict[str, float]:
-    """{"loss", "accuracy", "macro_f1"} of `model` on `data`; leaves the model's mode as it was."""
+    """{"loss", "accuracy", "macro_f1"} of `model` on `data` (per token for token
+    classification); leaves the model's mode as it was."""
     was_training = model.training
     model.eval()
     total_loss, preds, golds = 0.0, [], []
@@ -42,9 +55,10 @@ def evaluate_split(model: nn.Module, data: Encoded, batch_size: int, n_classes: 
         for batch in sequential_batches(data, batch_size, max_batches, by_length=True):
             logits = model(input_ids=batch["input_ids"],
                            attention_mask=batch["attention_mask"]).logits
-            total_loss += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
+            logits, labels = scored(logits, batch["labels"])
+            total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
             preds.append(logits.argmax(-1))
-            golds.append(batch["labels"])
+            golds.append(labels)
     model.train(was_training)
     if not preds:
         raise ValueError("the validation split is empty")

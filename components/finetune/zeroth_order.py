@@ -4,8 +4,10 @@ The algorithm shape follows "Fine-Tuning Language Models with Just Forward Passe
 (Malladi et al. 2023): one seed per sample, loss at theta + eps z and theta - eps z, one
 scalar projected gradient g = (loss+ - loss-) / 2 eps, and an update that regenerates z
 from the seed. No autograd graph, no optimizer state and no parameter-sized buffer exist,
-so memory stays at inference level. Two choices make a step cost little more than its
-two forward passes (see zo_noise.py and zo_perturb.py):
+so memory stays at inference level. Each strategy perturbs only its `target` (all
+trainable parameters, BitFit's biases and LayerNorms, or the top layers; see
+zo_target.py): fewer values perturbed, less variance per estimate. Two choices make a step
+cost little more than its forward passes (see zo_noise.py and zo_perturb.py):
 
 - z is sliced from a fixed table of normals by seed instead of drawn fresh, and
 - theta is perturbed on the fly inside each module's forward, never in place, so nothing
@@ -19,15 +21,18 @@ a compact log that replays the whole run from the starting weights (`replay_hist
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 import torch
 from torch import nn
 
-from components.config import ZONoiseSection
+from components.config import ZOGradSection, ZOSection
 from components.finetune.base import LossFn, Strategy, register_strategy
 from components.finetune.zo_noise import NoiseTable, ParamNoise, mix_seed
 from components.finetune.zo_perturb import Perturbation
+from components.finetune.zo_reuse import FrozenReuse
+from components.finetune.zo_target import freeze_outside, select_target
 
 Batch = dict[str, torch.Tensor]
 
@@ -40,14 +45,21 @@ class ZerothOrderStrategy(Strategy):
 
     uses_grad = False
 
-    def __init__(self, cfg: ZONoiseSection, params: list[tuple[str, nn.Parameter]],
+    def __init__(self, cfg: ZOSection, params: list[tuple[str, nn.Parameter]],
                  total_steps: int, seed: int) -> None:
-        super().__init__(cfg, params, total_steps, seed)
         if not params:
             raise ValueError(f"{self.name}: the model has no trainable parameters")
+        try:
+            chosen = select_target(params, cfg.target, cfg.top_layers)
+        except ValueError as exc:
+            raise ValueError(f"finetune.{self.config_key}.target: {exc}") from None
+        # Everything outside the target stays as it is for the whole run.
+        freeze_outside(params, chosen)
+        super().__init__(cfg, chosen, total_steps, seed)
         self.table = NoiseTable(cfg.noise_table_size, seed)
-        self.noise = ParamNoise([p for _, p in params], self.table)
+        self.noise = ParamNoise([p for _, p in chosen], self.table)
         self._perturbation: Perturbation | None = None
+        self._reuse: FrozenReuse | None = None
         # One entry per applied sample: [step, sample, update coefficient]; with the run
         # seed, the starting weights and the batches' rows this replays the run.
         self.history: list[list[float]] = []
@@ -57,8 +69,15 @@ class ZerothOrderStrategy(Strategy):
 
     def perturbation(self, model: nn.Module) -> Perturbation:
         if self._perturbation is None or self._perturbation.model is not model:
-            self._perturbation = Perturbation(model, self.noise, self.cfg.sparse_embeddings)
+            sparse = isinstance(self.cfg, ZOGradSection) and self.cfg.sparse_embeddings
+            self._perturbation = Perturbation(model, self.noise, sparse)
         return self._perturbation
+
+    def reuse(self, model: nn.Module) -> FrozenReuse:
+        """Outputs of the untargeted sub-modules, computed once per step (zo_reuse.py)."""
+        if self._reuse is None or self._reuse.model is not model:
+            self._reuse = FrozenReuse(model, [p for _, p in self.params])
+        return self._reuse
 
     def sample_seed(self, step: int, sample: int) -> int:
         return mix_seed(self.seed, step, sample)
@@ -120,19 +139,35 @@ class ZerothOrderStrategy(Strategy):
                              f"({len(flat) - pos} rows unaccounted for)")
 
 
-def _bad(*values: float) -> bool:
+def any_nonfinite(*values: float) -> bool:
     return not all(math.isfinite(v) for v in values)
 
 
 @register_strategy
 class MeZOStrategy(ZerothOrderStrategy):
-    """MeZO / SPSA: theta -= lr * (mean_k g_k z_k + wd * theta), g_k = (l+ - l-) / 2 eps."""
+    """MeZO with one of two estimators (`finetune.mezo.estimator`):
+
+    - spsa: theta -= lr * (mean_k g_k z_k + wd * theta), g_k = (l+_k - l-_k) / 2 eps
+      (n-SPSA over `n_samples` seeds; 2 forwards per seed);
+    - fzoo: one forward at theta gives l0, shared by `n_samples` one-sided differences;
+      theta -= lr * mean_k ((l_k - l0) / s) z_k with s the standard deviation of the l_k
+      (FZOO, Dang et al. 2025). n + 1 forwards for n directions instead of 2n, and dividing
+      by s makes the step length lr * sqrt(#values / n) whatever the loss's scale or eps
+      (a normalized-gradient step: large where the loss is flat, small where it is steep).
+    """
 
     name = "mezo"
     config_key = "mezo"
 
     def step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
              step: int) -> dict[str, float]:
+        with self.reuse(model).active():
+            if self.cfg.estimator == "fzoo":
+                return self._fzoo_step(model, batch, loss_fn, step)
+            return self._spsa_step(model, batch, loss_fn, step)
+
+    def _spsa_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
+                   step: int) -> dict[str, float]:
         cfg, n = self.cfg, self.cfg.n_samples
         losses, grads = [], []
         for k in range(n):
@@ -141,12 +176,35 @@ class MeZOStrategy(ZerothOrderStrategy):
             losses += [plus, minus]
             grads.append((plus - minus) / (2 * cfg.eps))
         loss = sum(losses) / len(losses)
-        if _bad(*losses):
+        if any_nonfinite(*losses):
             # Never apply an update computed from a NaN/inf loss; the loop stops the run.
             return {"loss": float("nan") if not math.isfinite(loss) else loss}
         self.apply_update(model, step, [(k, -cfg.lr * g / n) for k, g in enumerate(grads)],
                           cfg.lr, cfg.weight_decay)
         return {"loss": loss, "projected_grad": sum(grads) / n}
+
+    def _fzoo_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
+                   step: int) -> dict[str, float]:
+        cfg, n = self.cfg, self.cfg.n_samples
+        rng = torch.get_rng_state()
+        with torch.inference_mode():
+            base = float(loss_fn(model, batch))
+        losses = []
+        for k in range(n):
+            torch.set_rng_state(rng)  # same dropout masks as the unperturbed forward
+            losses.append(self.perturbed_loss(model, batch, loss_fn, self.sample_seed(step, k),
+                                              cfg.eps))
+        if any_nonfinite(base, *losses):
+            return {"loss": float("nan")}
+        spread = statistics.pstdev(losses)
+        diffs = [loss - base for loss in losses]
+        metrics = {"loss": base, "projected_grad": sum(diffs) / (n * cfg.eps),
+                   "loss_spread": spread}
+        if spread > 0:  # all n losses equal: no direction to prefer, no step
+            self.apply_update(model, step, [(k, -cfg.lr * d / (n * spread))
+                                            for k, d in enumerate(diffs)],
+                              cfg.lr, cfg.weight_decay)
+        return metrics
 
 
 @register_strategy
@@ -159,9 +217,10 @@ class ZOSignStrategy(ZerothOrderStrategy):
     def step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
              step: int) -> dict[str, float]:
         cfg = self.cfg
-        plus, minus = self.sample_losses(model, batch, loss_fn, self.sample_seed(step, 0),
-                                         cfg.eps)
-        if _bad(plus, minus):
+        with self.reuse(model).active():
+            plus, minus = self.sample_losses(model, batch, loss_fn, self.sample_seed(step, 0),
+                                             cfg.eps)
+        if any_nonfinite(plus, minus):
             return {"loss": float("nan")}
         g = (plus - minus) / (2 * cfg.eps)
         sign = (g > 0) - (g < 0)
@@ -202,11 +261,12 @@ class ESStrategy(ZerothOrderStrategy):
              step: int) -> dict[str, float]:
         cfg, pop = self.cfg, self.cfg.population
         losses: list[float] = []
-        for k in range(pop):
-            losses += self.sample_losses(model, batch, loss_fn, self.sample_seed(step, k),
-                                         cfg.sigma)
+        with self.reuse(model).active():
+            for k in range(pop):
+                losses += self.sample_losses(model, batch, loss_fn, self.sample_seed(step, k),
+                                             cfg.sigma)
         loss = sum(losses) / len(losses)
-        if _bad(*losses):
+        if any_nonfinite(*losses):
             return {"loss": float("nan")}
         u = centered_ranks(losses)
         updates = [(k, -cfg.lr * (u[2 * k] - u[2 * k + 1]) / pop) for k in range(pop)]

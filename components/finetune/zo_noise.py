@@ -71,6 +71,10 @@ class ParamNoise:
         params: the trainable parameters, in a fixed order (the order is part of the
             direction's definition, so it must be the same on resume).
         table: the shared noise table.
+
+    Attributes:
+        std: per parameter, None (directions are z) or a tensor of its shape scaling z value
+            by value (a diagonal Gaussian, as the cross-entropy method samples from).
     """
 
     def __init__(self, params: list[nn.Parameter], table: NoiseTable) -> None:
@@ -81,6 +85,7 @@ class ParamNoise:
         self.chunk_len = [_chunk_len(p, table.chunk) for p in params]
         self.n_chunks = [max(1, math.ceil(p.numel() / c))
                          for p, c in zip(params, self.chunk_len, strict=True)]
+        self.std: list[torch.Tensor | None] = [None] * len(params)
         self.first_chunk = [0]
         for n in self.n_chunks[:-1]:
             self.first_chunk.append(self.first_chunk[-1] + n)
@@ -110,19 +115,38 @@ class ParamNoise:
 
     def perturbed(self, index: int, seed: int, scale: float,
                   out: torch.Tensor | None = None) -> torch.Tensor:
-        """`parameter + scale * z`, written into `out` (reused scratch) or a new tensor."""
+        """`parameter + scale * z` (times `std` when set), written into `out` (reused
+        scratch) or a new tensor."""
         src = self.params[index].detach()
         out = torch.empty_like(src) if out is None else out
         flat_src, flat_out = src.reshape(-1), out.view(-1)
+        std = self.std[index]
+        if std is None:
+            for start, stop, z in self._slices(index, seed):
+                torch.add(flat_src[start:stop], z, alpha=scale, out=flat_out[start:stop])
+            return out
+        flat_std = std.view(-1)
         for start, stop, z in self._slices(index, seed):
-            torch.add(flat_src[start:stop], z, alpha=scale, out=flat_out[start:stop])
+            torch.addcmul(flat_src[start:stop], z, flat_std[start:stop], value=scale,
+                          out=flat_out[start:stop])
         return out
 
     def add_(self, index: int, seed: int, scale: float) -> None:
-        """In place: parameter += scale * z (one fused pass per chunk)."""
+        """In place: parameter += scale * z (times `std` when set; one fused pass per chunk)."""
         flat = self.params[index].data.view(-1)
+        std = self.std[index]
         for start, stop, z in self._slices(index, seed):
-            flat[start:stop].add_(z, alpha=scale)
+            if std is None:
+                flat[start:stop].add_(z, alpha=scale)
+            else:
+                flat[start:stop].addcmul_(z, std.view(-1)[start:stop], value=scale)
+
+    def direction(self, index: int, seed: int, out: torch.Tensor) -> torch.Tensor:
+        """z itself for parameter `index` (without `std`), written into `out` (its shape)."""
+        flat = out.view(-1)
+        for start, stop, z in self._slices(index, seed):
+            flat[start:stop].copy_(z)
+        return out
 
     def rows(self, index: int, seed: int, rows: torch.Tensor,
              out: torch.Tensor | None = None) -> torch.Tensor:
@@ -132,6 +156,8 @@ class ParamNoise:
         use of one parameter agree. `out` (len(rows) x row width, contiguous) receives the
         values instead of a new tensor.
         """
+        if self.std[index] is not None:
+            raise ValueError("row-sparse directions do not support a per-value std")
         self._load(seed)
         param = self.params[index]
         width = param.numel() // param.shape[0]

@@ -19,5 +19,9 @@ def evaluate(params: Params, *, force: bool = False) -> StageResult:
 
 
 def describe(m: dict[str, Any]) -> str:
+    if "entity_f1" in m:
+        return (f"test entity F1 {m['entity_f1']:.4f} (precision {m['entity_precision']:.4f}, "
+                f"recall {m['entity_recall']:.4f}), token accuracy {m['accuracy']:.4f} "
+                f"(n={int(m['n'])} sentences)")
     return (f"test accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, "
             f"ECE {m['ece']:.4f} (n={int(m['n'])})")

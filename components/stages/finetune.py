@@ -20,12 +20,17 @@ RUN_FILE = "mlflow_run_id.txt"  # beside the checkpoints: a resumed run logs to 
 
 
 def finetune(params: Params, *, resume: bool = False, force: bool = False,
-             checkpoint_dir: Path | None = None) -> StageResult:
+             checkpoint_dir: Path | None = None, logger: Any = None,
+             tags: dict[str, str] | None = None, run_name: str | None = None) -> StageResult:
     """Fine-tune with `finetune.strategy` / `peft.method`; save to `paths.model`.
 
     Args:
         resume: continue from the latest checkpoint instead of starting over.
         force: train even when `paths.model` already holds this fingerprint's model.
+        logger: also called as `logger(metrics, step)` after MLflow has the numbers (a
+            sweep trial reports to its study here, and may raise to stop the training).
+        tags: extra tags of the model's MLflow run (e.g. `mlflow.parentRunId`).
+        run_name: name of the model's MLflow run.
     """
     from components import tracking
     from components.finetune import train
@@ -36,14 +41,14 @@ def finetune(params: Params, *, resume: bool = False, force: bool = False,
     def compute() -> dict[str, Any]:
         init = starting_backbone(params)  # None: the original (pretraining off or discarded)
         run_id = _resumed_run(params, checkpoints) if resume else None
-        run_id = run_id or tracking.start_run(params, params.paths.prepared,
-                                              tags=run_tags(params, fp))
+        run_id = run_id or tracking.start_run(params, params.paths.prepared, run_name=run_name,
+                                              tags={**run_tags(params, fp), **(tags or {})})
         checkpoints.mkdir(parents=True, exist_ok=True)
         atomic_write_text(checkpoints / RUN_FILE, run_id)
         try:
             metrics = train(params, params.paths.prepared, params.paths.model, init_dir=init,
                             checkpoint_dir=checkpoints, resume=resume,
-                            logger=tracking.MlflowLogger(params, run_id))
+                            logger=_with_extra(tracking.MlflowLogger(params, run_id), logger))
         except BaseException:
             tracking.end_run(params, run_id, "FAILED")
             raise
@@ -53,6 +58,16 @@ def finetune(params: Params, *, resume: bool = False, force: bool = False,
         return {**metrics, "mlflow_run_id": run_id}
 
     return run_stage("finetune", params, compute, describe, force=force or resume)
+
+
+def _with_extra(mlflow_logger: Any, extra: Any) -> Any:
+    if extra is None:
+        return mlflow_logger
+
+    def both(metrics: dict[str, float], step: int) -> None:
+        mlflow_logger(metrics, step)
+        extra(metrics, step)
+    return both
 
 
 def _resumed_run(params: Params, checkpoints: Path) -> str | None:

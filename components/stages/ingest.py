@@ -67,7 +67,7 @@ def check_inputs(params: Params) -> tuple[Path, Any]:
     from components.data import check_dataset
 
     raw = ensure_demo(params)
-    checked = check_dataset(raw, params.data)
+    checked = check_dataset(raw, params.data, params.task.type)
     if params.paths.unlabeled is not None:
         _check_unlabeled(Path(params.paths.unlabeled))
     return raw, checked
@@ -75,15 +75,17 @@ def check_inputs(params: Params) -> tuple[Path, Any]:
 
 def ensure_demo(params: Params) -> Path:
     """`paths.raw`, building the demo corpus first when it points there and is stale."""
+    from components.demo import CORPUS_FORMAT, build_demo_corpus
+
     raw = Path(params.paths.raw)
     corpus = Path(params.paths.corpus)
     if raw.parent.resolve() != corpus.resolve():
         return raw
     meta = corpus / "corpus.json"
-    current = meta.exists() and read_json(meta).get("config") == params.demo.model_dump()
+    stored = read_json(meta) if meta.exists() else {}
+    current = (stored.get("config") == params.demo.model_dump()
+               and stored.get("format") == CORPUS_FORMAT)
     if not raw.exists() or not current:
-        from components.demo import build_demo_corpus
-
         log.info("building the demo corpus in %s", corpus)
         build_demo_corpus(corpus, params.demo)
     return raw

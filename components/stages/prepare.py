@@ -24,7 +24,7 @@ def prepare(params: Params, *, force: bool = False) -> StageResult:
         if source is None:
             raise DataValidationError(f"{resolve(LABELED, params)} holds no input: run "
                                       "`tuneline ingest` (or `tuneline run`) first")
-        return prepare_dataset(source, params.paths.prepared, params.data)
+        return prepare_dataset(source, params.paths.prepared, params.data, params.task.type)
 
     return run_stage("prepare", params, compute, describe, force=force)
 

@@ -107,13 +107,13 @@ def pretraining_texts(params: Params) -> tuple[list[str], str, int]:
     """(texts, where they came from, how many were dropped): the unlabeled snapshot minus
     any text of the validation or test split, else the train split's texts."""
     from components.data import normalize_text
-    from components.data_io import load_split, load_unlabeled
+    from components.data_io import load_texts, load_unlabeled
 
     unlabeled = snapshot_file(resolve(UNLABELED, params))
     if unlabeled is None:
-        return load_split(params.paths.prepared, "train")[0], "the prepared train split", 0
+        return load_texts(params.paths.prepared, "train"), "the prepared train split", 0
     heldout = {normalize_text(t) for split in ("validation", "test")
-               for t in load_split(params.paths.prepared, split)[0]}
+               for t in load_texts(params.paths.prepared, split)}
     texts = load_unlabeled(unlabeled)
     kept = [t for t in texts if normalize_text(t) not in heldout]
     return kept, str(unlabeled), len(texts) - len(kept)

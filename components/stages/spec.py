@@ -2,7 +2,9 @@
 
 A stage's fingerprint is a hash of exactly what decides its output:
   - the values of the params keys it declares (never a `paths.*` key: a path says where
-    something is, its content says what it is),
+    something is, its content says what it is; nor, for the training stages,
+    `model.num_threads`: threads decide how fast a model is trained, not which model, so a
+    sweep trial trained on one thread and the same settings trained on two are one model),
   - the source of the code files it declares,
   - the identity of each input it declares: the fingerprint of the stage that wrote it
     (trained models: retraining is not bit-reproducible across machines, and what made a
@@ -69,7 +71,7 @@ class StageSpec:
         return () if self.is_off(params) else self.deps
 
 
-_MODEL_CODE = ("components/modeling.py", "components/pooling.py")
+_MODEL_CODE = ("components/modeling.py", "components/pooling.py", "components/tagging.py")
 LABELED = "${paths.input}/labeled"
 UNLABELED = "${paths.input}/unlabeled"
 PREPARED = Dep("${paths.prepared}", "prepare", by_content=True)
@@ -79,18 +81,20 @@ COMPRESSED = Dep("${paths.compressed}", "compress")
 SPECS: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec(
         "ingest", "copy the exact input bytes (labeled + unlabeled) into the project",
-        params=("data", "demo"), code=("components/stages/ingest.py", "components/data.py",
-                                       "components/demo.py"),
+        params=("task.type", "data", "demo"),
+        code=("components/stages/ingest.py", "components/data.py", "components/token_data.py",
+              "components/demo.py"),
         outs=(LABELED, UNLABELED), always_changed=True),
     StageSpec(
         "prepare", "validate, quarantine, split",
-        params=("data",), code=("components/stages/prepare.py", "components/data.py"),
+        params=("task.type", "data"),
+        code=("components/stages/prepare.py", "components/data.py", "components/token_data.py"),
         deps=(Dep(LABELED, "ingest", by_content=True),), outs=("${paths.prepared}",)),
     StageSpec(
         "pretrain", "domain pretraining of the backbone, kept only if a linear probe on "
                     "frozen features says it helps (a marker when pretrain.enabled is off)",
-        params=("model.name_or_path", "model.max_length", "model.pooling", "model.num_threads",
-                "pretrain", "finetune.linear_probe"),
+        params=("model.name_or_path", "model.max_length", "model.pooling", "pretrain",
+                "finetune.linear_probe"),
         code=("components/stages/pretrain.py", "components/pretrain", "components/data.py",
               "components/finetune/linear_probe.py", "components/finetune/batching.py",
               "components/finetune/validation.py", *_MODEL_CODE),
@@ -98,37 +102,38 @@ SPECS: dict[str, StageSpec] = {s.name: s for s in [
         outs=("${paths.pretrained}",), switch="pretrain.enabled"),
     StageSpec(
         "finetune", "train the classifier; opens the MLflow run",
-        params=("model.name_or_path", "model.max_length", "model.pooling",
-                "model.num_threads", "peft", "pretrain.enabled", "finetune"),
+        params=("task", "model.name_or_path", "model.max_length", "model.pooling", "peft",
+                "pretrain.enabled", "finetune"),
         code=("components/stages/finetune.py", "components/finetune", *_MODEL_CODE),
         deps=(Dep(LABELED, "ingest", by_content=True), PREPARED,
               Dep("${paths.pretrained}", "pretrain")),
         outs=("${paths.model}",)),
     StageSpec(
         "compress", "distil into a student with fewer layers (a marker when off)",
-        params=("compress", "finetune", "model.max_length", "model.num_threads",
-                "evaluate.batch_size"),
+        params=("compress", "finetune", "model.max_length", "evaluate.batch_size"),
         code=("components/stages/compress.py", "components/compress.py", "components/finetune",
               *_MODEL_CODE),
         deps=(MODEL, PREPARED, Dep(UNLABELED, "ingest", by_content=True)),
         outs=("${paths.compressed}",), switch="compress.enabled"),
     StageSpec(
         "evaluate", "score the shipped torch model (the student when compress is on)",
-        params=("evaluate", "compress.enabled"),
-        code=("components/stages/evaluate.py", "components/evaluate.py", *_MODEL_CODE),
+        params=("task.type", "evaluate", "compress.enabled"),
+        code=("components/stages/evaluate.py", "components/evaluate.py",
+              "components/token_eval.py", *_MODEL_CODE),
         deps=(MODEL, COMPRESSED, PREPARED), outs=("${paths.eval}",)),
     StageSpec(
         "export", "ONNX fp32 + int8 bundle, parity, size, latency",
-        params=("export", "evaluate.batch_size", "model.num_threads", "compress.enabled"),
+        params=("task.type", "export", "evaluate.batch_size", "model.num_threads",
+                "compress.enabled"),
         code=("components/stages/export.py", "components/export.py", "components/predictor.py",
-              *_MODEL_CODE),
+              "components/token_eval.py", *_MODEL_CODE),
         deps=(MODEL, COMPRESSED, PREPARED), outs=("${paths.export}",)),
     StageSpec(
         "gate", "judge the bundle against the rules and the re-scored @champion",
-        params=("gate", "evaluate", "export.latency_repeats", "model.num_threads",
-                "registry.model_name"),
+        params=("task.type", "gate", "evaluate", "export.latency_repeats",
+                "model.num_threads", "registry.model_name"),
         code=("components/stages/gate.py", "components/gate.py", "components/predictor.py",
-              "components/evaluate.py"),
+              "components/evaluate.py", "components/token_gate.py", "components/tagging.py"),
         deps=(Dep("${paths.export}", "export"), PREPARED),
         outs=("${paths.gate}",), always_changed=True, persist=True),
     # One registry version is one model judged by one set of rules: which champion the

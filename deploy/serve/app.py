@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from components.config import Params
+from components.tagging import OnnxTagger
 from deploy.serve.batcher import MicroBatcher
 from deploy.serve.holder import LocalBundleSource, ModelHolder, ModelSource, RegistrySource
 from deploy.serve.inference import StageTimes
@@ -106,6 +107,10 @@ def _infer_fn(holder: ModelHolder, metrics: ServeMetrics, monitor: PredictionMon
             raise ModelNotReady("no model loaded yet")
         t0 = time.perf_counter()
         times = StageTimes()
+        if isinstance(model.classifier, OnnxTagger):  # entities: no class distribution
+            entities = model.classifier.entities(texts, len(texts))
+            metrics.observe_batch(len(texts), time.perf_counter() - t0, times)
+            return (model.version, None), entities
         probs = model.classifier.probabilities(texts, times)
         monitor.observe(model.version, probs)
         seconds = time.perf_counter() - t0

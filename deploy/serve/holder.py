@@ -21,6 +21,7 @@ from typing import Protocol
 from components.config import Params
 from components.drift import REFERENCE_FILE, load_reference
 from components.predictor import INT8_MODEL, OnnxClassifier
+from components.tagging import OnnxTagger, is_token_bundle
 from deploy.serve.inference import BucketedClassifier
 
 log = logging.getLogger("tuneline.serve")
@@ -110,7 +111,7 @@ class RegistrySource:
 @dataclass(frozen=True)
 class LoadedModel:
     version: str
-    classifier: BucketedClassifier
+    classifier: BucketedClassifier | OnnxTagger  # a tagger answers with entities
     sha256: str | None
     bundle_dir: Path
     loaded_at: float
@@ -174,14 +175,26 @@ class ModelHolder:
                 self._record_failure(exc, wanted)
                 return False
 
-    def _swap_in(self, version: str) -> None:
-        t0 = time.perf_counter()
-        bundle = self.source.fetch(version)
+    def _load(self, bundle: Path) -> tuple[BucketedClassifier | OnnxTagger, OnnxClassifier]:
+        """The bundle's model: a length-bucketed classifier, or a tagger for entities."""
+        config = json.loads((Path(bundle) / "export_config.json").read_text())
+        if is_token_bundle(config):
+            tagger = OnnxTagger(bundle, threads=self.threads, verify=True,
+                                session_config=self.session_config)
+            tagger.entities(["warm up"])  # first run allocates; keep that off the request path
+            return tagger, tagger.clf
         onnx = OnnxClassifier(bundle, threads=self.threads, verify=True,
                               session_config=self.session_config)
         clf = BucketedClassifier(onnx, self.call_cost_tokens, self.max_rows)
-        clf.predict(["warm up"])  # first run allocates; keep that off the request path
-        reference = self._reference(Path(bundle), onnx.labels)
+        clf.predict(["warm up"])
+        return clf, onnx
+
+    def _swap_in(self, version: str) -> None:
+        t0 = time.perf_counter()
+        bundle = self.source.fetch(version)
+        clf, onnx = self._load(Path(bundle))
+        reference = (None if isinstance(clf, OnnxTagger)
+                     else self._reference(Path(bundle), onnx.labels))
         created = self._created_at(version)
         loaded = LoadedModel(version, clf, onnx.sha256, Path(bundle), time.time(), created,
                              reference)

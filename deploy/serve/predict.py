@@ -57,7 +57,10 @@ def describe_validation(errors: list[dict]) -> list[str]:
     return out
 
 
-def prediction(labels: list[str], probs) -> dict[str, Any]:
+def prediction(labels: list[str] | None, probs) -> dict[str, Any]:
+    """One text's answer: label + scores, or (a token model, no labels) its entities."""
+    if labels is None:
+        return {"entities": probs}
     values = probs.tolist()
     best = max(range(len(values)), key=values.__getitem__)
     return {"label": labels[best], "score": values[best],

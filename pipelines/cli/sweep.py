@@ -1,0 +1,58 @@
+"""`tuneline sweep`: the sweep flow from the command line (same inputs as `tuneline run`)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipelines.cli.app import InputOpt, ParamsOpt, SetOpt, app, params_or_exit, user_errors
+from pipelines.cli.flows import PeftOpt, PretrainOpt, StepsOpt, StrategyOpt
+
+
+@app.command("sweep")
+def sweep(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt = None,
+          pretrain: PretrainOpt = None, max_steps: StepsOpt = None,
+          trials: Annotated[int | None, typer.Option(
+              "--trials", help="Trials in the study (default: sweep.n_trials).")] = None,
+          dask_address: Annotated[str | None, typer.Option(
+              "--dask-address", help="Scheduler of an existing Dask cluster, e.g. "
+                                     "tcp://10.0.0.5:8786 (default: a local cluster).")] = None,
+          params: ParamsOpt = None, set_: SetOpt = None,
+          json_out: Annotated[Path | None, typer.Option(
+              "--json", help="Also write the sweep and run summary here.")] = None) -> None:
+    """Search sweep.space with Optuna on Dask; the best goes through the gate like `run`.
+
+    The best trial's settings then take the same chain as `tuneline run` (test split,
+    export, gate against @champion, register). Running it again resumes the same study.
+    Bad input and bad params fail here, in one line, before any server starts.
+    """
+    from components.stages import check_inputs
+    from components.sweep import check_space
+    from components.sweep.summary import render_markdown
+    from pipelines.reporting import render_summary
+
+    data_path = str(input_.resolve()) if input_ else None
+    named = {"data_path": data_path, "strategy": strategy, "peft_method": peft,
+             "pretrain": pretrain, "max_steps": max_steps}
+    p = params_or_exit(params, set_, **named, n_trials=trials, dask_address=dask_address)
+    with user_errors():
+        check_inputs(p)
+        check_space(p)
+    from pipelines.sweep import sweep as sweep_flow
+
+    started = time.perf_counter()
+    with user_errors():
+        result = sweep_flow(**named, n_trials=trials, dask_address=dask_address,
+                            overrides=list(set_ or []),
+                            params_file=str(params.resolve()) if params else None)
+    if json_out is not None:
+        from components.io import atomic_write_json
+
+        atomic_write_json(json_out, {**result, "wall_seconds": time.perf_counter() - started})
+    found = result["sweep"]
+    typer.echo("\n" + render_markdown({**found, "trials": []}).rstrip())
+    typer.echo(f"trial table, plot: {found['folder']}\n")
+    typer.echo(render_summary(result))

@@ -1,0 +1,176 @@
+"""The `sweep` flow: search finetune settings, then send the winner through `retrain`.
+
+ingest -> prepare -> version data -> [pretrain] -> trials on Dask (each one a task run of
+the `sweep-trials` subflow, an Optuna trial and a nested MLflow run) -> summary -> the
+`retrain` flow with the winner's values (its model reused when the winning trial made it),
+so the winner is evaluated on the test split, exported, gated against @champion and
+registered exactly as `tuneline run` would. Trial logic lives in components/sweep; this
+module only decides where trials run and how many run at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.states import Completed, Failed
+from pydantic import Field
+
+from components import sweep as sweeps
+from components.config import Params, load_params, named_overrides
+from components.sweep import SweepPlan
+from pipelines import tasks
+from pipelines.quiet import quiet_libraries
+from pipelines.retrain import PeftName, StrategyName, retrain
+
+# Dask's own INFO lines (workers starting and stopping) would drown the trials' lines.
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+
+
+class NoWinner(RuntimeError):
+    """No trial of the study finished, so there is nothing to send through the gate."""
+
+
+@task(name="trial", cache_policy=NO_CACHE)
+def trial(params: Params, plan: SweepPlan, number: int, values: dict[str, Any]) -> Any:
+    """One trial on a Dask worker; a pruned or failed trial is recorded, not raised."""
+    quiet_libraries()
+    record = sweeps.run_trial(params, plan, number, values)
+    if record["state"] == "PRUNED":
+        return Completed(data=record, name="Pruned", message=record["reason"])
+    if record["state"] == "FAIL":
+        return Failed(data=record, message=f"trial {record['number']}: {record['reason']}")
+    return record
+
+
+open_sweep = tasks.stage_task(sweeps.open_sweep, "open-sweep", io=True)
+summarize = tasks.stage_task(sweeps.summarize, "summarize-sweep", io=True)
+place_winner = tasks.stage_task(sweeps.place_winner, "place-winner")
+
+
+@flow(name="sweep-trials", description="Trials of one sweep study, fanned out on Dask.")
+def sweep_trials(params: Params, plan: SweepPlan) -> str:
+    """Keep `sweep.workers` trials running until the trials or the budget run out; returns
+    why it stopped."""
+    queue = sweeps.TrialQueue(params, plan)
+    started, launched, pending = time.monotonic(), 0, set()
+    stopped = sweeps.stop_reason(params, plan, launched, started)
+    while stopped is None or pending:
+        while stopped is None and len(pending) < params.sweep.workers:
+            number, values = queue.next()
+            pending.add(trial.with_options(task_run_name=f"trial-{number}").submit(
+                params, plan, number, values))
+            launched += 1
+            stopped = sweeps.stop_reason(params, plan, launched, started)
+        if not pending:
+            break
+        pending.discard(next(as_completed(list(pending))))
+        stopped = stopped or sweeps.stop_reason(params, plan, launched, started)
+    return stopped or "nothing left to run"
+
+
+def dask_runner(params: Params) -> Any:
+    """An existing cluster at `sweep.dask_address`, else a local one: `sweep.workers`
+    processes running one trial each (torch gets `sweep.threads_per_worker` threads)."""
+    from prefect_dask import DaskTaskRunner
+
+    if params.sweep.dask_address:
+        return DaskTaskRunner(address=params.sweep.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": params.sweep.workers,
+                                          "threads_per_worker": 1, "processes": True})
+
+
+@contextlib.contextmanager
+def api_for_workers() -> Iterator[None]:
+    """Trial task runs report to this flow's Prefect API even when it is the temporary
+    local server (a worker would otherwise start a server of its own)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    if get_current_settings().api.url:
+        yield
+        return
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url)
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield
+
+
+@flow(name="sweep", description="Search finetune settings; gate and register the best.")
+def sweep(
+    data_path: Annotated[str | None, Field(description=(
+        "CSV, JSONL or Parquet with text and label columns. Empty: paths.raw."))] = None,
+    strategy: Annotated[StrategyName | None, Field(description=(
+        "Fine-tuning strategy. Empty: finetune.strategy."))] = None,
+    peft_method: Annotated[PeftName | None, Field(description=(
+        "PEFT method. Empty: peft.method."))] = None,
+    pretrain: Annotated[bool | None, Field(description=(
+        "Domain pretraining first. Empty: pretrain.enabled."))] = None,
+    max_steps: Annotated[int | None, Field(ge=1, description=(
+        "Training steps when not searched. Empty: finetune.max_steps."))] = None,
+    n_trials: Annotated[int | None, Field(ge=1, description=(
+        "Trials in the study. Empty: sweep.n_trials."))] = None,
+    dask_address: Annotated[str | None, Field(description=(
+        "Scheduler of an existing Dask cluster. Empty: a local cluster."))] = None,
+    overrides: Annotated[list[str] | None, Field(description=(
+        "More params.yaml overrides, each key.path=value, e.g. sweep.budget.cpu_seconds=3600."))
+    ] = None,
+    params_file: Annotated[str | None, Field(description=(
+        "params.yaml to read. Empty: the project's."))] = None,
+) -> dict[str, Any]:
+    """Run the sweep, then `retrain` with the winner's values; returns both summaries."""
+    quiet_libraries()
+    named = {"data_path": data_path, "strategy": strategy, "peft_method": peft_method,
+             "pretrain": pretrain, "max_steps": max_steps}
+    sets = named_overrides(**named, n_trials=n_trials, dask_address=dask_address)
+    params = load_params(params_file, sets + list(overrides or []))
+    for stage in (tasks.ingest, tasks.prepare, tasks.version_data, tasks.pretrain):
+        stage(params)
+    plan = open_sweep(params)
+    with api_for_workers():
+        stopped = sweep_trials.with_options(task_runner=dask_runner(params))(
+            sweeps.for_workers(params), plan)
+    found = summarize(params, plan, stopped)
+    publish(found)
+    if found["best"] is None:
+        raise NoWinner(f"no trial of study {plan.study} finished: see {found['folder']}")
+    placed = place_winner(params, plan, found["best"])
+    result = retrain(**named, overrides=list(overrides or []) + found["best_overrides"],
+                     params_file=params_file)
+    nest_winner(params, plan, result, placed)
+    return {**result, "sweep": {k: v for k, v in found.items() if k != "trials"}
+            | {"winner_model_reused": placed, "trials": sweeps.table(found["trials"])}}
+
+
+def publish(found: dict[str, Any]) -> None:
+    """The trial table and the sweep's summary as Prefect artifacts."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    from components.sweep.summary import render_markdown
+
+    create_table_artifact(sweeps.table(found["trials"]), key="sweep-trials",
+                          description=f"Trials of study {found['study']}")
+    create_markdown_artifact(render_markdown(found) + f"\nPlot and files: {found['folder']}"
+                             f" (also in MLflow run {found['parent_run_id']}, folder sweep/)",
+                             key="sweep-summary", description="Best values, trial table")
+    get_run_logger().info("sweep %s: best %s (stopped: %s)", found["study"],
+                          " ".join(found["best_overrides"]) or "none", found["stopped"])
+
+
+def nest_winner(params: Params, plan: SweepPlan, result: dict[str, Any], placed: bool) -> None:
+    """The registered model's run under the sweep's run, and the sweep's run ended."""
+    from components import tracking
+
+    client = tracking.get_client(params)
+    retrained = result.get("status") not in ("unchanged", "skipped") and not placed
+    if retrained and result.get("run_id"):  # retrained outside the trials
+        client.set_tag(result["run_id"], "mlflow.parentRunId", plan.parent_run_id)
+    client.set_tag(plan.parent_run_id, "sweep_winner_version", str(result.get("version")))
+    client.set_tag(plan.parent_run_id, "sweep_winner_status", str(result.get("status")))
+    tracking.end_run(params, plan.parent_run_id)
