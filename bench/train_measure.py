@@ -163,12 +163,12 @@ def measure_mlm(out: Path) -> dict[str, Any]:
     from transformers import logging as hf_logging
 
     from components.data_io import load_unlabeled
-    from components.pretrain import pretrain_mlm
+    from components.pretrain import adapt_backbone
 
     hf_logging.set_verbosity_error()
-    params = _params(["pretrain.enabled=true"])
+    params = _params(["pretrain.enabled=true", "pretrain.objective=mlm"])
     texts = load_unlabeled(PROJECT_ROOT / params.paths.corpus / "unlabeled.txt")
-    metrics = pretrain_mlm(params, texts, out / "pretrained")
+    metrics = adapt_backbone(params, texts, out / "pretrained")
     return {**metrics, "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 

@@ -131,15 +131,33 @@ class PeftConfig(Section):
     prefix_tuning: VirtualTokensConfig = Field(default_factory=VirtualTokensConfig)
 
 
+class MLMConfig(Section):
+    probability: float = Field(0.15, gt=0.0, lt=1.0)
+
+
+class SimCSEConfig(Section):
+    temperature: float = Field(0.05, gt=0)
+
+
 class PretrainConfig(Section):
     enabled: bool = False
+    objective: Literal["mlm", "simcse"] = "mlm"
     max_steps: int = Field(200, ge=0)
+    head_warmup_steps: int = Field(100, ge=0)
     batch_size: int = Field(16, ge=1)
-    lr: float = Field(5e-5, gt=0)
-    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
+    lr: float = Field(1e-3, gt=0)
+    encoder_lr: float = Field(2e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    freeze_embeddings: bool = False
     heldout_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     eval_batches: int = Field(20, ge=1)
+    keep_if_better: bool = True
+    probe_max_train_rows: int = Field(4000, ge=0)
     seed: int = 11
+    mlm: MLMConfig = Field(default_factory=MLMConfig)
+    simcse: SimCSEConfig = Field(default_factory=SimCSEConfig)
 
 
 class EarlyStoppingConfig(Section):
@@ -617,6 +635,11 @@ class Params(Section):
         if self.task.type == "token_classification" and self.compress.enabled:
             raise ValueError("compress.enabled: distillation is for sequence_classification; "
                              "turn it off for task.type=token_classification")
+        if (self.task.type == "token_classification" and self.pretrain.enabled
+                and self.pretrain.keep_if_better):
+            raise ValueError("pretrain.keep_if_better: the guard's probe scores one label per "
+                             "text; set it false for task.type=token_classification (the "
+                             "gate still judges the fine-tuned model)")
         return self
 
     def hash(self) -> str:

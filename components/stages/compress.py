@@ -31,7 +31,7 @@ def compress(params: Params, *, force: bool = False) -> StageResult:
         from components.stages.finetune import model_run_id
         from components.stages.pretrain import pretraining_texts
 
-        unlabeled, source = pretraining_texts(params)
+        unlabeled, source, _ = pretraining_texts(params)  # minus validation/test texts
         unlabeled = [] if source == "the prepared train split" else unlabeled
         run_id = model_run_id(params)
         mlflow = tracking.MlflowLogger(params, run_id) if run_id else None

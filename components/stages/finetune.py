@@ -13,13 +13,10 @@ from typing import Any
 from components.config import Params
 from components.io import atomic_write_text
 from components.stages.base import StageResult, run_stage, stored_result
+from components.stages.pretrain import starting_backbone
 from components.stages.spec import fingerprint
 
 RUN_FILE = "mlflow_run_id.txt"  # beside the checkpoints: a resumed run logs to the same run
-
-
-class PretrainMissingError(FileNotFoundError):
-    """pretrain.enabled is true but no adapted backbone was written."""
 
 
 def finetune(params: Params, *, resume: bool = False, force: bool = False,
@@ -42,10 +39,7 @@ def finetune(params: Params, *, resume: bool = False, force: bool = False,
     checkpoints = Path(checkpoint_dir or params.paths.checkpoints)
 
     def compute() -> dict[str, Any]:
-        init = Path(params.paths.pretrained) if params.pretrain.enabled else None
-        if init is not None and not (init / "config.json").exists():
-            raise PretrainMissingError(f"pretrain.enabled is true but {init} holds no "
-                                       "backbone (run `tuneline pretrain` first)")
+        init = starting_backbone(params)  # None: the original (pretraining off or discarded)
         run_id = _resumed_run(params, checkpoints) if resume else None
         run_id = run_id or tracking.start_run(params, params.paths.prepared, run_name=run_name,
                                               tags={**run_tags(params, fp), **(tags or {})})
@@ -59,6 +53,7 @@ def finetune(params: Params, *, resume: bool = False, force: bool = False,
             tracking.end_run(params, run_id, "FAILED")
             raise
         tracking.log_stage(params, run_id, "finetune", metrics)
+        tracking.log_stage(params, run_id, "pretrain", pretrain_scalars(params))
         tracking.end_run(params, run_id)
         return {**metrics, "mlflow_run_id": run_id}
 
@@ -97,8 +92,36 @@ def run_tags(params: Params, model_fingerprint: str) -> dict[str, str]:
     from components.stages.ingest import snapshot_versions
 
     data = snapshot_versions(params)
+    pretrained = pretrain_record(params)
+    backbone = "original"
+    if pretrained.get("backbone") == "adapted":
+        backbone = f"adapted by {pretrained['objective']} pretraining"
+    guard = {"pretrain_guard": pretrained["reason"]} if "reason" in pretrained else {}
     return {"model_fingerprint": model_fingerprint, "raw_source": str(params.paths.raw),
+            "start_backbone": backbone, **guard,
             **{k: str(v) for k, v in data.items() if v is not None}}
+
+
+def pretrain_record(params: Params) -> dict[str, Any]:
+    """The pretrain stage's result behind the current chain ({} when pretraining is off)."""
+    if not params.pretrain.enabled:
+        return {}
+    return stored_result(Path(params.paths.pretrained), fingerprint("pretrain", params)) or {}
+
+
+def pretrain_scalars(params: Params) -> dict[str, float]:
+    """The pretrain stage's numbers (held-out losses, the guard's probe scores) for the run."""
+    result = pretrain_record(params)
+    if not result:
+        return {}
+    out = {k: v for k, v in result.items() if isinstance(v, int | float)
+           and not isinstance(v, bool) and k.startswith(("heldout_loss", "train_seconds"))}
+    for when in ("before", "after"):
+        for key, value in result.get(f"probe_{when}", {}).items():
+            if key in ("accuracy", "macro_f1", "loss"):
+                out[f"probe_{when}_{key}"] = value
+    out["adapted_backbone_kept"] = float(result.get("backbone") == "adapted")
+    return out
 
 
 def model_run_id(params: Params) -> str | None:

@@ -1,51 +1,131 @@
-"""Stage `pretrain`: domain-adaptive pretraining of the backbone, or a marker when off.
+"""Stage `pretrain`: domain-adaptive pretraining of the backbone, guarded by a measurement.
 
 Its text: the ingested unlabeled file (`paths.unlabeled`) when there is one, else the
-texts of the prepared train split (never validation or test: their texts must stay unseen).
+texts of the prepared train split. Texts of the validation and test splits are never
+trained on: the guard scores on validation, the gate on test.
+
+The guard: a linear probe on frozen features (components/pretrain/probe.py) scores the
+original backbone and the adapted one on the validation split. With
+`pretrain.keep_if_better` an adapted backbone that scores lower (or whose training
+diverged) is discarded. The output folder then holds either the adapted backbone or only
+`pretrain_metrics.json` saying `"backbone": "original"` and why; `starting_backbone` is
+how the finetune stage reads that.
 """
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 from components.config import Params
-from components.io import atomic_dir, atomic_write_json
+from components.io import atomic_dir, atomic_write_json, read_json
 from components.stages.base import StageResult, run_stage
 from components.stages.ingest import snapshot_file
 from components.stages.spec import UNLABELED, resolve
 
 MARKER = "pretrain_metrics.json"
+log = logging.getLogger("tuneline.stages")
+
+
+class PretrainMissingError(FileNotFoundError):
+    """pretrain.enabled is true but the pretrain stage's output is not there."""
 
 
 def pretrain(params: Params, *, force: bool = False, logger: Any = None) -> StageResult:
-    """Adapt the backbone on unlabeled text and save it to `paths.pretrained`."""
+    """Adapt the backbone on unlabeled text, keep it only if the probe says it helps."""
 
     def compute() -> dict[str, Any]:
         if not params.pretrain.enabled:
-            with atomic_dir(params.paths.pretrained) as tmp:
-                atomic_write_json(tmp / MARKER, {"enabled": False})
+            _write_marker(params, {"enabled": False})
             return {"enabled": False}
-        from components.pretrain import pretrain_mlm
-
-        texts, source = pretraining_texts(params)
-        result = pretrain_mlm(params, texts, params.paths.pretrained, logger=logger)
-        return {"enabled": True, "texts": source, **result}
+        return _adapt_and_guard(params, logger)
 
     return run_stage("pretrain", params, compute, describe, force=force)
 
 
-def pretraining_texts(params: Params) -> tuple[list[str], str]:
-    """(texts, where they came from): the unlabeled snapshot, else the train split."""
+def _adapt_and_guard(params: Params, logger: Any) -> dict[str, Any]:
+    from components.pretrain import PretrainDiverged, adapt_backbone, judge, probe_backbone
+
+    out, prepared = Path(params.paths.pretrained), params.paths.prepared
+    texts, source, n_dropped = pretraining_texts(params)
+    probe_before = probe_backbone(params, None, prepared)
+    log.info("pretrain: linear probe on the original backbone: validation accuracy %.4f",
+             probe_before["accuracy"])
+    base = {"enabled": True, "objective": params.pretrain.objective, "texts": source,
+            "dropped_validation_test_texts": n_dropped, "probe_before": probe_before}
+    try:
+        adapted = adapt_backbone(params, texts, out, logger=logger)
+    except PretrainDiverged as exc:
+        if not params.pretrain.keep_if_better:
+            raise
+        return _keep_original(params, {**base, "reason": f"{exc}; fine-tuning starts from "
+                                                         "the original backbone"})
+    probe_after = probe_backbone(params, out, prepared)
+    keep, reason = judge(probe_before, probe_after, params.pretrain.keep_if_better)
+    result = {**base, **adapted, "probe_after": probe_after, "reason": reason}
+    if not keep:
+        return _keep_original(params, result)
+    log.info("pretrain: %s", reason)
+    result["backbone"] = "adapted"
+    atomic_write_json(out / MARKER, result)
+    return result
+
+
+def _keep_original(params: Params, result: dict[str, Any]) -> dict[str, Any]:
+    log.warning("pretrain: %s", result["reason"])
+    result = {**result, "backbone": "original"}
+    _write_marker(params, result)  # replaces the adapted weights: nothing can load them
+    return result
+
+
+def _write_marker(params: Params, content: dict[str, Any]) -> None:
+    with atomic_dir(params.paths.pretrained) as tmp:
+        atomic_write_json(tmp / MARKER, content)
+
+
+def starting_backbone(params: Params) -> Path | None:
+    """The backbone folder fine-tuning starts from: the adapted one, or None (the original
+    `model.name_or_path`) when pretraining is off or its guard kept the original.
+
+    Raises:
+        PretrainMissingError: pretraining is on but its output is not there.
+    """
+    if not params.pretrain.enabled:
+        return None
+    folder = Path(params.paths.pretrained)
+    if (folder / "config.json").exists():
+        return folder
+    marker = folder / MARKER
+    if marker.exists() and read_json(marker).get("backbone") == "original":
+        return None
+    raise PretrainMissingError(f"pretrain.enabled is true but {folder} holds no backbone "
+                               "(run `tuneline pretrain` first)")
+
+
+def pretraining_texts(params: Params) -> tuple[list[str], str, int]:
+    """(texts, where they came from, how many were dropped): the unlabeled snapshot minus
+    any text of the validation or test split, else the train split's texts."""
+    from components.data import normalize_text
     from components.data_io import load_texts, load_unlabeled
 
     unlabeled = snapshot_file(resolve(UNLABELED, params))
-    if unlabeled is not None:
-        return load_unlabeled(unlabeled), str(unlabeled)
-    return load_texts(params.paths.prepared, "train"), "the prepared train split"
+    if unlabeled is None:
+        return load_texts(params.paths.prepared, "train"), "the prepared train split", 0
+    heldout = {normalize_text(t) for split in ("validation", "test")
+               for t in load_texts(params.paths.prepared, split)}
+    texts = load_unlabeled(unlabeled)
+    kept = [t for t in texts if normalize_text(t) not in heldout]
+    return kept, str(unlabeled), len(texts) - len(kept)
 
 
 def describe(result: dict[str, Any]) -> str:
     if not result.get("enabled"):
         return "off (pretrain.enabled: false); finetune starts from the backbone"
-    return (f"held-out MLM loss {result['heldout_loss_before']:.3f} -> "
-            f"{result['heldout_loss_after']:.3f} on {result['texts']}")
+    loss = ""
+    if "heldout_loss_after" in result:
+        warm = result.get("heldout_loss_after_head_warmup")
+        loss = (f"held-out {result['objective']} loss {result['heldout_loss_before']:.3f} -> "
+                + (f"{warm:.3f} (head warm-up) -> " if warm is not None else "")
+                + f"{result['heldout_loss_after']:.3f}; ")
+    return f"{loss}{result['reason']} (on {result['texts']})"

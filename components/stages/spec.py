@@ -91,9 +91,13 @@ SPECS: dict[str, StageSpec] = {s.name: s for s in [
         code=("components/stages/prepare.py", "components/data.py", "components/token_data.py"),
         deps=(Dep(LABELED, "ingest", by_content=True),), outs=("${paths.prepared}",)),
     StageSpec(
-        "pretrain", "domain pretraining of the backbone (a marker when pretrain.enabled is off)",
-        params=("model.name_or_path", "model.max_length", "pretrain"),
-        code=("components/stages/pretrain.py", "components/pretrain.py", *_MODEL_CODE),
+        "pretrain", "domain pretraining of the backbone, kept only if a linear probe on "
+                    "frozen features says it helps (a marker when pretrain.enabled is off)",
+        params=("model.name_or_path", "model.max_length", "model.pooling", "pretrain",
+                "finetune.linear_probe"),
+        code=("components/stages/pretrain.py", "components/pretrain", "components/data.py",
+              "components/finetune/linear_probe.py", "components/finetune/batching.py",
+              "components/finetune/validation.py", *_MODEL_CODE),
         deps=(Dep(UNLABELED, "ingest", by_content=True), PREPARED),
         outs=("${paths.pretrained}",), switch="pretrain.enabled"),
     StageSpec(
