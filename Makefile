@@ -33,8 +33,9 @@ test-fast: install  ## tests without the slow and integration ones
 lint: install
 	$(VENV)/bin/ruff check .
 
-repro: install  ## the same pipeline without Prefect
+repro: install  ## the same pipeline without Prefect: dvc repro, then push the data
 	dvc repro
+	dvc push
 
 bench: install  ## every benchmark; results in bench/results/*.json
 	for b in bench/bench_*.py; do $(PY) -m bench.$$(basename $$b .py) || exit 1; done
@@ -46,4 +47,4 @@ serve: install  ## serve @champion over HTTP
 	tuneline serve
 
 clean:
-	rm -rf artifacts data/prepared mlartifacts mlflow.db .pytest_cache
+	rm -rf artifacts data/input data/prepared metrics mlartifacts mlflow.db .pytest_cache

@@ -64,7 +64,7 @@ def export(work: Path, overrides: list[str]) -> dict:
 def measure(bundle: Path, model_file: str, batch: int, repeats: int,
             overrides: list[str]) -> dict:
     """Served-path latency of one graph at one batch size (run in its own process)."""
-    from components.data import load_split
+    from components.data_io import load_split
     from components.predictor import OnnxClassifier
 
     params = _params(overrides)
@@ -94,8 +94,13 @@ def run_all(work: Path, overrides: list[str], repeats_b1: int, repeats_b32: int)
             latency[f"{name}_b{batch}"] = _isolated(
                 "measure", work, overrides, "--file", file, "--batch", str(batch),
                 "--repeats", str(repeats))
+    from components.gate import int8_rules
+
     drop_pt = 100 * parity["int8_accuracy_drop"]
     params = _params(overrides)
+    int8_verdict = int8_rules(parity, params.gate)
+    confident = sum(m >= params.gate.int8_confident_margin
+                    for m in parity["per_row"]["fp32_logit_margin"])
     write_result("export", {
         "command": "python -m bench.bench_export " + " ".join(sys.argv[1:]),
         "model": f"{params.model.name_or_path} fine-tuned on the demo corpus "
@@ -108,10 +113,16 @@ def run_all(work: Path, overrides: list[str], repeats_b1: int, repeats_b32: int)
         "parity_batch_size": params.evaluate.batch_size,
         "agreement_b1": parity["int8_agreement_b1"],
         "accuracy_int8_b1": parity["accuracy_int8_b1"],
-        "int8_disagreement_max_fp32_margin": parity["int8_disagreement_max_margin"],
+        "int8_flip_max_fp32_logit_margin": parity["int8_flip_max_logit_margin"],
+        "confident_rows": confident,
+        "agreement_on_confident_rows": 1 - int8_verdict[0]["value"] / max(confident, 1),
+        "int8_confident_flips": int8_verdict[0]["value"],
+        "int8_near_tie_flips": int8_verdict[0]["near_tie_flips"],
+        "confident_margin": params.gate.int8_confident_margin,
+        "int8_accuracy_change_ci": [int8_verdict[1]["ci_low"], int8_verdict[1]["ci_high"]],
+        "gate_int8_rules_passed": all(r["passed"] for r in int8_verdict),
         "quantization": {"method": "dynamic", "weight_type": "QInt8",
-                         "per_channel": params.export.per_channel,
-                         "per_token_ffn": params.export.per_token_ffn},
+                         "per_channel": params.export.per_channel},
         "max_logit_diff_torch_vs_fp32":
             parity["max_logit_diff"], "max_logit_diff_int8_vs_fp32":
             parity["int8_max_logit_diff"],

@@ -1,19 +1,23 @@
-"""Serving under load: MiniLM-L6 int8 over HTTP on loopback, @champion moved mid-run.
+"""Serving under load: MiniLM-L6 int8 over HTTP on loopback, against the runtime's ceiling.
 
     flock /tmp/tuneline-cpu.lock .venv/bin/python -m bench.bench_serve \
-        [--clients 16] [--seconds 30] [--per-request 1] [--model-dir DIR]
+        [--clients 16] [--seconds 30] [--per-request 1] [--sat-clients 32] [--model-dir DIR]
 
 1. A fine-tuned all-MiniLM-L6-v2 classifier on the demo corpus (--model-dir, or trained
    here for --train-steps steps on its own copy of the demo corpus, cached under
    bench/.cache/serve/ so reruns skip training), exported twice
    with the project's exporter (per-channel and per-tensor int8: two distinct versions).
 2. Both registered in a fresh MLflow SQLite store: v1 @champion, v2 @challenger.
-3. `python -m deploy.serve` follows @champion (serve.reload_interval_s from --reload-s).
-4. Raw ONNX Runtime int8 batch-1 latency in its own process (before and after the HTTP
-   runs), HTTP batch-1 latency from a sequential client, then N concurrent clients for
-   T seconds; halfway through, v2 is promoted and the server must switch without failing
-   a request.
-Goals: 0 failed requests, >= 400 texts/s, HTTP batch-1 p50 <= 2x raw ORT int8 batch-1 p50.
+3. The ceiling: the best texts/s ONNX Runtime reaches in one process on the same test
+   texts (`bench.serve_ceiling`: batch sizes up to serve.max_batch, thread layouts on the
+   same 2 cores, padding schemes, spinning), and raw batch-1 latency.
+4. `python -m deploy.serve` follows @champion. HTTP batch-1 latency from a sequential
+   client; then saturation: --sat-clients concurrent clients for --seconds with the CPU of
+   every server thread and of the client accounted (`bench.serve_profile`); then
+   --clients clients while v2 is promoted halfway: the server must switch without
+   failing a request.
+Goals: 0 failed requests; HTTP texts/s at saturation >= 0.9 x the in-process ceiling;
+HTTP batch-1 p50 <= 2x raw ORT int8 batch-1 p50.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -32,11 +37,13 @@ import httpx
 import yaml
 
 from bench.common import PROJECT_ROOT, run_isolated, write_result
+from bench.serve_profile import ForeignLoad, cpu_profile, server_counters, thread_cpu
 from components.config import Params, load_params
 
 WORK = PROJECT_ROOT / "bench" / ".cache" / "serve"
-GOAL_TEXTS_PER_S = 400.0
+GOAL_CEILING_RATIO = 0.9
 GOAL_LATENCY_RATIO = 2.0
+CORES = 2
 
 
 def bench_params(work: Path, args: argparse.Namespace) -> Params:
@@ -90,8 +97,10 @@ def exported_bundles(params: Params, model_dir: Path, prepared: Path, work: Path
     return out
 
 
-def fresh_registry(params: Params, work: Path, bundles: list[Path]) -> list[str]:
-    """A new SQLite store with bundles[0] @champion and bundles[1] @challenger."""
+def fresh_registry(params: Params, work: Path, bundles: list[Path], prepared: Path
+                   ) -> list[str]:
+    """A new SQLite store with bundles[0] @champion and bundles[1] @challenger (both with
+    their prediction reference, so the server pays for drift monitoring as in production)."""
     from components.registry import publish
     from components.tracking import start_run
 
@@ -101,8 +110,8 @@ def fresh_registry(params: Params, work: Path, bundles: list[Path]) -> list[str]
     for bundle, passed in zip(bundles, (True, False), strict=True):
         run_id = start_run(params, None, run_name=f"bench-serve-{bundle.name}")
         versions.append(publish(params, run_id, bundle,
-                                {"passed": passed, "reasons": [] if passed else ["bench"]})
-                        ["version"])
+                                {"passed": passed, "reasons": [] if passed else ["bench"]},
+                                prepared_dir=prepared)["version"])
     return versions
 
 
@@ -172,8 +181,63 @@ def load_with_champion_move(params: Params, url: str, texts_file: Path, args, ne
     return result
 
 
+def saturation(url: str, pid: int, texts_file: Path, args, seconds: float,
+               ceiling: float) -> dict:
+    """--sat-clients clients, no champion move; CPU accounted per thread and per stage."""
+    cpu0, counters0 = thread_cpu(pid), server_counters(url)
+    load = run_isolated("bench.serve_load", "load", "--url", url, "--texts", str(texts_file),
+                        "--clients", str(args.sat_clients), "--seconds", str(seconds),
+                        "--per-request", str(args.sat_per_request))
+    cpu1, counters1 = thread_cpu(pid), server_counters(url)
+    return {**load, "profile": cpu_profile((cpu0, cpu1), (counters0, counters1), load,
+                                           ceiling, CORES)}
+
+
+def interleaved(url: str, pid: int, bundle: Path, texts_file: Path, args, cell: dict) -> dict:
+    """Rounds of [the ceiling's best cell in process, then HTTP at saturation], same length.
+
+    Other jobs on a shared machine come and go: each phase records how many cores other
+    processes kept busy, a round counts as quiet when both phases stayed under
+    --max-foreign cores, and rounds go on until --rounds quiet ones (at most 3x as many
+    tries). The ratio is the median over quiet rounds (over all, flagged, if none was).
+    The CPU ratio (ceiling's CPU per text / server + client CPU per text) hardly depends
+    on other jobs: it bounds what the throughput ratio can reach on idle cores.
+    """
+    key = {k: cell[k] for k in ("threads", "streams", "batch", "padding", "spinning")}
+    run_isolated("bench.serve_load", "load", "--url", url, "--texts", str(texts_file),
+                 "--clients", str(args.sat_clients), "--seconds", "3")  # warm-up
+    rounds = []
+    for _ in range(3 * args.rounds):
+        with ForeignLoad(pid) as ort_side:
+            ort = run_isolated("bench.serve_ceiling", "--bundle", str(bundle), "--texts",
+                               str(texts_file), "--cell", json.dumps(key), "--seconds",
+                               str(args.round_seconds))
+        with ForeignLoad(pid) as http_side:
+            http = saturation(url, pid, texts_file, args, args.round_seconds,
+                              ort["texts_per_s"])
+        foreign = max(ort_side.cores, http_side.cores)
+        rounds.append({"ort_texts_per_s": ort["texts_per_s"],
+                       "http_texts_per_s": http["texts_per_s"],
+                       "ratio": http["texts_per_s"] / ort["texts_per_s"],
+                       "cpu_ratio": ort["cpu_us_per_text"] / http["profile"]["cpu_us_per_text"],
+                       "ort_cpu_us_per_text": ort["cpu_us_per_text"],
+                       "foreign_cores": foreign, "quiet": foreign < args.max_foreign, **http})
+        if sum(r["quiet"] for r in rounds) >= args.rounds:
+            break
+    used = [r for r in rounds if r["quiet"]] or rounds
+
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in used)
+
+    return {"cell": key, "rounds": rounds, "quiet_rounds": sum(r["quiet"] for r in rounds),
+            "max_foreign_cores": args.max_foreign, "median_ratio": median("ratio"),
+            "median_cpu_ratio": median("cpu_ratio"),
+            "median_ort_texts_per_s": median("ort_texts_per_s"),
+            "median_http_texts_per_s": median("http_texts_per_s")}
+
+
 def run(args: argparse.Namespace) -> dict:
-    from components.data import load_split
+    from components.data_io import load_split
 
     work = WORK
     work.mkdir(parents=True, exist_ok=True)
@@ -184,7 +248,7 @@ def run(args: argparse.Namespace) -> dict:
     bundles = exported_bundles(params, Path(model["model_dir"]), prepared, work)
     if args.prepare_only:
         return {"prepared_only": True, "model": model, "bundles": [str(b) for b in bundles]}
-    versions = fresh_registry(params, work, bundles)
+    versions = fresh_registry(params, work, bundles, prepared)
     texts, _ = load_split(prepared, "test")
     texts_file = work / "texts.json"
     texts_file.write_text(json.dumps(texts))
@@ -192,6 +256,12 @@ def run(args: argparse.Namespace) -> dict:
                 "--repeats", str(args.repeats), "--threads", str(params.serve.threads),
                 *(["--spinning"] if params.serve.ort_spinning else [])]
     raw_before = run_isolated("bench.serve_load", *raw_args)
+    cfg = params.serve
+    ceiling = run_isolated(
+        "bench.serve_ceiling", "--bundle", str(bundles[0]), "--texts", str(texts_file),
+        "--max-batch", str(cfg.max_batch), "--threads", str(cfg.threads), "--workers",
+        str(cfg.workers), "--call-cost", str(cfg.bucket_call_cost_tokens),
+        "--seconds", "1", "--repeats", "2", *(["--spinning"] if cfg.ort_spinning else []))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_server(params, work, port)
@@ -199,6 +269,7 @@ def run(args: argparse.Namespace) -> dict:
         first = wait_ready(url, server)
         latency = run_isolated("bench.serve_load", "latency", "--url", url, "--texts",
                                str(texts_file), "--repeats", str(args.repeats))
+        sat = interleaved(url, server.pid, bundles[0], texts_file, args, ceiling["ceiling"])
         load = load_with_champion_move(params, url, texts_file, args, versions[1])
         final = httpx.get(url + "/readyz").json()
         server_metrics = scrape(url)
@@ -208,20 +279,22 @@ def run(args: argparse.Namespace) -> dict:
     raw_after = run_isolated("bench.serve_load", *raw_args)
     args.loadavg = {"before": load_before, "after": os.getloadavg()}
     return summarize(params, model, versions, first, final, raw_before, raw_after, latency,
-                     load, server_metrics, args)
+                     load, server_metrics, args, ceiling, sat)
 
 
 def summarize(params, model, versions, first, final, raw_before, raw_after, latency, load,
-              server_metrics, args) -> dict:
+              server_metrics, args, ceiling, sat) -> dict:
     # The stricter (faster) of the two raw runs is the reference for the ratio.
     raw_p50 = min(raw_before["session_run_b1"]["p50_ms"], raw_after["session_run_b1"]["p50_ms"])
     raw_predict_p50 = min(raw_before["predict_b1"]["p50_ms"], raw_after["predict_b1"]["p50_ms"])
     http_p50 = latency["latency_b1"]["p50_ms"]
     batches = server_metrics.get("tuneline_batch_size_texts_count", 0)
     switched = final["model_version"] == versions[1] and versions[1] in load["versions"]
+    ratio = sat["median_ratio"]
     goals = {
-        "zero_failed_requests": load["failed_requests"] == 0 and latency["failures"] == 0,
-        "throughput_texts_per_s": load["texts_per_s"] >= GOAL_TEXTS_PER_S,
+        "zero_failed_requests": load["failed_requests"] == 0 and latency["failures"] == 0
+        and all(r["failed_requests"] == 0 for r in sat["rounds"]),
+        "http_over_ceiling": ratio >= GOAL_CEILING_RATIO,
         "b1_p50_within_2x_raw_ort": http_p50 <= GOAL_LATENCY_RATIO * raw_p50,
         "champion_switched_under_load": switched,
     }
@@ -231,6 +304,16 @@ def summarize(params, model, versions, first, final, raw_before, raw_after, late
         "raw_ort_int8": {"before": raw_before, "after": raw_after,
                          "session_run_b1_p50_ms": raw_p50,
                          "tokenize_run_b1_p50_ms": raw_predict_p50},
+        "ceiling_grid": ceiling,
+        "saturation": sat,
+        "ort_ceiling_texts_per_s": sat["median_ort_texts_per_s"],
+        "http_texts_per_s_at_saturation": sat["median_http_texts_per_s"],
+        "http_over_ceiling": ratio,
+        "cpu_ratio": sat["median_cpu_ratio"],
+        # the grid's best cell without the global length sort, measured in the grid phase
+        "grid_best_without_global_sort_over_best": (
+            ceiling["ceiling_without_global_sort"]["texts_per_s"]
+            / ceiling["ceiling"]["texts_per_s"]),
         "http_b1": latency,
         "http_b1_p50_over_raw_session_run": http_p50 / raw_p50,
         "http_b1_p50_over_raw_tokenize_run": http_p50 / raw_predict_p50,
@@ -239,7 +322,7 @@ def summarize(params, model, versions, first, final, raw_before, raw_after, late
                    server_metrics.get("tuneline_batch_size_texts_sum", 0) / max(batches, 1),
                    "first_version": first["model_version"],
                    "final_version": final["model_version"]},
-        "goals": {"min_texts_per_s": GOAL_TEXTS_PER_S, "max_b1_ratio": GOAL_LATENCY_RATIO,
+        "goals": {"min_http_over_ceiling": GOAL_CEILING_RATIO, "max_b1_ratio": GOAL_LATENCY_RATIO,
                   "met": goals, "all_met": all(goals.values())},
         # 1-minute load averages: how busy the 2-core machine was around the run
         "loadavg_1m": {k: v[0] for k, v in args.loadavg.items()},
@@ -254,6 +337,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--per-request", type=int, default=1, help="texts per request")
+    parser.add_argument("--sat-clients", type=int, default=32,
+                        help="clients of the saturation run")
+    parser.add_argument("--sat-per-request", type=int, default=1,
+                        help="texts per request in the saturation run")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternating ceiling / HTTP saturation rounds")
+    parser.add_argument("--round-seconds", type=float, default=8.0)
+    parser.add_argument("--max-foreign", type=float, default=0.1,
+                        help="cores other processes may keep busy in a quiet round")
     parser.add_argument("--repeats", type=int, default=300, help="batch-1 latency samples")
     parser.add_argument("--reload-s", type=float, default=2.0, help="serve.reload_interval_s")
     parser.add_argument("--train-steps", type=int, default=150)

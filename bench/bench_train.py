@@ -35,7 +35,7 @@ def bench_steps(repeats: int) -> dict:
 
 def bench_accuracy(overrides: list[str]) -> dict:
     from components.config import load_params
-    from components.data import load_label_map, load_split
+    from components.data_io import load_label_map, load_split
 
     sets = [a for o in overrides for a in ("--set", o)]
     with tempfile.TemporaryDirectory() as tmp:

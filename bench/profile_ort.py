@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.common import PROJECT_ROOT, write_result
 from components.config import load_params
-from components.data import load_split
+from components.data_io import load_split
 from components.export import INT8_MODEL
 from components.predictor import OnnxClassifier
 

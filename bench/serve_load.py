@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import statistics
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
+from orjson import loads
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
@@ -78,17 +80,24 @@ class Conn:
     async def open(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
 
-    async def post(self, texts: list[str]) -> tuple[int, dict]:
+    def request(self, texts: list[str]) -> bytes:
+        """The bytes of one predict request (built once per distinct body by callers)."""
         body = json.dumps({"texts": texts}).encode()
         head = (f"POST /v1/predict HTTP/1.1\r\nHost: {self.host}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
-        self.writer.write(head.encode() + body)
+        return head.encode() + body
+
+    async def post(self, texts: list[str]) -> tuple[int, dict]:
+        return await self.send(self.request(texts))
+
+    async def send(self, request: bytes) -> tuple[int, dict]:
+        self.writer.write(request)
         raw = await self.reader.readuntil(b"\r\n\r\n")
         lines = raw.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
         length = next(int(x.split(":", 1)[1]) for x in lines[1:]
                       if x.lower().startswith("content-length:"))
-        return status, json.loads(await self.reader.readexactly(length))
+        return status, loads(await self.reader.readexactly(length))
 
     async def close(self) -> None:
         if self.writer is not None:
@@ -111,17 +120,17 @@ async def measure_latency(url: str, texts: list[str], repeats: int) -> dict:
     return {"latency_b1": percentiles(samples), "failures": failures}
 
 
-async def _client(url: str, texts: list[str], per_request: int, stop_at: float, offset: int,
+async def _client(url: str, requests: list[bytes], stop_at: float, offset: int,
                   out: dict) -> None:
     conn = Conn(url)
     await conn.open()
     i = offset
     while time.perf_counter() < stop_at:
-        batch = [texts[(i + j) % len(texts)] for j in range(per_request)]
-        i += per_request
+        request = requests[i % len(requests)]
+        i += 1
         t0 = time.perf_counter()
         try:
-            status, body = await conn.post(batch)
+            status, body = await conn.send(request)
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             out["errors"].append(repr(exc))
             await conn.close()
@@ -143,13 +152,22 @@ async def _client(url: str, texts: list[str], per_request: int, stop_at: float, 
 async def measure_load(url: str, texts: list[str], clients: int, seconds: float,
                        per_request: int) -> dict:
     """`clients` concurrent connections posting `per_request` texts each for `seconds`."""
+    # Every request body is encoded before the clock starts: the client shares the server's
+    # two cores, and its CPU is not what is being measured.
+    conn = Conn(url)
+    requests = [conn.request([texts[(i + j) % len(texts)] for j in range(per_request)])
+                for i in range(0, len(texts) * per_request, per_request)]
     out = {"latency_ms": [], "errors": [], "texts": 0, "versions": {}, "first_seen": {}}
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     stop_at = t0 + seconds
-    await asyncio.gather(*(_client(url, texts, per_request, stop_at, k * 97, out)
+    await asyncio.gather(*(_client(url, requests, stop_at, k * 97, out)
                            for k in range(clients)))
     elapsed = time.perf_counter() - t0
-    return {"clients": clients, "seconds": elapsed, "per_request": per_request,
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    client_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    return {"clients": clients, "client_cpu_s": client_cpu, "seconds": elapsed,
+            "per_request": per_request,
             "requests": len(out["latency_ms"]), "failed_requests": len(out["errors"]),
             "error_examples": out["errors"][:5], "texts": out["texts"],
             "texts_per_s": out["texts"] / elapsed, "latency": percentiles(out["latency_ms"]),

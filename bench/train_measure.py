@@ -42,7 +42,7 @@ def measure_step(mode: str, repeats: int) -> dict[str, Any]:
     import torch
     from transformers import logging as hf_logging
 
-    from components.data import load_label_map, load_split
+    from components.data_io import load_label_map, load_split
     from components.finetune.base import build_strategy
     from components.finetune.validation import classification_loss
     from components.modeling import build_classifier, trainable_parameters
@@ -83,7 +83,7 @@ def measure_finetune(out: Path, overrides: list[str]) -> dict[str, Any]:
     import torch
     from transformers import logging as hf_logging
 
-    from components.data import load_split
+    from components.data_io import load_split
     from components.evaluate import accuracy, macro_f1, torch_logits
     from components.finetune import train
     from components.modeling import load_trained
@@ -120,7 +120,7 @@ def measure_tfidf() -> dict[str, Any]:
     the whole text, and on only the first `model.max_length` tokens (what the model sees)."""
     from transformers import AutoTokenizer
 
-    from components.data import load_split
+    from components.data_io import load_split
     from components.modeling import resolve_backbone
 
     params = _params([])
@@ -162,7 +162,7 @@ def measure_mlm(out: Path) -> dict[str, Any]:
     """MLM pretraining of MiniLM-L6 on the demo corpus's unlabeled text (params.yaml)."""
     from transformers import logging as hf_logging
 
-    from components.data import load_unlabeled
+    from components.data_io import load_unlabeled
     from components.pretrain import pretrain_mlm
 
     hf_logging.set_verbosity_error()

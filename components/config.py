@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
@@ -37,15 +44,22 @@ class Section(BaseModel):
 
 
 class PathsConfig(Section):
+    """Where things are. No stage fingerprint includes a path: a path says where an input or
+    output lives, its content says what it is."""
+
     raw: Path = Path("data/demo/labeled.jsonl")
+    unlabeled: Path | None = None
     corpus: Path = Path("data/demo")
+    input: Path = Path("data/input")
     prepared: Path = Path("data/prepared")
     pretrained: Path = Path("artifacts/pretrained")
     model: Path = Path("artifacts/model")
+    compressed: Path = Path("artifacts/compressed")
     checkpoints: Path = Path("artifacts/checkpoints")
     eval: Path = Path("artifacts/eval")
     export: Path = Path("artifacts/export")
     gate: Path = Path("artifacts/gate")
+    metrics: Path = Path("metrics")
 
 
 class DataConfig(Section):
@@ -59,6 +73,8 @@ class DataConfig(Section):
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     split_salt: str = "tuneline"
+    group_column: str | None = None
+    near_duplicate_jaccard: float = Field(0.8, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _fractions_leave_training_rows(self) -> DataConfig:
@@ -77,7 +93,7 @@ class DemoConfig(Section):
 class ModelConfig(Section):
     name_or_path: str = "packaged:all-MiniLM-L6-v2"
     max_length: int = Field(64, ge=8)
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: Literal["cls", "mean"] = "mean"
     num_threads: int = Field(2, ge=1)
 
 
@@ -122,7 +138,12 @@ class EarlyStoppingConfig(Section):
     min_delta: float = Field(0.0, ge=0.0)
 
 
-class AdamWConfig(Section):
+class StrategySection(Section):
+    """Base of a strategy's own section: `finetune.<name>` holds the settings of strategy
+    `name`, so the valid values of `finetune.strategy` are these sections' names."""
+
+
+class AdamWConfig(StrategySection):
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
@@ -131,7 +152,7 @@ class AdamWConfig(Section):
     ema_decay: float = Field(0.0, ge=0, lt=1)
 
 
-class ZOSection(Section):
+class ZOSection(StrategySection):
     """Settings every zeroth-order strategy shares: what it perturbs, and the noise table.
 
     An estimate's variance grows with the number of values perturbed, so `target` narrows
@@ -229,6 +250,7 @@ class FinetuneConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 42
     batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
     sort_window: int = Field(20, ge=0)
     max_steps: int = Field(500, ge=1)
     eval_every: int = Field(50, ge=1)
@@ -243,6 +265,39 @@ class FinetuneConfig(Section):
     cem: CEMConfig = Field(default_factory=CEMConfig)
     linear_probe: LinearProbeConfig = Field(default_factory=LinearProbeConfig)
 
+    @field_validator("strategy")
+    @classmethod
+    def _strategy_is_known(cls, value: str) -> str:
+        if value not in strategy_names():
+            raise ValueError(f"unknown strategy {value!r}; valid: {', '.join(strategy_names())}")
+        return value
+
+
+def strategy_names() -> list[str]:
+    """Valid `finetune.strategy` values: the names of the strategy sections of `finetune`."""
+    return sorted(name for name, field in FinetuneConfig.model_fields.items()
+                  if isinstance(field.annotation, type)
+                  and issubclass(field.annotation, StrategySection))
+
+
+class CompressConfig(Section):
+    enabled: bool = False
+    keep_layers: list[int] = Field(default_factory=lambda: [0, 2, 4])
+    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)
+    unlabeled: bool = True
+    max_steps: int = Field(600, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    eval_every: int = Field(100, ge=1)
+
+    @field_validator("keep_layers")
+    @classmethod
+    def _some_layers(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("keep at least one layer")
+        return value
+
 
 class EvaluateConfig(Section):
     ece_bins: int = Field(15, ge=1)
@@ -252,29 +307,47 @@ class EvaluateConfig(Section):
 class ExportConfig(Section):
     opset: int = Field(18, ge=13)
     per_channel: bool = True
-    per_token_ffn: bool = False
     parity_max_rows: int = Field(0, ge=0)
     latency_repeats: int = Field(50, ge=1)
+
+
+GATED_METRICS = ("accuracy", "macro_f1")
 
 
 class NoiseConfig(Section):
     method: Literal["bootstrap", "mcnemar"] = "bootstrap"
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     resamples: int = Field(1000, ge=100)
-    within_noise: Literal["promote", "reject"] = "promote"
     seed: int = 0
 
 
 class GateConfig(Section):
-    min_metrics: dict[str, float] = Field(default_factory=lambda: {"accuracy": 0.5})
-    max_drop_vs_champion: dict[str, float] = Field(default_factory=lambda: {"accuracy": 0.0})
+    min_metrics: dict[str, float] = Field(
+        default_factory=lambda: {"accuracy": 0.5, "macro_f1": 0.4})
+    max_drop_vs_champion: dict[str, float] = Field(
+        default_factory=lambda: {"accuracy": 0.0, "macro_f1": 0.01})
+    compare: Literal["tolerance", "non_inferiority"] = "tolerance"
+    non_inferiority_margin: dict[str, float] = Field(
+        default_factory=lambda: {"accuracy": 0.01, "macro_f1": 0.01})
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
-    int8_min_agreement: float = Field(0.98, ge=0, le=1)
+    int8_confident_margin: float = Field(1.0, ge=0)
     int8_max_accuracy_drop: float = Field(0.01, ge=0, le=1)
     max_logit_diff: float = Field(1e-3, gt=0)
     max_latency_p95_ms: float = Field(50.0, gt=0)
     max_size_mb: float = Field(40.0, gt=0)
     fail_run_on_reject: bool = False
+
+    @model_validator(mode="after")
+    def _metrics_are_known(self) -> GateConfig:
+        for section in ("min_metrics", "max_drop_vs_champion", "non_inferiority_margin"):
+            for name in getattr(self, section):
+                if name not in GATED_METRICS:
+                    raise ValueError(f"{section}.{name}: unknown metric; valid: "
+                                     f"{', '.join(GATED_METRICS)}")
+        missing = set(self.max_drop_vs_champion) - set(self.non_inferiority_margin)
+        if self.compare == "non_inferiority" and missing:
+            raise ValueError(f"non_inferiority_margin needs a margin for {sorted(missing)}")
+        return self
 
 
 class RegistryConfig(Section):
@@ -294,15 +367,62 @@ class ServeConfig(Section):
     max_text_chars: int = Field(2000, ge=1)
     reload_interval_s: float = Field(10, gt=0)
     threads: int = Field(2, ge=1)
-    workers: int = Field(1, ge=1)
+    workers: int = Field(2, ge=1)
     bucket_call_cost_tokens: int = Field(64, ge=0)
     ort_spinning: bool = False
+    gil_switch_interval_ms: float = Field(5.0, gt=0)
+
+
+class AlertsConfig(Section):
+    """Thresholds of the Prometheus alert rules rendered into deploy/monitoring/."""
+
+    rate_window_minutes: int = Field(5, ge=1)
+    max_error_ratio: float = Field(0.01, gt=0, lt=1)
+    error_for_minutes: int = Field(5, ge=0)
+    max_p99_latency_s: float = Field(0.25, gt=0)
+    latency_for_minutes: int = Field(10, ge=0)
+    readiness_window_minutes: int = Field(15, ge=1)
+    max_readiness_changes: int = Field(3, ge=1)
+    max_model_age_days: float = Field(14, gt=0)
+    max_psi: float = Field(0.25, gt=0)
+    drift_for_minutes: int = Field(30, ge=0)
+
+
+class MonitoringConfig(Section):
+    """Prediction-distribution monitoring: reference bins, live PSI window, alert rules."""
+
+    confidence_bins: list[float] = Field(
+        default_factory=lambda: [0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0])
+    psi_window: int = Field(2000, ge=10)
+    psi_min_predictions: int = Field(200, ge=1)
+    psi_epsilon: float = Field(1e-4, gt=0, lt=0.1)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+
+    @model_validator(mode="after")
+    def _valid_bins_and_window(self) -> MonitoringConfig:
+        from components.drift import check_edges
+
+        check_edges(self.confidence_bins)
+        if self.psi_min_predictions > self.psi_window:
+            raise ValueError("psi_min_predictions must be <= psi_window")
+        return self
 
 
 class ScheduleConfig(Section):
     cron: str = "0 3 * * 1"
     timezone: str = "UTC"
     sensor_interval_s: int = Field(600, ge=10)
+    dedupe_s: int = Field(3600, ge=0)
+    when_busy: Literal["wait", "skip"] = "wait"
+    runs_at_once: int = Field(4, ge=1)
+
+
+class UIConfig(Section):
+    host: str = "127.0.0.1"
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    mlflow_port: int = Field(5000, ge=1, le=65535)
+    start_timeout_s: float = Field(120, gt=0)
+    auth_db: Path = Path("mlflow-auth.db")
 
 
 class Params(Section):
@@ -313,12 +433,15 @@ class Params(Section):
     peft: PeftConfig = Field(default_factory=PeftConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    compress: CompressConfig = Field(default_factory=CompressConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    ui: UIConfig = Field(default_factory=UIConfig)
 
     def hash(self) -> str:
         """Short stable hash of the validated params (for lineage and caching)."""
@@ -335,6 +458,7 @@ def _format_error(err: ValidationError) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = msg.removeprefix("Value error, ")
         lines.append(f"{key}: {msg}")
     return "invalid params: " + "; ".join(lines)
 
@@ -370,6 +494,24 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
             node = child
         node[parts[-1]] = value
     return out
+
+
+def named_overrides(*, data_path: str | Path | None = None, strategy: str | None = None,
+                    peft_method: str | None = None, pretrain: bool | None = None,
+                    max_steps: int | None = None) -> list[str]:
+    """The `--set` equivalents of the named run options: `--input X` is `paths.raw=X`, ..."""
+    sets = []
+    if data_path is not None and str(data_path) != "":
+        sets.append(f"paths.raw={data_path}")
+    if strategy is not None:
+        sets.append(f"finetune.strategy={strategy}")
+    if peft_method is not None:
+        sets.append(f"peft.method={peft_method}")
+    if pretrain is not None:
+        sets.append(f"pretrain.enabled={str(pretrain).lower()}")
+    if max_steps is not None:
+        sets.append(f"finetune.max_steps={max_steps}")
+    return sets
 
 
 def validate_params(raw: dict[str, Any]) -> Params:

@@ -1,10 +1,13 @@
-"""Load, validate, quarantine and split labeled text; read prepared splits back.
+"""Validate, quarantine and split labeled text into the prepared folder.
 
 Prepared folder layout (written by `prepare_dataset`, read by every later stage):
     train.jsonl / validation.jsonl / test.jsonl   one {"text": str, "label": str} per line
     labels.json                                   {"labels": [name, ...]}  index = class id
-    report.json                                   rows_in, rows_ok, quarantined, class counts
+    report.json                                   rows_in, rows_ok, quarantined, class counts,
+                                                  near-duplicate pairs across splits
     quarantine.jsonl                              every rejected row with its reason
+With `data.group_column`, a row also keeps its "group", and the split is decided by the
+group, so every row of one group (a customer, a thread) lands in the same split.
 """
 
 from __future__ import annotations
@@ -14,16 +17,19 @@ import json
 import math
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from components.config import DataConfig
+from components.data_io import (
+    SPLITS,
+    DataValidationError,
+    md5_file,
+    read_rows,
+    write_jsonl,
+)
 from components.io import atomic_dir
-
-SPLITS = ("train", "validation", "test")
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet",
-           ".pq": "parquet"}
 
 # Quarantine reasons, in the order a row is checked.
 TEXT_NOT_STRING = "text_not_string"
@@ -34,78 +40,7 @@ OVERLONG_TEXT = "overlong_text"
 DUPLICATE = "duplicate"
 CONFLICTING_LABELS = "conflicting_labels"
 MALFORMED_ROW = "malformed_row"
-
-
-class DataValidationError(ValueError):
-    """The input cannot be prepared: missing columns, too many bad rows, too few classes."""
-
-
-# ---------------------------------------------------------------------------- reading
-
-
-def read_rows(path: str | Path, text_column: str, label_column: str) -> Iterator[dict[str, Any]]:
-    """Yield {"text", "label", "line"} per input row; the format comes from the extension.
-
-    Values keep their original types (a JSONL number stays a number) so validation can
-    tell a non-string text apart. A JSONL line that is not a JSON object is yielded with
-    key "malformed" and quarantined later.
-
-    Raises:
-        DataValidationError: unknown extension, missing file or missing column.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataValidationError(f"input not found: {path}")
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise DataValidationError(
-            f"{path}: unsupported extension {path.suffix!r}; use one of {sorted(FORMATS)}")
-    if fmt == "jsonl":
-        yield from _read_jsonl(path, text_column, label_column)
-        return
-    import pandas as pd
-
-    if fmt == "csv":
-        # keep_default_na=False: an empty cell is "", not NaN, and "NA" stays a word.
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    else:
-        frame = pd.read_parquet(path)
-    _require_columns(path, list(frame.columns), text_column, label_column)
-    texts = frame[text_column].tolist()
-    labels = frame[label_column].tolist()
-    for i, (text, label) in enumerate(zip(texts, labels, strict=True)):
-        yield {"text": text, "label": label, "line": i + 2 if fmt == "csv" else i + 1}
-
-
-def _read_jsonl(path: Path, text_column: str, label_column: str) -> Iterator[dict[str, Any]]:
-    seen_columns = False
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield {"malformed": f"invalid JSON ({exc.msg})", "raw": line.rstrip("\n"),
-                       "line": lineno}
-                continue
-            if not isinstance(obj, dict):
-                yield {"malformed": "not a JSON object", "raw": line.rstrip("\n"),
-                       "line": lineno}
-                continue
-            if not seen_columns:
-                _require_columns(path, list(obj), text_column, label_column)
-                seen_columns = True
-            yield {"text": obj.get(text_column), "label": obj.get(label_column),
-                   "line": lineno}
-
-
-def _require_columns(path: Path, columns: list[str], text_column: str, label_column: str):
-    missing = [c for c in (text_column, label_column) if c not in columns]
-    if missing:
-        raise DataValidationError(
-            f"{path}: missing column(s) {missing}; found {columns}. Set data.text_column / "
-            "data.label_column in params.yaml to the names your file uses.")
+MISSING_GROUP = "missing_group"
 
 
 # ---------------------------------------------------------------------------- validation
@@ -150,16 +85,19 @@ def check_row(row: dict[str, Any], cfg: DataConfig) -> tuple[str | None, str, st
 
 def validate_rows(rows: list[dict[str, Any]], cfg: DataConfig
                   ) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
-    """Split raw rows into accepted {"text","label"} rows and quarantined rows with reasons.
+    """Split raw rows into accepted {"text","label"(,"group")} rows and quarantined rows.
 
     Exact duplicates (same text, same label) keep their first occurrence. A text seen with
     more than one label is ambiguous: every row of it is quarantined, since which label is
-    right cannot be known here.
+    right cannot be known here. With `cfg.group_column`, a row without a group is
+    quarantined (its split could not follow its group).
     """
     checked = []
     labels_by_text: dict[str, set[str]] = defaultdict(set)
     for row in rows:
         reason, norm, label = check_row(row, cfg)
+        if reason is None and cfg.group_column and _blank(row.get("group")):
+            reason = MISSING_GROUP
         checked.append((row, reason, norm, label))
         if reason is None:
             labels_by_text[norm].add(label)
@@ -174,10 +112,23 @@ def validate_rows(rows: list[dict[str, Any]], cfg: DataConfig
             reason = DUPLICATE
         if reason is None:
             seen.add(norm)
-            accepted.append({"text": norm, "label": label})
+            kept = {"text": norm, "label": label}
+            if cfg.group_column:
+                kept["group"] = _group_key(row["group"])
+            accepted.append(kept)
         else:
             quarantined.append(_quarantine_record(row, reason))
     return accepted, quarantined
+
+
+def _blank(value: Any) -> bool:
+    return _is_missing(value) or not str(value).strip()
+
+
+def _group_key(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
 
 
 def _quarantine_record(row: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -186,6 +137,8 @@ def _quarantine_record(row: dict[str, Any], reason: str) -> dict[str, Any]:
         record.update(detail=row["malformed"], raw=row["raw"])
     else:
         record.update(text=_jsonable(row["text"]), label=_jsonable(row["label"]))
+        if "group" in row:
+            record["group"] = _jsonable(row["group"])
     return record
 
 
@@ -200,13 +153,13 @@ def _jsonable(value: Any) -> Any:
 # ---------------------------------------------------------------------------- splitting
 
 
-def assign_split(text: str, cfg: DataConfig) -> str:
-    """Split of a normalized text, decided by a salted hash of the text alone.
+def assign_split(key: str, cfg: DataConfig) -> str:
+    """Split of a row, decided by a salted hash of its key (the text, or its group).
 
-    The hash maps the text to a point in [0, 1); the same text always lands in the same
+    The hash maps the key to a point in [0, 1); the same key always lands in the same
     split, so appending rows never moves an existing row.
     """
-    digest = hashlib.sha256(f"{cfg.split_salt}\x00{text}".encode()).digest()
+    digest = hashlib.sha256(f"{cfg.split_salt}\x00{key}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64
     if u < cfg.test_fraction:
         return "test"
@@ -216,14 +169,55 @@ def assign_split(text: str, cfg: DataConfig) -> str:
 
 
 def split_stable(rows: list[dict[str, str]], cfg: DataConfig) -> dict[str, list[dict[str, str]]]:
-    """Group accepted rows by `assign_split`, keeping input order within a split."""
+    """Group accepted rows by `assign_split` of their group (or text), keeping input order."""
     out: dict[str, list[dict[str, str]]] = {s: [] for s in SPLITS}
     for row in rows:
-        out[assign_split(row["text"], cfg)].append(row)
+        out[assign_split(row.get("group", row["text"]), cfg)].append(row)
     return out
 
 
 # ---------------------------------------------------------------------------- prepare
+
+
+@dataclass
+class CheckedDataset:
+    """An input file read and validated, not yet written anywhere."""
+
+    rows_in: int
+    accepted: list[dict[str, str]]
+    quarantined: list[dict[str, Any]]
+    labels: list[str]
+
+    @property
+    def reasons(self) -> dict[str, int]:
+        return dict(Counter(q["reason"] for q in self.quarantined).most_common())
+
+
+def check_dataset(input_path: str | Path, cfg: DataConfig) -> CheckedDataset:
+    """Read and validate `input_path` without writing anything.
+
+    Raises:
+        DataValidationError: missing file or columns, unsupported format, no usable rows,
+            fewer than two classes, or a quarantined fraction above `cfg.max_bad_fraction`.
+    """
+    rows = list(read_rows(input_path, cfg))
+    if not rows:
+        raise DataValidationError(f"{input_path}: no rows")
+    accepted, quarantined = validate_rows(rows, cfg)
+    checked = CheckedDataset(len(rows), accepted, quarantined,
+                             list(cfg.labels) or sorted({r["label"] for r in accepted}))
+    bad_fraction = len(quarantined) / len(rows)
+    if bad_fraction > cfg.max_bad_fraction:
+        raise DataValidationError(
+            f"{input_path}: {len(quarantined)} of {len(rows)} rows are bad "
+            f"({bad_fraction:.1%} > data.max_bad_fraction={cfg.max_bad_fraction:.1%}); "
+            f"reasons: {checked.reasons}. Nothing was written.")
+    present = {r["label"] for r in accepted}
+    if len(present) < 2:
+        raise DataValidationError(
+            f"{input_path}: need at least two classes among the valid rows, "
+            f"found {sorted(present)}")
+    return checked
 
 
 def prepare_dataset(input_path: str | Path, out_dir: str | Path, cfg: DataConfig
@@ -237,114 +231,37 @@ def prepare_dataset(input_path: str | Path, out_dir: str | Path, cfg: DataConfig
         The report (also written as report.json).
 
     Raises:
-        DataValidationError: missing columns, no usable rows, fewer than two classes, or a
-            quarantined fraction above `cfg.max_bad_fraction`.
+        DataValidationError: see `check_dataset`; also an empty train split.
     """
-    rows = list(read_rows(input_path, cfg.text_column, cfg.label_column))
-    if not rows:
-        raise DataValidationError(f"{input_path}: no rows")
-    accepted, quarantined = validate_rows(rows, cfg)
-    reasons = dict(Counter(q["reason"] for q in quarantined).most_common())
-    bad_fraction = len(quarantined) / len(rows)
-    if bad_fraction > cfg.max_bad_fraction:
-        raise DataValidationError(
-            f"{input_path}: {len(quarantined)} of {len(rows)} rows are bad "
-            f"({bad_fraction:.1%} > data.max_bad_fraction={cfg.max_bad_fraction:.1%}); "
-            f"reasons: {reasons}. Nothing was written.")
-    labels = list(cfg.labels) or sorted({r["label"] for r in accepted})
-    present = {r["label"] for r in accepted}
-    if len(present) < 2:
-        raise DataValidationError(
-            f"{input_path}: need at least two classes among the valid rows, "
-            f"found {sorted(present)}")
-    splits = split_stable(accepted, cfg)
+    from components.near_dup import cross_split_near_duplicates
+
+    checked = check_dataset(input_path, cfg)
+    splits = split_stable(checked.accepted, cfg)
     if not splits["train"]:
         raise DataValidationError(f"{input_path}: the train split is empty")
     report = {
-        "input": str(input_path),
-        "rows_in": len(rows),
-        "rows_ok": len(accepted),
-        "quarantined": reasons,
-        "bad_fraction": round(bad_fraction, 6),
-        "labels": labels,
+        "input": Path(input_path).name,
+        "input_md5": md5_file(Path(input_path)),
+        "rows_in": checked.rows_in,
+        "rows_ok": len(checked.accepted),
+        "quarantined": checked.reasons,
+        "bad_fraction": round(len(checked.quarantined) / checked.rows_in, 6),
+        "labels": checked.labels,
         "split_sizes": {s: len(splits[s]) for s in SPLITS},
         "class_counts": {s: dict(sorted(Counter(r["label"] for r in splits[s]).items()))
                          for s in SPLITS},
+        "group_column": cfg.group_column,
+        "groups": ({s: len({r["group"] for r in splits[s]}) for s in SPLITS}
+                   if cfg.group_column else None),
+        "near_duplicates": cross_split_near_duplicates(
+            {s: [r["text"] for r in splits[s]] for s in SPLITS}, cfg.near_duplicate_jaccard),
     }
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
-            _write_jsonl(tmp / f"{split}.jsonl", splits[split])
-        _write_jsonl(tmp / "quarantine.jsonl", quarantined)
-        (tmp / "labels.json").write_text(json.dumps({"labels": labels}, indent=2) + "\n")
+            write_jsonl(tmp / f"{split}.jsonl", splits[split])
+        write_jsonl(tmp / "quarantine.jsonl", checked.quarantined)
+        (tmp / "labels.json").write_text(json.dumps({"labels": checked.labels}, indent=2) + "\n")
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-# ---------------------------------------------------------------------------- reading back
-
-
-def load_label_map(prepared_dir: str | Path) -> list[str]:
-    """Ordered class names; the position of a name is its class id."""
-    return list(json.loads((Path(prepared_dir) / "labels.json").read_text())["labels"])
-
-
-def load_split(prepared_dir: str | Path, split: str) -> tuple[list[str], list[int]]:
-    """Texts and integer label ids of one prepared split."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    labels = {name: i for i, name in enumerate(load_label_map(prepared_dir))}
-    texts, ids = [], []
-    with open(Path(prepared_dir) / f"{split}.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            texts.append(row["text"])
-            ids.append(labels[row["label"]])
-    return texts, ids
-
-
-def load_unlabeled(path: str | Path) -> list[str]:
-    """Unlabeled documents for MLM pretraining: .txt (one per line) or .jsonl ({"text"})."""
-    path = Path(path)
-    if not path.exists():
-        raise DataValidationError(f"unlabeled text not found: {path}")
-    with open(path, encoding="utf-8") as fh:
-        if path.suffix.lower() in (".jsonl", ".json"):
-            docs = [json.loads(line).get("text") for line in fh if line.strip()]
-        else:
-            docs = [line.rstrip("\n") for line in fh]
-    return [d.strip() for d in docs if isinstance(d, str) and d.strip()]
-
-
-# ---------------------------------------------------------------------------- versions
-
-
-def data_version(path: str | Path) -> str:
-    """Content hash of a file or folder, computed the way DVC 3 computes its `md5`.
-
-    A file hashes to the md5 of its bytes; a folder to the md5 of the sorted JSON list of
-    its files' {"md5", "relpath"} plus ".dir", so the value equals what dvc.lock records
-    for the same output, and lineage tags can be matched against DVC.
-    """
-    path = Path(path)
-    if path.is_file():
-        return _md5_file(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"data_version: {path} does not exist")
-    entries = [{"md5": _md5_file(f), "relpath": f.relative_to(path).as_posix()}
-               for f in sorted(path.rglob("*")) if f.is_file()]
-    entries.sort(key=lambda e: e["relpath"])
-    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
-
-
-def _md5_file(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()

@@ -22,7 +22,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-from components.config import DemoConfig, Params
+from components.config import DemoConfig
 from components.data import normalize_text
 from components.io import atomic_dir
 
@@ -145,17 +145,3 @@ def build_demo_corpus(out_dir: str | Path, cfg: DemoConfig) -> dict[str, Any]:
         (tmp / "unlabeled.txt").write_text("\n".join(unlabeled) + "\n", encoding="utf-8")
         (tmp / "corpus.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
-
-
-def resolve_input(params: Params, input_path: str | Path | None = None) -> Path:
-    """The file `prepare` reads: `input_path`, else `paths.raw`.
-
-    When `paths.raw` is the demo corpus's labeled file and it is missing, the demo corpus
-    is built first, so a fresh clone has data to learn from with no setup.
-    """
-    if input_path is not None:
-        return Path(input_path)
-    source = Path(params.paths.raw)
-    if not source.exists() and source.parent == Path(params.paths.corpus):
-        build_demo_corpus(params.paths.corpus, params.demo)
-    return source

@@ -185,7 +185,7 @@ def load_with_test_split(model_dir: str | Path, prepared_dir: str | Path
         FileNotFoundError: the model folder or the prepared test split is missing.
         ValueError: the model's labels differ from the prepared label map.
     """
-    from components.data import load_label_map, load_split
+    from components.data_io import load_label_map, load_split
     from components.modeling import load_trained
 
     trained = load_trained(model_dir)

@@ -22,7 +22,7 @@ import numpy as np
 
 from components.config import Params
 from components.io import atomic_dir, atomic_write_json, sha256_file
-from components.predictor import FP32_MODEL, INT8_MODEL, OnnxClassifier, softmax
+from components.predictor import FP32_MODEL, INT8_MODEL, OnnxClassifier
 
 log = logging.getLogger(__name__)
 
@@ -134,149 +134,17 @@ def export_onnx_fp32(model: Any, example: dict[str, Any], path: Path,
         return {"exporter": "dynamo", "fused_ops": {}, "fallback_reason": repr(exc)[:300]}
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, per_channel: bool,
-                  per_token_ffn: bool = False) -> dict[str, Any]:
+def quantize_int8(fp32_path: Path, int8_path: Path, per_channel: bool) -> dict[str, Any]:
     """Dynamic int8 quantization of the MatMul / Attention / embedding weights (activations
-    are quantized at run time).
-
-    ORT's dynamic quantization gives each activation tensor one scale for the whole batch,
-    so one token with large values (or a long batch-mate) coarsens every other row. With
-    `per_token_ffn` the feed-forward MatMuls are left out of `quantize_dynamic` and
-    rewritten with one scale per token (`rewrite_per_token`). Returns how many were.
-    """
+    are quantized at run time, one scale per tensor)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    per_token = per_token_targets(onnx.load(str(fp32_path))) if per_token_ffn else []
     # DefaultTensorType: the fused contrib ops carry no type information for the quantizer.
     quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8,
-                     per_channel=per_channel, nodes_to_exclude=per_token,
+                     per_channel=per_channel,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    if per_token:
-        model = rewrite_per_token(onnx.load(str(int8_path)), per_token)
-        onnx.save(model, str(int8_path))
-    return {"per_token_matmuls": len(per_token)}
-
-
-# Ops whose output feeds a feed-forward MatMul in a BERT layer (LayerNorm -> intermediate,
-# Gelu -> output); the attention-output MatMul is fed by Attention and keeps ORT's path.
-FFN_INPUT_OPS = ("LayerNormalization", "Gelu")
-# -min over x of x * Phi(x) is 0.16997: a Gelu output's largest magnitude is
-# max(row max, this), so one ReduceMax replaces the |x| pass on those inputs.
-GELU_NEG_BOUND = 0.17
-PT = "per_token/"  # prefix of the names the rewrite adds
-
-
-def per_token_targets(model: Any) -> list[str]:
-    """Names of the MatMuls fed by LayerNormalization / Gelu with a 2-D constant weight."""
-    weights = {i.name: i for i in model.graph.initializer}
-    producer = {out: node.op_type for node in model.graph.node for out in node.output}
-    return [node.name for node in model.graph.node
-            if node.name and node.op_type == "MatMul"
-            and producer.get(node.input[0]) in FFN_INPUT_OPS
-            and node.input[1] in weights and len(weights[node.input[1]].dims) == 2]
-
-
-def _int8_per_column(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 weights with one scale per output column (as ORT's per_channel)."""
-    scale = np.maximum(np.abs(weight).max(axis=0), 1e-12).astype(np.float32) / 127.0
-    return np.clip(np.round(weight / scale), -127, 127).astype(np.int8), scale
-
-
-def _per_token_nodes(x: str, y: str, p: str, gelu_input: bool) -> list[Any]:
-    """Nodes computing y = x @ W with x quantized per token (row of the last axis).
-
-        s = max|x| over the row / 127            [batch, seq, 1]
-        q = QuantizeLinear(x as [rows, k], s, 128)  uint8, symmetric around 128
-        y = MatMulIntegerToFloat(q, Wq, 1, w_scale, 128, 0) * s
-    """
-    from onnx import helper as h
-
-    if gelu_input:
-        amax = [h.make_node("ReduceMax", [x, PT + "last_axis"], [p + "max"], keepdims=1),
-                h.make_node("Max", [p + "max", PT + "gelu_bound"], [p + "amax"])]
-    else:
-        amax = [h.make_node("ReduceMax", [x, PT + "last_axis"], [p + "max"], keepdims=1),
-                h.make_node("ReduceMin", [x, PT + "last_axis"], [p + "min"], keepdims=1),
-                h.make_node("Neg", [p + "min"], [p + "neg_min"]),
-                h.make_node("Max", [p + "max", p + "neg_min", PT + "tiny"], [p + "amax"])]
-    nodes = amax + [
-        h.make_node("Div", [p + "amax", PT + "127"], [p + "scale"]),
-        h.make_node("Reshape", [p + "scale", PT + "flat"], [p + "scale_1d"]),
-        h.make_node("Shape", [p + "scale_1d"], [p + "rows"]),
-        h.make_node("Expand", [PT + "zero_point", p + "rows"], [p + "zero_points"]),
-        h.make_node("Reshape", [x, p + "as_2d"], [p + "x_2d"]),
-        h.make_node("QuantizeLinear", [p + "x_2d", p + "scale_1d", p + "zero_points"],
-                    [p + "q_2d"], axis=0),
-        h.make_node("Shape", [x], [p + "x_shape"]),
-        h.make_node("Reshape", [p + "q_2d", p + "x_shape"], [p + "q"]),
-        h.make_node("MatMulIntegerToFloat",
-                    [p + "q", p + "w", PT + "one", p + "w_scale", PT + "zero_point_scalar",
-                     p + "w_zero_point"], [p + "y"], domain="com.microsoft"),
-        h.make_node("Mul", [p + "y", p + "scale"], [y]),
-    ]
-    for node in nodes:
-        node.name = node.output[0]  # unique: every output name carries the prefix `p`
-    return nodes
-
-
-def rewrite_per_token(model: Any, names: list[str]) -> Any:
-    """Replace the fp32 MatMuls `names` of `model` by per-token dynamic int8 (in place).
-
-    Per-token scales follow each row's own range (SmoothQuant / LLM.int8 practice for
-    transformer activations), so a row's result does not depend on the rest of the batch.
-
-    Raises:
-        ValueError: a name is not a MatMul with a 2-D constant weight in `model`.
-    """
-    from onnx import helper as h
-    from onnx import numpy_helper as nh
-
-    graph = model.graph
-    weights = {i.name: i for i in graph.initializer}
-    producer = {out: node.op_type for node in graph.node for out in node.output}
-    nodes = {node.name: node for node in graph.node}
-    for name in names:
-        node = nodes.get(name)
-        if node is None or node.op_type != "MatMul" or node.input[1] not in weights \
-                or len(weights[node.input[1]].dims) != 2:
-            raise ValueError(f"per-token rewrite: {name!r} is not a MatMul with a 2-D "
-                             "constant weight in this graph")
-
-    def add(name: str, value: np.ndarray) -> None:
-        graph.initializer.append(nh.from_array(np.asarray(value), name))
-
-    for name, value in (("last_axis", np.array([-1], np.int64)),
-                        ("flat", np.array([-1], np.int64)),
-                        ("tiny", np.array(1e-12, np.float32)),
-                        ("gelu_bound", np.array(GELU_NEG_BOUND, np.float32)),
-                        ("127", np.array(127.0, np.float32)), ("one", np.array(1.0, np.float32)),
-                        ("zero_point", np.array([128], np.uint8)),
-                        ("zero_point_scalar", np.array(128, np.uint8))):
-        add(PT + name, value)
-    rebuilt = []
-    for node in graph.node:
-        if node.name not in names:
-            rebuilt.append(node)
-            continue
-        x, w_name = node.input
-        weight = nh.to_array(weights[w_name]).astype(np.float32)
-        p = f"{PT}{node.name}/"
-        w_q, w_scale = _int8_per_column(weight)
-        add(p + "w", w_q)
-        add(p + "w_scale", w_scale)
-        add(p + "w_zero_point", np.zeros(weight.shape[1], np.int8))
-        add(p + "as_2d", np.array([-1, weight.shape[0]], np.int64))
-        rebuilt += _per_token_nodes(x, node.output[0], p, producer.get(x) == "Gelu")
-    del graph.node[:]
-    graph.node.extend(rebuilt)
-    used = {i for node in graph.node for i in node.input}
-    kept = [i for i in graph.initializer if i.name in used]  # drop the fp32 weights
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(h.make_opsetid("com.microsoft", 1))
-    return model
+    return {}
 
 
 def latency_ms(clf: OnnxClassifier, texts: list[str], batch_size: int,
@@ -301,23 +169,36 @@ def latency_ms(clf: OnnxClassifier, texts: list[str], batch_size: int,
             "texts_per_s": batch_size * 1e3 / p50}
 
 
+def logit_margin(logits: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 logit of each row: how far a prediction is from a tie."""
+    top2 = np.sort(logits.astype(np.float64), axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
 def parity_report(torch_logits: np.ndarray, fp32_logits: np.ndarray,
-                  int8_logits: np.ndarray, y_true: list[int]) -> dict[str, float]:
-    """Compare torch, ORT fp32 and ORT int8 logits computed on the same rows."""
+                  int8_logits: np.ndarray, y_true: list[int]) -> dict[str, Any]:
+    """Compare torch, ORT fp32 and ORT int8 logits computed on the same rows.
+
+    Besides the summary numbers, `per_row` keeps each row's gold label, fp32 and int8
+    predictions and fp32 logit margin, so the gate can tell a flipped near-tie from a
+    flipped confident prediction and bootstrap the int8 accuracy change.
+    """
     y = np.asarray(y_true)
     fp32_pred, int8_pred = fp32_logits.argmax(1), int8_logits.argmax(1)
     acc_torch = float(np.mean(torch_logits.argmax(1) == y))
     acc_fp32, acc_int8 = float(np.mean(fp32_pred == y)), float(np.mean(int8_pred == y))
-    # How close to a tie the rows int8 flips were: fp32 top-1 minus top-2 probability.
-    top2 = np.sort(softmax(fp32_logits.astype(np.float64)), axis=1)[:, -2:]
+    margin = logit_margin(fp32_logits)
     flipped = fp32_pred != int8_pred
-    margin = float((top2[:, 1] - top2[:, 0])[flipped].max()) if flipped.any() else 0.0
-    return {"int8_disagreements": int(flipped.sum()), "int8_disagreement_max_margin": margin,
+    return {"int8_disagreements": int(flipped.sum()),
+            "int8_flip_max_logit_margin": float(margin[flipped].max()) if flipped.any() else 0.0,
             "rows": int(len(y)), "max_logit_diff": float(np.abs(torch_logits - fp32_logits).max()),
             "int8_max_logit_diff": float(np.abs(int8_logits - fp32_logits).max()),
             "accuracy_torch": acc_torch, "accuracy_fp32": acc_fp32, "accuracy_int8": acc_int8,
             "int8_agreement": float(np.mean(fp32_pred == int8_pred)),
-            "int8_accuracy_drop": acc_fp32 - acc_int8}
+            "int8_accuracy_drop": acc_fp32 - acc_int8,
+            "per_row": {"y": y.tolist(), "fp32_pred": fp32_pred.tolist(),
+                        "int8_pred": int8_pred.tolist(),
+                        "fp32_logit_margin": [round(float(m), 5) for m in margin]}}
 
 
 def _torch_logits_on(model: Any, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
@@ -393,8 +274,7 @@ def export_model(model: Any, tokenizer: Any, labels: list[str], out_dir: str | P
         example = tokenizer([texts[0], f"{texts[0]} {texts[-1]}"], padding=True,
                             truncation=True, max_length=max_length, return_tensors="pt")
         graph = export_onnx_fp32(model, example, tmp / FP32_MODEL, params.export.opset)
-        quantized = quantize_int8(tmp / FP32_MODEL, tmp / INT8_MODEL, params.export.per_channel,
-                                  params.export.per_token_ffn)
+        quantized = quantize_int8(tmp / FP32_MODEL, tmp / INT8_MODEL, params.export.per_channel)
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
         atomic_write_json(tmp / "labels.json", {"labels": list(labels)})
         atomic_write_json(tmp / "export_config.json", {
@@ -402,7 +282,7 @@ def export_model(model: Any, tokenizer: Any, labels: list[str], out_dir: str | P
             "pad_token_id": int(tokenizer.pad_token_id or 0),
             "quantization": {"method": "dynamic", "weight_type": "QInt8",
                              "per_channel": params.export.per_channel,
-                             "per_token_ffn": params.export.per_token_ffn, **quantized},
+                             **quantized},
             "graph": graph,
             # Read by OnnxClassifier: keep ONNX Runtime from re-fusing the slow kernels.
             "onnxruntime": {"disabled_optimizers": DISABLED_ORT_OPTIMIZERS},

@@ -4,15 +4,22 @@ Every rule is reported as {name, value, threshold, op, passed}. The rules (all n
 the `gate:` section of params.yaml):
   - min.<metric>            challenger (int8, the served graph) metric on the test split
   - vs_champion.<metric>    change against the champion, re-scored on the SAME test split
-                            (stored numbers from older data are not comparable); noise-aware:
-                              significantly better      -> pass
-                              significantly worse       -> pass only if the drop is within
-                                                           max_drop_vs_champion
-                              not significant (noise)   -> gate.noise.within_noise decides
-                            Significance: paired bootstrap CI of the difference excludes 0
-                            (`bootstrap`), or exact McNemar test on paired correctness
-                            (`mcnemar`), at gate.noise.confidence.
-  - int8_agreement, int8_accuracy_drop, max_logit_diff   from the export's parity.json
+                            (stored numbers from older data are not comparable). Noise can
+                            only make the gate stricter, never looser:
+                              a measured drop beyond max_drop_vs_champion  -> reject
+                              a significant drop, even inside that allowance -> reject
+                              compare: non_inferiority -> also reject unless the lower end
+                                of the paired interval of (challenger - champion) is above
+                                -non_inferiority_margin; when it is not, the verdict says
+                                how many test rows would settle it
+                            The paired bootstrap interval is always reported; "significant"
+                            means that interval excludes 0 (`bootstrap`) or an exact McNemar
+                            test on paired correctness (`mcnemar`), at gate.noise.confidence.
+  - int8_confident_flips      int8 never flips a prediction whose fp32 top-2 logit margin
+                            is >= int8_confident_margin (near-tie flips are reported only)
+  - int8_accuracy_change     int8 - fp32 accuracy on the test split, judged like the
+                            champion comparison (allowed drop, then significance)
+  - max_logit_diff                                        from the export's parity.json
   - latency_p95_ms (int8, batch 1, tokenize + run, measured here), size_mb (int8 file)
 The first model (no champion) is judged on the absolute rules only.
 """
@@ -25,12 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from components.config import GateConfig, NoiseConfig, Params
+from components.config import GATED_METRICS, GateConfig, NoiseConfig, Params
 from components.evaluate import accuracy, compute_report, headline_metrics, macro_f1
 from components.io import atomic_write_json, atomic_write_text, read_json
 from components.predictor import INT8_MODEL, OnnxClassifier, verify_bundle
 
-GATED_METRICS = ("accuracy", "macro_f1")
 VERDICT_FILE = "verdict.json"
 
 
@@ -49,14 +55,6 @@ def metric_value(name: str, y: np.ndarray, pred: np.ndarray, num_labels: int) ->
     if name == "macro_f1":
         return macro_f1(y, pred, num_labels)
     raise ValueError(f"unknown gated metric {name!r} (known: {', '.join(GATED_METRICS)})")
-
-
-def _check_metric_names(cfg: GateConfig) -> None:
-    for section in ("min_metrics", "max_drop_vs_champion"):
-        for name in getattr(cfg, section):
-            if name not in GATED_METRICS:
-                raise ValueError(f"gate.{section}.{name}: unknown metric "
-                                 f"(known: {', '.join(GATED_METRICS)})")
 
 
 def _batched_macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
@@ -100,53 +98,124 @@ def mcnemar_pvalue(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
 
 def compare_to_champion(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray,
                         num_labels: int, cfg: GateConfig) -> list[dict[str, Any]]:
-    """The noise-aware vs_champion.<metric> rules (see the module docstring)."""
+    """The vs_champion.<metric> rules (see the module docstring)."""
     noise = cfg.noise
     pvalue = mcnemar_pvalue(challenger == y, champion == y) if noise.method == "mcnemar" else None
     rules = []
     for metric, max_drop in cfg.max_drop_vs_champion.items():
         delta = (metric_value(metric, y, challenger, num_labels)
                  - metric_value(metric, y, champion, num_labels))
-        detail: dict[str, Any] = {"method": noise.method, "confidence": noise.confidence}
-        if pvalue is None:
-            lo, hi = bootstrap_delta_ci(y, challenger, champion, metric, num_labels, noise)
-            significant = lo > 0 or hi < 0
-            detail.update(ci_low=lo, ci_high=hi)
+        lo, hi = bootstrap_delta_ci(y, challenger, champion, metric, num_labels, noise)
+        detail: dict[str, Any] = {"method": noise.method, "confidence": noise.confidence,
+                                  "ci_low": lo, "ci_high": hi, "n": int(len(y))}
+        if pvalue is not None:
+            detail["p_value"] = pvalue
+            significant_drop = delta < 0 and pvalue < 1.0 - noise.confidence
         else:
-            significant = pvalue < 1.0 - noise.confidence
-            detail.update(p_value=pvalue)
-        if not significant:
-            outcome, passed = "within_noise", noise.within_noise == "promote"
-        elif delta > 0:
-            outcome, passed = "better", True
+            significant_drop = hi < 0
+        if delta < -max_drop:
+            outcome, passed = "drop beyond the allowed drop", False
+        elif significant_drop:
+            outcome, passed = "significant drop", False
+        elif cfg.compare == "non_inferiority":
+            margin = cfg.non_inferiority_margin[metric]
+            detail["margin"] = margin
+            passed = lo > -margin
+            outcome = "non-inferior" if passed else "undecided: interval reaches below -margin"
+            if not passed:
+                detail["rows_needed"] = rows_needed(len(y), lo, hi, delta, margin)
         else:
-            outcome, passed = "worse", delta >= -max_drop
+            outcome, passed = ("better" if lo > 0 else "no measured drop"), True
         rules.append(make_rule(f"vs_champion.{metric}", delta, 0.0 - max_drop, ">=", passed,
                                outcome=outcome, **detail))
     return rules
 
 
+def rows_needed(n: int, lo: float, hi: float, delta: float, margin: float) -> int | None:
+    """Test rows for the interval's lower end to clear -margin at the same measured delta.
+
+    The interval's half-width shrinks as 1/sqrt(n); None when the measured delta is itself
+    at or below -margin (more rows would only confirm it).
+    """
+    room = delta + margin
+    if room <= 0:
+        return None
+    half = max((hi - lo) / 2, 1e-12)
+    return int(math.ceil(n * (half / room) ** 2))
+
+
 def export_rules(parity: dict[str, Any], latency_p95: float, size_mb: float,
                  cfg: GateConfig) -> list[dict[str, Any]]:
-    """int8-vs-fp32 parity, ORT-vs-torch logit difference, latency and size budgets."""
-    return [
-        make_rule("int8_agreement", parity["int8_agreement"], cfg.int8_min_agreement, ">="),
-        make_rule("int8_accuracy_drop", parity["int8_accuracy_drop"],
-                  cfg.int8_max_accuracy_drop, "<="),
-        make_rule("max_logit_diff", parity["max_logit_diff"], cfg.max_logit_diff, "<="),
-        make_rule("latency_p95_ms", latency_p95, cfg.max_latency_p95_ms, "<="),
-        make_rule("size_mb", size_mb, cfg.max_size_mb, "<="),
-    ]
+    """int8 vs fp32 (judged on confident rows, accuracy change noise-aware), ORT-vs-torch
+    logit difference, latency and size budgets."""
+    return [*int8_rules(parity, cfg),
+            make_rule("max_logit_diff", parity["max_logit_diff"], cfg.max_logit_diff, "<="),
+            make_rule("latency_p95_ms", latency_p95, cfg.max_latency_p95_ms, "<="),
+            make_rule("size_mb", size_mb, cfg.max_size_mb, "<=")]
+
+
+def int8_rules(parity: dict[str, Any], cfg: GateConfig) -> list[dict[str, Any]]:
+    """What int8 may change: never a confident prediction; accuracy not measurably.
+
+    Dynamic int8 sets activation scales per batch, so it flips near-ties (rows whose fp32
+    top-2 logits are within a hair) whatever the scheme; those flips are counted and
+    reported, not failed. A flip of a row whose fp32 margin is at least
+    `gate.int8_confident_margin` is a broken export. The accuracy change int8 - fp32 is
+    judged like the champion comparison: a measured drop beyond
+    `gate.int8_max_accuracy_drop`, or a significant drop, rejects.
+    """
+    rows = parity["per_row"]
+    y, fp32, int8 = (np.asarray(rows[k]) for k in ("y", "fp32_pred", "int8_pred"))
+    flipped = fp32 != int8
+    confident = np.asarray(rows["fp32_logit_margin"]) >= cfg.int8_confident_margin
+    flips = make_rule("int8_confident_flips", int((flipped & confident).sum()), 0, "<=",
+                      near_tie_flips=int((flipped & ~confident).sum()),
+                      agreement=float(np.mean(~flipped)), margin=cfg.int8_confident_margin)
+    delta = float(np.mean(int8 == y) - np.mean(fp32 == y))
+    lo, hi = bootstrap_delta_ci(y, int8, fp32, "accuracy", int(max(y.max(), fp32.max(),
+                                                                    int8.max())) + 1, cfg.noise)
+    detail = {"method": "bootstrap", "confidence": cfg.noise.confidence, "ci_low": lo,
+              "ci_high": hi, "n": int(len(y))}
+    if -delta > cfg.int8_max_accuracy_drop:
+        outcome, passed = "drop beyond the allowed drop", False
+    elif hi < 0:
+        outcome, passed = "significant drop", False
+    else:
+        outcome, passed = "no measured drop" if delta >= 0 else "within the allowed drop", True
+    drop = make_rule("int8_accuracy_change", delta, -cfg.int8_max_accuracy_drop, ">=", passed,
+                     outcome=outcome, **detail)
+    return [flips, drop]
 
 
 def describe_failure(rule: dict[str, Any]) -> str:
     """A one-line human reason for a failed rule."""
     fail_op = "<" if rule["op"] == ">=" else ">"
-    text = f"{rule['name']} = {rule['value']:.4g} {fail_op} {rule['threshold']:.4g}"
+    value = f"{rule['value']:+.4g}" if "ci_low" in rule else f"{rule['value']:.4g}"
+    text = f"{rule['name']} = {value} {fail_op} {rule['threshold']:.4g}"
     if rule.get("outcome"):
-        how = f", {rule['method']} at {rule['confidence']:.0%}" if "method" in rule else ""
-        text += f" ({rule['outcome']}{how})"
+        text += f" ({rule['outcome']}{_interval(rule)})"
     return text
+
+
+def _interval(rule: dict[str, Any]) -> str:
+    if "ci_low" not in rule:
+        return ""
+    text = (f"; {rule['confidence']:.0%} paired interval [{rule['ci_low']:+.4f}, "
+            f"{rule['ci_high']:+.4f}] on {rule['n']} rows")
+    if rule.get("rows_needed"):
+        text += f"; about {rule['rows_needed']} test rows would settle it"
+    return text
+
+
+def decision_line(verdict: dict[str, Any]) -> str:
+    """One line: the verdict, and the rule(s) that decided it."""
+    if not verdict["passed"]:
+        return "REJECTED: " + "; ".join(verdict["reasons"])
+    if verdict.get("first_model"):
+        return "PASSED (first model: absolute rules only)"
+    vs = [r for r in verdict["rules"] if r["name"].startswith("vs_champion")]
+    return "PASSED: " + "; ".join(f"{r['name']} {r['value']:+.4f} ({r['outcome']}"
+                                  f"{_interval(r)})" for r in vs)
 
 
 def score_bundle(bundle_dir: Path, texts: list[str], params: Params) -> np.ndarray:
@@ -186,11 +255,10 @@ def run_gate(bundle_dir: str | Path, prepared_dir: str | Path, params: Params,
         BundleIntegrityError: a bundle file is missing or fails its sha256 check.
         ValueError: a gated metric name is unknown.
     """
-    from components.data import load_label_map, load_split
+    from components.data_io import load_label_map, load_split
     from components.export import PARITY_FILE, latency_ms
 
     cfg = params.gate
-    _check_metric_names(cfg)
     bundle_dir = Path(bundle_dir)
     labels = load_label_map(prepared_dir)
     texts, y_list = load_split(prepared_dir, "test")
@@ -220,17 +288,21 @@ def run_gate(bundle_dir: str | Path, prepared_dir: str | Path, params: Params,
 
 
 def render_verdict(verdict: dict[str, Any]) -> str:
-    """The verdict as a Markdown table of rules."""
+    """The verdict as Markdown: challenger vs champion, then every rule."""
     head = "PASSED" if verdict["passed"] else "REJECTED"
     kind = "first model: absolute rules only" if verdict["first_model"] else "vs @champion"
-    lines = [f"# Gate {head} ({kind})", "", "| rule | value | threshold | pass |",
-             "|---|---|---|---|"]
+    lines = [f"# Gate {head} ({kind})", "", decision_line(verdict), ""]
+    champion = verdict.get("champion_metrics")
+    if champion:
+        lines += ["| test split | challenger | champion |", "|---|---|---|"]
+        lines += [f"| {m} | {verdict['metrics'][m]:.4f} | {champion[m]:.4f} |"
+                  for m in GATED_METRICS]
+        lines.append("")
+    lines += ["| rule | value | threshold | pass | detail |", "|---|---|---|---|---|"]
     for r in verdict["rules"]:
-        extra = f" ({r['outcome']})" if r.get("outcome") else ""
-        lines.append(f"| {r['name']} | {r['value']:.4g}{extra} | {r['op']} "
-                     f"{r['threshold']:.4g} | {'yes' if r['passed'] else 'NO'} |")
-    if verdict["reasons"]:
-        lines += ["", "Reasons: " + "; ".join(verdict["reasons"])]
+        detail = (r.get("outcome", "") + _interval(r)).lstrip("; ")
+        lines.append(f"| {r['name']} | {r['value']:.4g} | {r['op']} {r['threshold']:.4g} | "
+                     f"{'yes' if r['passed'] else 'NO'} | {detail} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,25 +1,32 @@
-"""Where a model came from: code version, data version, params, and stage fingerprints.
+"""Where a model came from: the code commit, and the lineage a registry version carries.
 
-A stage fingerprint is a hash of everything that decides a stage's output: the stage
-name, the hash of its input data, the params sections it reads, and the code version.
-Each stage writes its fingerprint into its output folder; a later run with the same
-fingerprint and the output still on disk has nothing to do (no work twice).
+Importable without torch (the serving process and the registry CLI use it).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from components.config import PROJECT_ROOT
-from components.io import atomic_write_json
+from components.config import PROJECT_ROOT, Params
 
-FINGERPRINT_FILE = "fingerprint.json"
-# The code whose change must retrain: every component and the params schema.
-CODE_DIRS = ("components",)
+# (tag, what it is) in the order `tuneline models show` prints them.
+LINEAGE_TAGS = (
+    ("raw_source", "input file (path at training time)"),
+    ("raw_data_hash", "md5 of the exact input bytes"),
+    ("input_version", "DVC hash of the ingested input folder"),
+    ("unlabeled_version", "DVC hash of the ingested unlabeled text"),
+    ("data_version", "DVC hash of the prepared splits"),
+    ("git_commit", "code commit"),
+    ("params_hash", "params hash"),
+    ("model_fingerprint", "finetune stage fingerprint"),
+    ("release_fingerprint", "release fingerprint (model + gate rules)"),
+    ("strategy", "strategy"),
+    ("peft_method", "PEFT method"),
+    ("backbone", "backbone"),
+)
 
 
 def git_commit(root: Path = PROJECT_ROOT) -> str:
@@ -35,33 +42,66 @@ def git_commit(root: Path = PROJECT_ROOT) -> str:
     return f"{sha}-dirty" if dirty else sha
 
 
-def code_version(root: Path = PROJECT_ROOT) -> str:
-    """Hash of the component sources: changes when training code changes, git or not."""
-    h = hashlib.sha256()
-    for folder in CODE_DIRS:
-        for path in sorted((root / folder).rglob("*.py")):
-            h.update(path.relative_to(root).as_posix().encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()[:16]
+def version_params(params: Params, row: dict[str, Any]) -> dict[str, str]:
+    """The flattened params a version was released with (its run's params artifact)."""
+    import yaml
+
+    from components.tracking import flatten, get_client
+
+    artifact = row["tags"].get("params_artifact", "config/params.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = get_client(params).download_artifacts(row["run_id"], artifact, tmp)
+        return flatten(yaml.safe_load(Path(path).read_text()) or {})
 
 
-def fingerprint(stage: str, **inputs: Any) -> str:
-    """Stable hash of a stage name and its inputs (strings, numbers, dicts of them)."""
-    blob = json.dumps({"stage": stage, **inputs}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+def params_diff(params: Params, row: dict[str, Any], other: dict[str, Any]
+                ) -> list[tuple[str, str, str]]:
+    """(key, this version's value, the other's) for every param that differs."""
+    ours, theirs = version_params(params, row), version_params(params, other)
+    return [(k, ours.get(k, "-"), theirs.get(k, "-")) for k in sorted(set(ours) | set(theirs))
+            if ours.get(k) != theirs.get(k)]
 
 
-def is_current(out_dir: str | Path, expected: str) -> bool:
-    """True when `out_dir` holds the output of a run with fingerprint `expected`."""
-    path = Path(out_dir) / FINGERPRINT_FILE
-    if not path.exists():
-        return False
-    try:
-        return json.loads(path.read_text()).get("fingerprint") == expected
-    except (json.JSONDecodeError, AttributeError):
-        return False
+def describe_version(params: Params, ref: str) -> str:
+    """The lineage of a version as text: data, code, params vs @champion, gate verdict.
+
+    Raises:
+        LookupError: unknown version or alias.
+    """
+    from components.registry import CHAMPION, get_alias_version, list_versions, resolve_ref
+
+    version = resolve_ref(params, ref)
+    row = next((r for r in list_versions(params) if r["version"] == version), None)
+    if row is None:
+        raise LookupError(f"{params.registry.model_name} has no version {version}")
+    tags = row["tags"]
+    aliases = " ".join("@" + a for a in row["aliases"]) or "no alias"
+    verdict = {"true": "PASSED", "false": "REJECTED"}.get(tags.get("gate_passed", ""), "?")
+    lines = [f"{params.registry.model_name} v{version} ({aliases}), registered "
+             f"{tags.get('registered_at', row['created'])}, MLflow run {row['run_id']}",
+             f"gate: {tags.get('gate_decision') or verdict + ' ' + tags.get('gate_reasons', '')}",
+             "test: " + ", ".join(f"{k[5:]} {v}" for k, v in sorted(tags.items())
+                                  if k.startswith("test_")), "lineage:"]
+    lines += [f"  {what:<42} {tags.get(tag, '-')}" for tag, what in LINEAGE_TAGS]
+    if tags.get("promotion") == "manual":
+        lines.append(f"manual promotion by {tags.get('promoted_by')} at "
+                     f"{tags.get('promoted_at')}: {tags.get('promotion_reason')}")
+    if tags.get("rolled_back_at"):
+        lines.append(f"rolled back by {tags.get('rolled_back_by', '?')} at "
+                     f"{tags['rolled_back_at']}: {tags.get('rollback_reason', '-')}")
+    lines += _champion_diff(params, row, get_alias_version(params, CHAMPION), list_versions)
+    return "\n".join(lines) + "\n"
 
 
-def mark_current(out_dir: str | Path, value: str, **details: Any) -> None:
-    """Record in `out_dir` the fingerprint of the run that produced it."""
-    atomic_write_json(Path(out_dir) / FINGERPRINT_FILE, {"fingerprint": value, **details})
+def _champion_diff(params: Params, row: dict[str, Any], champion: str | None,
+                   list_versions: Any) -> list[str]:
+    if champion is None:
+        return ["params: no @champion to compare with"]
+    if champion == row["version"]:
+        return ["params: this version is the @champion"]
+    other = next(r for r in list_versions(params) if r["version"] == champion)
+    diff = params_diff(params, row, other)
+    if not diff:
+        return [f"params: identical to @champion v{champion}'s"]
+    return [f"params that differ from @champion v{champion} (this | champion):"] + [
+        f"  {key:<42} {ours} | {theirs}" for key, ours, theirs in diff]

@@ -2,10 +2,12 @@
 
 Importable without torch or transformers (the serving process uses it).
 
-A registered version's artifacts are the served bundle files at the root (model.int8.onnx,
-tokenizer.json, labels.json, export_config.json, parity.json, manifest.json), logged as
-plain files under the training run's `bundle/` artifact folder: no pickle anywhere. The
-version tag `sha256` is the sha256 of model.int8.onnx; downloads verify it.
+A registered version is an MLflow model (pyfunc from code, see `components.mlflow_model`)
+logged under the training run's `model/` artifact folder: the served bundle files
+(model.int8.onnx, tokenizer.json, labels.json, export_config.json, parity.json,
+manifest.json) are its `artifacts/bundle/`, next to the prediction distribution measured
+on the test split. No pickle anywhere. The version tag `sha256` is the sha256 of
+model.int8.onnx; downloads verify it.
 
 Aliases (promotion is an alias move, never a stage):
     @champion    the model in production
@@ -16,8 +18,6 @@ Aliases (promotion is an alias move, never a stage):
 from __future__ import annotations
 
 import getpass
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,16 @@ from components.tracking import get_client, tracking_uri
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 MAX_TAG_CHARS = 5000
+RUN_REGISTRATION_TAGS = ("registered_version", "gate_passed")
 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _absent(exc: Exception) -> bool:
+    """True when MLflow said "no such thing"; a refusal (401/403) or an outage is not that."""
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
 
 
 def _ensure_registered_model(client: Any, name: str) -> None:
@@ -41,7 +47,9 @@ def _ensure_registered_model(client: Any, name: str) -> None:
 
     try:
         client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as exc:
+        if not _absent(exc):
+            raise
         client.create_registered_model(
             name, description="Text classifier bundles (int8 ONNX + tokenizer + labels).")
 
@@ -52,7 +60,9 @@ def get_alias_version(params: Params, alias: str) -> str | None:
 
     try:
         aliases = get_client(params).get_registered_model(params.registry.model_name).aliases
-    except MlflowException:
+    except MlflowException as exc:
+        if not _absent(exc):
+            raise
         return None
     version = aliases.get(alias.lstrip("@"))
     return str(version) if version is not None else None
@@ -69,12 +79,15 @@ def _verdict_tags(verdict: dict[str, Any]) -> dict[str, str]:
 
 
 def publish(params: Params, run_id: str, bundle_dir: str | Path,
-            verdict: dict[str, Any]) -> dict[str, Any]:
+            verdict: dict[str, Any], tags: dict[str, str] | None = None,
+            prepared_dir: str | Path | None = None) -> dict[str, Any]:
     """Register the bundle as a new version of `registry.model_name` and move aliases.
 
     Gate passed: the old @champion becomes @previous, the new version @champion.
     Gate failed: the new version becomes @challenger, @champion is untouched, and the
     reasons are recorded on the version (tag `gate_reasons` and its description).
+    The version is an MLflow model; its prediction reference is measured on the test
+    split of `prepared_dir` (default `paths.prepared`).
 
     Returns:
         {"version", "passed", "sha256", "aliases": {alias: version}, "moves": [text]}
@@ -84,24 +97,26 @@ def publish(params: Params, run_id: str, bundle_dir: str | Path,
     """
     from mlflow.entities import RunTag
 
+    from components.mlflow_model import log_version_model
+
     bundle_dir = Path(bundle_dir)
     verify_bundle(bundle_dir, [f for f in SERVED_FILES if f != "manifest.json"])
     client = get_client(params)
     name = params.registry.model_name
     _ensure_registered_model(client, name)
-    with tempfile.TemporaryDirectory() as tmp:
-        for file in SERVED_FILES:
-            shutil.copy2(bundle_dir / file, Path(tmp) / file)
-        client.log_artifacts(run_id, tmp, "bundle")
+    model = log_version_model(client, params, run_id, bundle_dir, prepared_dir)
     client.log_dict(run_id, verdict, "gate/verdict.json")
     sha = sha256_file(bundle_dir / INT8_MODEL)
     run = client.get_run(run_id)
-    lineage = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+    # The run's lineage, not what earlier registrations of the same run wrote on it.
+    lineage = {k: v for k, v in run.data.tags.items()
+               if not k.startswith("mlflow.") and k not in RUN_REGISTRATION_TAGS}
     passed = bool(verdict["passed"])
     description = "gate passed" if passed else "gate rejected: " + "; ".join(verdict["reasons"])
     mv = client.create_model_version(
-        name, source=f"{run.info.artifact_uri}/bundle", run_id=run_id,
-        tags={**lineage, **_verdict_tags(verdict), "sha256": sha, "registered_at": _now()},
+        name, source=model["source"], run_id=run_id,
+        tags={**lineage, **(tags or {}), **_verdict_tags(verdict), **model["tags"],
+              "sha256": sha, "registered_at": _now()},
         description=description[:MAX_TAG_CHARS])
     version, moves = str(mv.version), []
     if passed:
@@ -129,11 +144,13 @@ def _make_champion(client: Any, name: str, version: str) -> list[str]:
     return moves
 
 
-def promote(params: Params, version: str, reason: str = "") -> dict[str, Any]:
+def promote(params: Params, version: str, reason: str = "", by: str | None = None
+            ) -> dict[str, Any]:
     """Human override: make `version` the @champion whatever its gate verdict said.
 
     The override is recorded on the version (tags `promotion=manual`, `promoted_by`,
     `promoted_at`, `promotion_reason`, and the gate verdict it overrode stays as it was).
+    `by` names who asked (default: this process's user).
 
     Raises:
         LookupError: the version does not exist.
@@ -142,16 +159,17 @@ def promote(params: Params, version: str, reason: str = "") -> dict[str, Any]:
     name = params.registry.model_name
     _get_version(client, name, version)
     moves = _make_champion(client, name, str(version))
-    for key, value in {"promotion": "manual", "promoted_by": getpass.getuser(),
-                       "promoted_at": _now(), "promotion_reason": reason or "-"}.items():
-        client.set_model_version_tag(name, str(version), key, value[:MAX_TAG_CHARS])
+    _tag(client, name, str(version), {"promotion": "manual",
+                                      "promoted_by": by or getpass.getuser(),
+                                      "promoted_at": _now(), "promotion_reason": reason or "-"})
     return {"version": str(version), "moves": moves,
             "aliases": dict(client.get_registered_model(name).aliases)}
 
 
-def rollback(params: Params) -> dict[str, Any]:
-    """@champion <- @previous; the demoted version is tagged `rolled_back_at`.
+def rollback(params: Params, reason: str = "", by: str | None = None) -> dict[str, Any]:
+    """@champion <- @previous; the demoted version is tagged who, when and why.
 
+    Tags on the demoted version: `rolled_back_at`, `rolled_back_by`, `rollback_reason`.
     @previous is cleared afterwards, so a second rollback fails instead of flipping back.
 
     Raises:
@@ -165,10 +183,17 @@ def rollback(params: Params) -> dict[str, Any]:
     client.set_registered_model_alias(name, CHAMPION, previous)
     client.delete_registered_model_alias(name, PREVIOUS)
     if current is not None:
-        client.set_model_version_tag(name, current, "rolled_back_at", _now())
+        _tag(client, name, current, {"rolled_back_at": _now(),
+                                     "rolled_back_by": by or getpass.getuser(),
+                                     "rollback_reason": reason or "-"})
     return {"version": previous, "demoted": current,
             "moves": [f"@{CHAMPION} -> v{previous}", f"@{PREVIOUS} cleared"],
             "aliases": dict(client.get_registered_model(name).aliases)}
+
+
+def _tag(client: Any, name: str, version: str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value[:MAX_TAG_CHARS])
 
 
 def _get_version(client: Any, name: str, version: str) -> Any:
@@ -176,7 +201,9 @@ def _get_version(client: Any, name: str, version: str) -> Any:
 
     try:
         return client.get_model_version(name, str(version))
-    except MlflowException:
+    except MlflowException as exc:
+        if not _absent(exc):
+            raise
         raise LookupError(f"{name} has no version {version}") from None
 
 
@@ -188,6 +215,17 @@ def resolve_ref(params: Params, ref: str) -> str:
     if version is None:
         raise LookupError(f"{params.registry.model_name} has no @{ref.lstrip('@')} alias")
     return version
+
+
+def version_tags(params: Params, ref: str) -> tuple[str, dict[str, str]]:
+    """(version number, tags) of a version number or alias.
+
+    Raises:
+        LookupError: unknown alias or version.
+    """
+    version = resolve_ref(params, ref)
+    mv = _get_version(get_client(params), params.registry.model_name, version)
+    return version, dict(mv.tags or {})
 
 
 def download_bundle(params: Params, ref: str, dst: str | Path) -> tuple[str, Path]:
@@ -203,7 +241,7 @@ def download_bundle(params: Params, ref: str, dst: str | Path) -> tuple[str, Pat
         LookupError: unknown alias or version.
         BundleIntegrityError: a file is missing or its sha256 does not match.
     """
-    import mlflow
+    from components.mlflow_model import download_version_files
 
     client = get_client(params)
     name = params.registry.model_name
@@ -211,11 +249,7 @@ def download_bundle(params: Params, ref: str, dst: str | Path) -> tuple[str, Pat
     mv = _get_version(client, name, version)
     dst = Path(dst)
     with atomic_dir(dst) as tmp:
-        got = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=mv.source, dst_path=str(tmp / "dl"), tracking_uri=tracking_uri(params)))
-        for file in got.iterdir():
-            shutil.move(str(file), tmp / file.name)
-        shutil.rmtree(tmp / "dl", ignore_errors=True)
+        download_version_files(mv, tmp, tracking_uri(params))
         expected = (mv.tags or {}).get("sha256")
         actual = sha256_file(tmp / INT8_MODEL) if (tmp / INT8_MODEL).exists() else None
         if expected is None or actual != expected:
@@ -225,11 +259,21 @@ def download_bundle(params: Params, ref: str, dst: str | Path) -> tuple[str, Pat
     return version, dst
 
 
+def champion_ref(params: Params) -> dict[str, str] | None:
+    """{"version", "sha256"} of the @champion, None when there is none."""
+    version = get_alias_version(params, CHAMPION)
+    if version is None:
+        return None
+    mv = _get_version(get_client(params), params.registry.model_name, version)
+    return {"version": version, "sha256": (mv.tags or {}).get("sha256", "")}
+
+
 def champion_bundle(params: Params, dst: str | Path) -> Path | None:
     """Download the @champion bundle into `dst` for re-scoring; None when there is none."""
-    if get_alias_version(params, CHAMPION) is None:
+    ref = champion_ref(params)
+    if ref is None:
         return None
-    return download_bundle(params, CHAMPION, dst)[1]
+    return download_bundle(params, ref["version"], dst)[1]
 
 
 def list_versions(params: Params) -> list[dict[str, Any]]:
@@ -240,7 +284,9 @@ def list_versions(params: Params) -> list[dict[str, Any]]:
     name = params.registry.model_name
     try:
         aliases = client.get_registered_model(name).aliases
-    except MlflowException:
+    except MlflowException as exc:
+        if not _absent(exc):
+            raise
         return []
     by_version: dict[str, list[str]] = {}
     for alias, version in aliases.items():

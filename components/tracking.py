@@ -64,7 +64,7 @@ def lineage_tags(params: Params, prepared_dir: str | Path | None) -> dict[str, s
             "strategy": params.finetune.strategy, "peft_method": params.peft.method,
             "backbone": params.model.name_or_path}
     if prepared_dir is not None and Path(prepared_dir).exists():
-        from components.data import data_version
+        from components.data_io import data_version
 
         tags["data_version"] = data_version(prepared_dir)
     return tags
@@ -99,11 +99,17 @@ def start_run(params: Params, prepared_dir: str | Path | None = None, *,
     items = [Param(k, v) for k, v in flatten(params.model_dump(mode="json")).items()]
     for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
         client.log_batch(run_id, params=items[i: i + 100])
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "params.yaml"
-        path.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
-        client.log_artifact(run_id, str(path), "config")
+    log_params_file(params, run_id, "config/params.yaml")
     return run_id
+
+
+def log_params_file(params: Params, run_id: str, artifact: str) -> None:
+    """The resolved params as a YAML artifact at `artifact` (e.g. config/params.yaml)."""
+    folder, _, name = artifact.rpartition("/")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+        get_client(params).log_artifact(run_id, str(path), folder or None)
 
 
 class MlflowLogger:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import ConfigError, Params, load_params
-from components.data import data_version
+from components.data_io import data_version
 
 PREPARE_STAGE = "prepare"
 

@@ -1,45 +1,106 @@
-"""Deployments of the flows: `retrain` on a cron schedule, `watch-data` on an interval.
+"""Deployments of the flows, as the Prefect UI shows them.
 
-`serve_deployments` registers both with the Prefect server (PREFECT_API_URL) and executes
-their runs in this process: scheduled ones, sensor-triggered ones, and any started from
-the UI with a custom parameter form. The same deployments can be registered
-on a work pool (`deploy_to_pool`) when a team outgrows one process.
+- `retrain`: on the cron schedule, on the `tuneline.data.changed` trigger
+  (pipelines/events.py), and from the UI's Custom run form;
+- `watch-data`: on an interval, announces new input data;
+- `promote` and `rollback`: run from the UI when a person decides.
+
+The retrain form is the flow's parameter schema made plain: a parameter that may be None
+("what params.yaml says") is shown as its own type, filled with the value params.yaml gives
+it at deploy time, so the form shows a dropdown set to `adamw` rather than a
+`str | None` toggle, and the server checks every run against that schema
+(`enforce_parameter_schema`).
+
+`serve_deployments` registers them with the Prefect server (PREFECT_API_URL) and executes
+their runs in this process; `deploy_to_pool` registers them on a work pool instead.
 """
 
 from __future__ import annotations
 
+import copy
+import re
 from pathlib import Path
 from typing import Any
 
-from components.config import PROJECT_ROOT, Params
+from components.config import DEFAULT_PARAMS, PROJECT_ROOT, Params
+from pipelines.events import data_changed_trigger
+from pipelines.limits import ensure_limit
+from pipelines.promote import promote, rollback
 from pipelines.retrain import retrain
 from pipelines.sensor import watch_data
 
 
+def retrain_form_defaults(params: Params, params_file: Path | None,
+                          overrides: list[str] | None) -> dict[str, Any]:
+    """The retrain form's initial values: what params.yaml (+ deploy overrides) says."""
+    return {"data_path": str(params.paths.raw), "strategy": params.finetune.strategy,
+            "peft_method": params.peft.method, "pretrain": params.pretrain.enabled,
+            "max_steps": params.finetune.max_steps, "overrides": list(overrides or []),
+            "params_file": _params_path(params_file)}
+
+
+def form_schema(schema: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with each `T | None` property shown as plain T, defaulting to `defaults`.
+
+    Descriptions are joined onto one line (the UI shows the docstring's line breaks).
+    """
+    out = copy.deepcopy(schema)
+    for name, prop in out["properties"].items():
+        options = prop.get("anyOf", [])
+        typed = [o for o in options if o != {"type": "null"}]
+        if len(options) == 2 and len(typed) == 1:
+            del prop["anyOf"]
+            prop.update(typed[0])
+        if name in defaults:
+            prop["default"] = defaults[name]
+        if prop.get("description"):
+            prop["description"] = re.sub(r"\s+", " ", prop["description"]).strip()
+    return out
+
+
 def deployment_specs(params: Params, params_file: Path | None = None,
                      overrides: list[str] | None = None) -> list[dict[str, Any]]:
-    """Name, entrypoint, schedule and default parameters of each deployment."""
+    """Name, entrypoint, schedule, triggers and default parameters of each deployment."""
     from prefect.schedules import Cron, Interval
 
-    defaults = {"params_file": str(Path(params_file).resolve()) if params_file else None,
-                "overrides": list(overrides or [])}
+    plain = {"params_file": _params_path(params_file)}
+    watch = {**plain, "overrides": list(overrides or [])}
     return [
         {"flow": retrain, "entrypoint": "pipelines/retrain.py:retrain", "name": "retrain",
-         "schedule": Cron(params.schedule.cron, timezone=params.schedule.timezone),
-         "parameters": {"config": defaults},
-         "description": "Retrain, gate and promote; also run on demand from the UI."},
+         "schedules": [Cron(params.schedule.cron, timezone=params.schedule.timezone)],
+         "triggers": [data_changed_trigger(params)],
+         "parameters": retrain_form_defaults(params, params_file, overrides),
+         "description": "Retrain, gate and promote. Runs on the schedule, when new data is "
+                        "announced (tuneline.data.changed), and from Custom run."},
         {"flow": watch_data, "entrypoint": "pipelines/sensor.py:watch_data",
-         "name": "watch-data", "schedule": Interval(params.schedule.sensor_interval_s),
-         "parameters": defaults,
-         "description": "Start retrain when the input data's hash differs from the champion's."},
+         "name": "watch-data", "schedules": [Interval(params.schedule.sensor_interval_s)],
+         "parameters": watch,
+         "description": "Announce new data (tuneline.data.changed) when the input's hash "
+                        "differs from the champion's."},
+        {"flow": promote, "entrypoint": "pipelines/promote.py:promote", "name": "promote",
+         "parameters": plain,
+         "description": "Make a version the @champion by hand: Custom run, enter the "
+                        "version and why."},
+        {"flow": rollback, "entrypoint": "pipelines/promote.py:rollback", "name": "rollback",
+         "parameters": plain,
+         "description": "Make the @previous version the @champion again: Custom run, say why."},
     ]
+
+
+def _to_deployment(flow: Any, spec: dict[str, Any]) -> Any:
+    deployment = flow.to_deployment(
+        name=spec["name"], schedules=spec.get("schedules"), triggers=spec.get("triggers"),
+        parameters=spec["parameters"], tags=["tuneline"], description=spec["description"],
+        enforce_parameter_schema=True)
+    schema = deployment._parameter_openapi_schema
+    plain = form_schema(schema.model_dump(), spec["parameters"])
+    deployment._parameter_openapi_schema = type(schema).model_validate(plain)
+    return deployment
 
 
 def build_deployments(params: Params, params_file: Path | None = None,
                       overrides: list[str] | None = None) -> list[Any]:
-    return [spec["flow"].to_deployment(name=spec["name"], schedule=spec["schedule"],
-                                       parameters=spec["parameters"], tags=["tuneline"],
-                                       description=spec["description"])
+    return [_to_deployment(spec["flow"], spec)
             for spec in deployment_specs(params, params_file, overrides)]
 
 
@@ -50,16 +111,15 @@ def deploy_to_pool(params: Params, pool: str, params_file: Path | None = None,
     The flows are loaded from this project folder, so a process worker on this machine
     (or on any machine with the project at the same path) can execute them.
     """
-    from prefect import Flow
+    from prefect import Flow, deploy
 
-    ids = []
-    for spec in deployment_specs(params, params_file, overrides):
-        flow = Flow.from_source(source=str(PROJECT_ROOT), entrypoint=spec["entrypoint"])
-        ids.append(str(flow.deploy(name=spec["name"], work_pool_name=pool,
-                                   schedule=spec["schedule"], parameters=spec["parameters"],
-                                   tags=["tuneline"], description=spec["description"],
-                                   print_next_steps=False)))
-    return ids
+    ensure_limit(params)
+    deployments = [
+        _to_deployment(Flow.from_source(source=str(PROJECT_ROOT), entrypoint=spec["entrypoint"]),
+                       spec)
+        for spec in deployment_specs(params, params_file, overrides)]
+    return [str(i) for i in deploy(*deployments, work_pool_name=pool, build=False, push=False,
+                                   print_next_steps_message=False)]
 
 
 def serve_deployments(params: Params, params_file: Path | None = None,
@@ -67,4 +127,9 @@ def serve_deployments(params: Params, params_file: Path | None = None,
     """Register the deployments and run their flow runs here until interrupted."""
     from prefect import serve
 
+    ensure_limit(params)
     serve(*build_deployments(params, params_file, overrides), limit=limit)
+
+
+def _params_path(params_file: Path | None) -> str:
+    return str(Path(params_file).resolve() if params_file else DEFAULT_PARAMS)

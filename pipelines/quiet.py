@@ -27,6 +27,9 @@ def quiet_libraries() -> None:
     """
     import transformers
 
+    # The stage results and training progress are the run's story: INFO and up.
+    logging.getLogger("tuneline").setLevel(logging.INFO)
+
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)

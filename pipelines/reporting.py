@@ -4,38 +4,44 @@ from __future__ import annotations
 
 from typing import Any
 
-from components.config import Params
+from components.config import GATED_METRICS, Params
+from components.stages import StageResult
 
 
-def summarize(params: Params, *, unchanged: dict[str, Any] | None = None, run_id: str = "",
-              trained: dict[str, Any] | None = None, evaluation: dict[str, Any] | None = None,
-              parity: dict[str, Any] | None = None, verdict: dict[str, Any] | None = None,
-              published: dict[str, Any] | None = None,
-              data: dict[str, Any] | None = None) -> dict[str, Any]:
+def summarize(params: Params, done: dict[str, StageResult], *,
+              unchanged: dict[str, Any] | None = None) -> dict[str, Any]:
     """One dict describing the run's outcome; the flow's return value."""
     from components.tracking import tracking_uri
 
-    base = {"model_name": params.registry.model_name, "tracking_uri": tracking_uri(params)}
+    data = done["version"].result
+    base = {"model_name": params.registry.model_name, "tracking_uri": tracking_uri(params),
+            "data_version": data["data_version"], "input_version": data["input_version"],
+            "dvc": data["dvc"], "dvc_lock": data.get("dvc_lock"),
+            "near_duplicates": done["prepare"].get("near_duplicates", {}).get("rows", 0)}
     if unchanged is not None:
         return {**base, "status": "unchanged", "version": unchanged["version"],
                 "aliases": {alias: unchanged["version"] for alias in unchanged["aliases"]},
                 "run_id": unchanged["run_id"],
-                "skipped": ["finetune", "evaluate", "export", "gate", "register"]}
-    trained, evaluation = trained or {}, evaluation or {}
-    verdict, published = verdict or {}, published or {}
-    skipped = ["finetune"] if trained.get("skipped") else []
+                "reused": ["pretrain", "finetune", "compress", "evaluate", "export", "gate",
+                           "register"]}
+    verdict, registered = done["gate"].result, done["register"].result
     return {
         **base,
-        "status": "promoted" if verdict.get("passed") else "not promoted",
-        "version": published.get("version"), "moves": published.get("moves", []),
-        "aliases": published.get("aliases", {}), "run_id": run_id,
-        "data_hash": (data or {}).get("data_hash"), "dvc": (data or {}).get("dvc"),
+        "status": "promoted" if verdict["passed"] else "not promoted",
+        "version": registered["version"], "moves": registered.get("moves", []),
+        "aliases": registered.get("aliases", {}), "run_id": registered["run_id"],
         "strategy": params.finetune.strategy, "peft_method": params.peft.method,
-        "steps": trained.get("steps"), "train_seconds": trained.get("train_seconds"),
-        "test": {k: v for k, v in evaluation.items() if isinstance(v, float)},
-        "int8": {k: v for k, v in (parity or {}).items() if not isinstance(v, dict)},
-        "gate_passed": verdict.get("passed"), "gate_reasons": verdict.get("reasons", []),
-        "skipped": skipped,
+        "steps": done["finetune"].get("steps"),
+        "train_seconds": done["finetune"].get("train_seconds"),
+        "test": {k: v for k, v in done["evaluate"].result.items() if isinstance(v, float)},
+        "challenger": {m: verdict["metrics"][m] for m in GATED_METRICS},
+        "champion": ({m: verdict["champion_metrics"][m] for m in GATED_METRICS}
+                     if verdict.get("champion_metrics") else None),
+        "champion_version": verdict.get("champion_version"),
+        "int8": {k: v for k, v in done["export"].result.items() if not isinstance(v, dict)},
+        "gate_passed": verdict["passed"], "gate_reasons": verdict.get("reasons", []),
+        "gate_decision": done["gate"].summary,
+        "reused": [name for name, r in done.items() if r.reused],
     }
 
 
@@ -55,19 +61,34 @@ def publish_artifacts(result: dict[str, Any], verdict: dict[str, Any]) -> None:
 
 
 def render_summary(result: dict[str, Any]) -> str:
-    """Where to look after a run, as Markdown (also printed by `tuneline run`)."""
+    """Where the run ended and why, as Markdown (also printed by `tuneline run`)."""
     lines = [f"**{result['model_name']}**: {result['status']}"]
+    if result["status"] == "skipped":
+        return "\n".join(lines + [f"- {result['reason']}"]) + "\n"
     if result.get("version"):
         lines.append(f"- model version: v{result['version']} (aliases: "
                      f"{_aliases(result.get('aliases', {}))})")
+    if result["status"] == "unchanged":
+        lines.append("- nothing to do: these data, params and code made this version already")
+    challenger, champion = result.get("challenger"), result.get("champion")
+    if challenger:
+        side = (f"; champion v{result['champion_version']}: "
+                + ", ".join(f"{m} {champion[m]:.4f}" for m in GATED_METRICS)
+                if champion else " (first model)")
+        lines.append("- test split, challenger: "
+                     + ", ".join(f"{m} {challenger[m]:.4f}" for m in GATED_METRICS) + side)
+    if result.get("gate_decision"):
+        lines.append(f"- gate: {result['gate_decision']}")
     for move in result.get("moves", []):
         lines.append(f"- alias move: {move}")
-    for reason in result.get("gate_reasons", []):
-        lines.append(f"- gate: {reason}")
+    if result.get("near_duplicates"):
+        lines.append(f"- data warning: {result['near_duplicates']} rows have a near-duplicate "
+                     "in another split (see data/prepared/report.json)")
+    lines.append(f"- data: {result['data_version']} ({result['dvc']})")
     if result.get("run_id"):
         lines.append(f"- MLflow run: {result['run_id']} at {result['tracking_uri']}")
-    if result.get("skipped"):
-        lines.append(f"- skipped (unchanged inputs): {', '.join(result['skipped'])}")
+    if result.get("reused") and result["status"] != "unchanged":
+        lines.append(f"- reused (inputs unchanged): {', '.join(result['reused'])}")
     return "\n".join(lines) + "\n"
 
 

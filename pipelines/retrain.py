@@ -1,90 +1,112 @@
 """The `retrain` flow: new data in, a gated model version out.
 
-prepare -> version data (DVC) -> [pretrain MLM] -> finetune -> evaluate -> export ONNX
--> gate vs @champion -> register + move aliases. Every step is a component function
-wrapped by a task in pipelines/tasks.py; dvc.yaml runs the same functions without Prefect.
+ingest -> prepare -> version data (DVC) -> [pretrain] -> finetune -> [compress] -> evaluate
+-> export -> gate vs @champion -> register. Every step is a stage function of components/stages
+run as a task (pipelines/tasks.py); `dvc repro` and the `tuneline` verbs run the same ones.
+
+The parameters are flat and typed so that the Prefect UI's "Custom run" form shows a text
+field, dropdowns, a toggle and a number; None means "what params.yaml says", and the
+deployment fills the form with those values (pipelines/deployments.py).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, ConfigDict, Field
+from prefect.states import Completed
+from pydantic import Field
 
-from components.config import Params, load_params
-from components.lineage import code_version
+from components.config import (
+    Params,
+    PeftConfig,
+    load_params,
+    named_overrides,
+    strategy_names,
+)
 from pipelines import tasks
+from pipelines.limits import RetrainBusy, one_retrain_per_model
 from pipelines.quiet import quiet_libraries
 from pipelines.reporting import publish_artifacts, summarize
 
-
-class RetrainConfig(BaseModel):
-    """What a person can choose when starting a retrain (rendered as a form in the UI)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    data_path: str | None = Field(
-        None, description="CSV, JSONL or Parquet with text and label columns. "
-                          "Empty: paths.raw from params.yaml (the demo corpus by default).")
-    strategy: Literal["adamw", "mezo", "zo_sign", "es"] | None = Field(
-        None, description="Fine-tuning strategy. Empty: finetune.strategy from params.yaml.")
-    peft_method: Literal["none", "lora", "ia3", "prompt_tuning", "prefix_tuning"] | None = (
-        Field(None, description="PEFT method. Empty: peft.method from params.yaml."))
-    pretrain: bool | None = Field(
-        None, description="Run masked-LM domain pretraining first. Empty: pretrain.enabled.")
-    overrides: list[str] = Field(
-        default_factory=list, description="More params.yaml overrides, each key.path=value, "
-                                          "e.g. finetune.max_steps=200.")
-    params_file: str | None = Field(None, description="params.yaml to read. Empty: the "
-                                                      "project's.")
-
-    def resolve(self) -> Params:
-        """params.yaml + the overrides this config implies, validated."""
-        sets = list(self.overrides)
-        if self.strategy is not None:
-            sets.append(f"finetune.strategy={self.strategy}")
-        if self.peft_method is not None:
-            sets.append(f"peft.method={self.peft_method}")
-        if self.pretrain is not None:
-            sets.append(f"pretrain.enabled={str(self.pretrain).lower()}")
-        return load_params(self.params_file, sets)
+StrategyName = Literal[tuple(strategy_names())]  # type: ignore[valid-type]
+PeftName = PeftConfig.model_fields["method"].annotation
 
 
-@flow(name="retrain", description="Retrain, gate and promote the text classifier.")
-def retrain(config: RetrainConfig | None = None) -> dict[str, Any]:
-    """Run the whole chain; returns a summary (model version, verdict, what was skipped)."""
+@flow(name="retrain", description=(
+    "Retrain, gate and promote the text classifier: ingest -> prepare -> version data -> "
+    "[pretrain] -> finetune -> [compress] -> evaluate -> export -> gate vs @champion -> "
+    "register."))
+def retrain(
+    data_path: str | None = None,
+    strategy: StrategyName | None = None,
+    peft_method: PeftName | None = None,
+    pretrain: bool | None = None,
+    max_steps: Annotated[int | None, Field(ge=1)] = None,
+    overrides: list[str] | None = None,
+    params_file: str | None = None,
+) -> Any:
+    """Run the whole chain; returns a summary (model version, verdict, what was reused).
+
+    One run per model at a time (pipelines/limits.py): a second one waits, or ends in a
+    Skipped state saying why when `schedule.when_busy` is `skip`. Each parameter left
+    empty (None) takes its value from params.yaml.
+
+    Args:
+        data_path: CSV, JSONL or Parquet file with text and label columns, on the machine
+            that runs the flow (a relative path starts at the project folder). params.yaml:
+            paths.raw.
+        strategy: How the weights move: adamw (gradients) or a zeroth-order method that
+            needs forward passes only (mezo, zo_sign, es). params.yaml: finetune.strategy.
+        peft_method: Which weights train: none (all of them), lora, ia3, prompt_tuning or
+            prefix_tuning. params.yaml: peft.method.
+        pretrain: Masked-LM pretraining on unlabeled in-domain text before fine-tuning.
+            params.yaml: pretrain.enabled.
+        max_steps: Fine-tuning steps (early stopping may end sooner). params.yaml:
+            finetune.max_steps.
+        overrides: More params.yaml values, one key.path=value each, applied last, e.g.
+            finetune.adamw.lr=1e-4 or gate.compare=non_inferiority.
+        params_file: The params.yaml to read (empty: the project's).
+    """
     started = time.perf_counter()
     quiet_libraries()
-    config = config or RetrainConfig()
-    params, code = config.resolve(), code_version()
+    params = load_params(params_file or None, named_overrides(
+        data_path=data_path, strategy=strategy, peft_method=peft_method, pretrain=pretrain,
+        max_steps=max_steps) + list(overrides or []))
+    logger = get_run_logger()
+    try:
+        with one_retrain_per_model(params, logger):
+            result = _run_stages(params)
+    except RetrainBusy as busy:
+        logger.warning("SKIPPED: %s", busy)
+        return Completed(name="Skipped", message=str(busy), data={
+            "status": "skipped", "reason": str(busy), "model_name": params.registry.model_name,
+            "flow_seconds": time.perf_counter() - started})
+    result["flow_seconds"] = time.perf_counter() - started
+    if result["status"] == "unchanged":
+        return result
+    publish_artifacts(result, result.pop("verdict"))
+    if not result["gate_passed"]:
+        logger.warning("NOT PROMOTED: %s", "; ".join(result["gate_reasons"]))
+        if params.gate.fail_run_on_reject:
+            raise GateRejected("; ".join(result["gate_reasons"]))
+    return result
+
+
+def _run_stages(params: Params) -> dict[str, Any]:
+    """Every stage as a task, in order; stops after `version` when a version exists."""
     timings: dict[str, float] = {}
     tasks.STAGE_SECONDS.set(timings)
-    tasks.prepare_data(params, config.data_path)
-    data = tasks.version_data(params, config.data_path)
-    init = tasks.pretrain_backbone(params, code) if params.pretrain.enabled else None
-    model_fp = tasks.finetune_fingerprint(params, data["data_hash"], code, init)
-    existing = tasks.find_registered(params, model_fp)
+    done = {"ingest": tasks.ingest(params), "prepare": tasks.prepare(params),
+            "version": tasks.version_data(params)}
+    existing = tasks.find_registered(params)
     if existing is not None:
-        return {**summarize(params, unchanged=existing), "stage_seconds": timings,
-                "flow_seconds": time.perf_counter() - started}
-    run_id = tasks.start_tracking(params, data, model_fp, code)
-    with tasks.tracked(params, run_id):
-        trained = tasks.finetune_model(params, model_fp, init, run_id)
-        evaluation = tasks.evaluate_model(params, model_fp, run_id)
-        parity = tasks.export_model(params, model_fp, run_id)
-        verdict = tasks.gate_model(params)
-        published = tasks.publish_model(params, run_id, verdict)
-    result = summarize(params, run_id=run_id, trained=trained, evaluation=evaluation,
-                       parity=parity, verdict=verdict, published=published, data=data)
-    result.update(stage_seconds=timings, flow_seconds=time.perf_counter() - started)
-    publish_artifacts(result, verdict)
-    if not verdict["passed"]:
-        get_run_logger().warning("NOT PROMOTED: %s", "; ".join(verdict["reasons"]))
-        if params.gate.fail_run_on_reject:
-            raise GateRejected("; ".join(verdict["reasons"]))
-    return result
+        return {**summarize(params, done, unchanged=existing), "stage_seconds": timings}
+    for name in ("pretrain", "finetune", "compress", "evaluate", "export", "gate", "register"):
+        done[name] = getattr(tasks, name)(params)
+    return {**summarize(params, done), "stage_seconds": timings,
+            "verdict": done["gate"].result}
 
 
 class GateRejected(RuntimeError):

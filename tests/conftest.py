@@ -103,8 +103,8 @@ def tiny_overrides(tmp_path: Path, backbone_dir: Path) -> list[str]:
                  f"registry.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
                  f"registry.artifact_root={tmp_path}/mlartifacts",
                  f"paths.raw={tmp_path / 'raw.jsonl'}"]
-    for name in ("corpus", "prepared", "pretrained", "model", "checkpoints", "eval",
-                 "export", "gate"):
+    for name in ("corpus", "input", "prepared", "pretrained", "model", "checkpoints", "eval",
+                 "export", "gate", "metrics"):
         overrides.append(f"paths.{name}={tmp_path / name}")
     return overrides
 

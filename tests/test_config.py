@@ -52,3 +52,25 @@ def test_unknown_section_in_file(tmp_path):
     f.write_text("bogus:\n  a: 1\n")
     with pytest.raises(ConfigError, match="bogus: unknown key"):
         load_params(f)
+
+
+def test_code_defaults_equal_params_yaml(tmp_path):
+    from components.config import DEFAULT_PARAMS, Params
+
+    assert Params().model_dump(mode="json") == load_params(DEFAULT_PARAMS).model_dump(mode="json")
+    # So a partial params file means "params.yaml's values for the rest", not other ones.
+    partial = tmp_path / "params.yaml"
+    partial.write_text("finetune:\n  strategy: mezo\n")
+    p = load_params(partial)
+    assert p.finetune.strategy == "mezo"
+    assert p.model.pooling == load_params(DEFAULT_PARAMS).model.pooling
+
+
+def test_named_options_are_overrides():
+    from components.config import named_overrides
+
+    assert named_overrides(data_path="x.csv", strategy="es", peft_method="lora",
+                           pretrain=False, max_steps=7) == [
+        "paths.raw=x.csv", "finetune.strategy=es", "peft.method=lora",
+        "pretrain.enabled=false", "finetune.max_steps=7"]
+    assert named_overrides() == []

@@ -15,17 +15,15 @@ from components.data import (
     DUPLICATE,
     EMPTY_TEXT,
     MALFORMED_ROW,
+    MISSING_GROUP,
     MISSING_LABEL,
     OVERLONG_TEXT,
-    SPLITS,
     TEXT_NOT_STRING,
     UNKNOWN_LABEL,
-    DataValidationError,
     assign_split,
-    load_split,
-    load_unlabeled,
     prepare_dataset,
 )
+from components.data_io import SPLITS, DataValidationError, load_split, load_unlabeled
 from tests.conftest import tiny_rows
 
 
@@ -109,11 +107,11 @@ def test_cli_exits_nonzero_with_a_clear_message(tmp_path):
     from pipelines.cli import app
 
     bad = _write(tmp_path / "bad.csv", [{"text": "", "label": "x"}] * 5 + tiny_rows(2))
-    result = CliRunner().invoke(app, ["prepare", "--input", str(bad), "--out",
-                                      str(tmp_path / "out")])
-    assert result.exit_code != 0
+    result = CliRunner().invoke(app, ["ingest", "--input", str(bad), "--set",
+                                      f"paths.input={tmp_path / 'input'}"])
+    assert result.exit_code == 2
     assert "max_bad_fraction" in result.output
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "input").exists()
 
 
 def test_appending_rows_never_moves_an_existing_row(tmp_path):
@@ -150,12 +148,13 @@ def test_all_three_formats_give_the_same_prepared_data(tmp_path, suffix):
         assert load_split(out, split) == load_split(reference, split)
 
 
-def test_a_numeric_text_column_is_reported_as_not_string(tmp_path):
-    # Parquet columns are typed: a number column where text belongs is caught by name.
+def test_a_numeric_text_column_is_reported_as_not_text(tmp_path):
+    # Parquet columns are typed: a number column where text belongs fails on the file.
     src = tmp_path / "in.parquet"
     pd.DataFrame({"text": list(range(30)), "label": ["a", "b", "c"] * 10}).to_parquet(src)
-    with pytest.raises(DataValidationError, match="text_not_string"):
+    with pytest.raises(DataValidationError, match="column 'text' holds int64, not text"):
         prepare_dataset(src, tmp_path / "out", DataConfig())
+    assert not (tmp_path / "out").exists()
 
 
 def test_custom_column_names_and_missing_column_error(tmp_path):
@@ -190,3 +189,40 @@ def test_load_unlabeled_reads_txt_and_jsonl(tmp_path):
     (tmp_path / "u.jsonl").write_text('{"text": "first doc"}\n{"text": 3}\n')
     assert load_unlabeled(tmp_path / "u.txt") == ["first doc", "second doc"]
     assert load_unlabeled(tmp_path / "u.jsonl") == ["first doc"]
+
+
+def test_rows_of_one_group_share_a_split(tmp_path):
+    rows = [{**r, "customer": f"c{i % 12}"} for i, r in enumerate(tiny_rows(40))]
+    rows.append({"text": "a row whose customer is unknown", "label": "sports", "customer": ""})
+    out = tmp_path / "out"
+    report = prepare_dataset(_write(tmp_path / "in.jsonl", rows), out,
+                             DataConfig(group_column="customer", test_fraction=0.25,
+                                        validation_fraction=0.25))
+    groups = {s: {r["group"] for r in _read_jsonl(out / f"{s}.jsonl")} for s in SPLITS}
+    assert sum(len(g) for g in groups.values()) == 12            # no group in two splits
+    assert all(groups.values())                                  # and every split has some
+    assert report["groups"] == {s: len(groups[s]) for s in SPLITS}
+    assert report["quarantined"] == {MISSING_GROUP: 1}
+    with pytest.raises(DataValidationError, match=r"missing column\(s\) \['account'\]"):
+        prepare_dataset(_write(tmp_path / "in.csv", rows), tmp_path / "o2",
+                        DataConfig(group_column="account"))
+
+
+def test_near_duplicates_across_splits_are_counted(tmp_path):
+    base = tiny_rows(40)
+    # Light edits of training texts: another split holding one inflates the test score.
+    edits = [{"text": r["text"] + " indeed", "label": r["label"]} for r in base]
+    report = prepare_dataset(_write(tmp_path / "in.jsonl", base + edits), tmp_path / "out",
+                             DataConfig())
+    near = report["near_duplicates"]
+    assert near["threshold"] == 0.8 and near["rows"] > 0
+    assert sum(near["by_splits"].values()) >= near["rows"]
+    split_of = {r["text"]: s for s in SPLITS for r in _read_jsonl(tmp_path / "out" /
+                                                                   f"{s}.jsonl")}
+    crossing = sum(split_of[e["text"]] != split_of[b["text"]]
+                   for b, e in zip(base, edits, strict=True))
+    assert near["rows"] <= crossing
+    for split_a, _, split_b, _, score in near["examples"]:
+        assert split_a != split_b and score >= 0.8
+    clean = prepare_dataset(_write(tmp_path / "clean.jsonl", base), tmp_path / "c", DataConfig())
+    assert clean["near_duplicates"]["rows"] == 0

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from components.config import AdamWConfig
-from components.data import data_version, load_split
+from components.config import AdamWConfig, load_params
+from components.data_io import data_version, load_split
 from components.finetune import STRATEGIES, JsonlLogger, TrainingDiverged, train
 from components.finetune import checkpoint as ckpt
 from components.finetune.batching import ShuffledLoader, collate, encode
@@ -19,7 +19,7 @@ from components.finetune.gradient import layer_depths, param_groups, warmup_line
 from components.finetune.loggers import read_jsonl
 from components.finetune.validation import EarlyStopper, classification_loss, evaluate_split
 from components.modeling import build_classifier, load_trained
-from tests.conftest import TINY_LABELS
+from tests.conftest import TINY_LABELS, tiny_overrides
 from tests.test_modeling import _with
 
 # Adapters and prompts move far less per step than full weights, so they get a larger lr.
@@ -74,7 +74,7 @@ def test_adamw_by_peft_matrix(tiny_params, tiny_prepared, tuned_backbone_dir, tm
     # The reloaded weights are exactly the ones validated during training.
     texts, ids = load_split(tiny_prepared, "validation")
     val = evaluate_split(reloaded.model, encode(tokenizer, texts, ids, params.model.max_length),
-                         params.evaluate.batch_size, len(TINY_LABELS))
+                         params.finetune.eval_batch_size, len(TINY_LABELS))
     assert val["loss"] == metrics["val_loss"] and val["accuracy"] == metrics["val_accuracy"]
     assert reloaded.meta["strategy"] == "adamw" and reloaded.meta["peft_method"] == method
     assert reloaded.meta["data_version"] == data_version(tiny_prepared)
@@ -125,11 +125,14 @@ def test_nan_loss_stops_and_restores_last_good_checkpoint(tiny_params, tiny_prep
         assert all(torch.isfinite(w).all() for w in weights.values())
 
 
-def test_unknown_strategy_names_the_known_ones(tiny_params, tiny_prepared, tmp_path):
-    params = _with(tiny_params, **{"finetune.strategy": "sgd-magic"})
-    with pytest.raises(ValueError, match="unknown strategy 'sgd-magic'.*adamw"):
-        train(params, tiny_prepared, tmp_path / "model", checkpoint_dir=tmp_path / "ck")
-    assert "adamw" in STRATEGIES
+def test_unknown_strategy_names_the_known_ones(tmp_path, tiny_backbone_dir):
+    from components.config import ConfigError, strategy_names
+
+    with pytest.raises(ConfigError, match=r"finetune.strategy: unknown strategy 'sgd-magic'; "
+                                          r"valid: adamw, es, mezo, zo_sign$"):
+        load_params(overrides=tiny_overrides(tmp_path, tiny_backbone_dir)
+                    + ["finetune.strategy=sgd-magic"])
+    assert sorted(STRATEGIES) == strategy_names()     # every section has its strategy
 
 
 def test_checkpoint_state_round_trip_without_pickle():

@@ -18,16 +18,15 @@ from safetensors.torch import load_file
 from components.config import PROJECT_ROOT
 from components.finetune import checkpoint as ckpt
 from components.finetune import train
+from tests.conftest import tiny_rows
 from tests.test_modeling import _with
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-def _finetune_cmd(params_file: Path, prepared: Path, out: Path, ck: Path, metrics: Path,
-                  *extra: str) -> list[str]:
+def _finetune_cmd(params_file: Path, *extra: str) -> list[str]:
     return [sys.executable, "-c", "from pipelines.cli import main; main()", "finetune",
-            "--params", str(params_file), "--prepared", str(prepared), "--out", str(out),
-            "--checkpoints", str(ck), "--metrics", str(metrics), *extra]
+            "--params", str(params_file), *extra]
 
 
 def _kill_after_first_checkpoint(cmd: list[str], ck: Path, timeout: float = 300) -> int:
@@ -53,7 +52,11 @@ def _kill_after_first_checkpoint(cmd: list[str], ck: Path, timeout: float = 300)
     return int(ckpt.latest_checkpoint(ck).name.split("-")[1])
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tiny_params, tiny_prepared, tmp_path):
+def test_resume_after_sigkill_matches_uninterrupted_run(tiny_params, tmp_path):
+    from mlflow import MlflowClient
+
+    from components import stages
+
     # Enough steps after the first checkpoint that the kill lands mid-training. One
     # evaluation, at the end, so the saved weights are the final ones, not an earlier best
     # that a resume could match by accident.
@@ -61,16 +64,20 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_params, tiny_prepar
                                    "finetune.checkpoint_every": 10})
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    params.paths.raw.write_text("".join(json.dumps(r) + "\n" for r in tiny_rows()))
+    stages.ingest(params)
+    stages.prepare(params)
 
-    reference = train(params, tiny_prepared, tmp_path / "ref", checkpoint_dir=tmp_path / "ck-ref")
+    reference = train(params, params.paths.prepared, tmp_path / "ref",
+                      checkpoint_dir=tmp_path / "ck-ref")
 
-    ck, out, metrics = tmp_path / "ck", tmp_path / "model", tmp_path / "metrics.json"
-    cmd = _finetune_cmd(params_file, tiny_prepared, out, ck, metrics)
-    killed_at = _kill_after_first_checkpoint(cmd, ck)
+    ck, out = params.paths.checkpoints, params.paths.model
+    metrics = params.paths.metrics / "finetune.json"
+    killed_at = _kill_after_first_checkpoint(_finetune_cmd(params_file), ck)
     assert 10 <= killed_at < 80 and not out.exists() and not metrics.exists()
 
-    done = subprocess.run(cmd + ["--resume"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          timeout=600, check=False)
+    done = subprocess.run(_finetune_cmd(params_file, "--resume"), cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = json.loads(metrics.read_text())
     assert resumed["resumed_from"] == killed_at
@@ -80,6 +87,12 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_params, tiny_prepar
     new_w = load_file(str(out / "model.safetensors"))
     assert ref_w.keys() == new_w.keys()
     assert all(torch.equal(ref_w[k], new_w[k]) for k in ref_w)
+    # One MLflow run for the whole training: the resumed part logs where the killed one did.
+    client = MlflowClient(params.registry.tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("tuneline").experiment_id])
+    assert run.info.run_id == resumed["mlflow_run_id"] and run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(set(steps)) == list(range(1, 81))
 
 
 def test_resume_refuses_a_checkpoint_from_other_params(tiny_params, tiny_prepared, tmp_path):

@@ -91,10 +91,9 @@ def test_deployment_run_from_the_api_completes_with_its_parameter(tmp_path, tiny
 
         dep = _wait_for(deployment, 120, "the retrain deployment", logs)
         assert dep["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"
-        assert "config" in dep["parameter_openapi_schema"]["properties"]  # the UI form
-        body = {"parameters": {"config": {"params_file": str(params_file),
-                                          "strategy": "adamw",
-                                          "overrides": ["finetune.max_steps=7"]}}}
+        assert "strategy" in dep["parameter_openapi_schema"]["properties"]  # the UI form
+        body = {"parameters": {"params_file": str(params_file), "strategy": "adamw",
+                               "max_steps": 7}}
         answers: list[str] = []
 
         def created() -> dict | None:
@@ -116,7 +115,7 @@ def test_deployment_run_from_the_api_completes_with_its_parameter(tmp_path, tiny
 
         run = _wait_for(finished, 600, "the flow run to finish", logs)
         assert run["state"]["type"] == "COMPLETED", logs[1].read_text()[-4000:]
-        assert run["parameters"]["config"]["overrides"] == ["finetune.max_steps=7"]
+        assert run["parameters"]["max_steps"] == 7
         meta = json.loads((tmp_path / "model" / "tuneline_model.json").read_text())
         assert meta["metrics"]["steps"] == 7                       # the parameter was applied
     finally:

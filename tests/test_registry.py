@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from components import registry, tracking
+from components.drift import REFERENCE_FILE
 from components.export import SERVED_FILES
 from components.gate import run_gate
 from components.predictor import INT8_MODEL, BundleIntegrityError, OnnxClassifier
@@ -32,7 +33,8 @@ def judge_and_publish(params, bundle: dict[str, Path], work: Path) -> dict:
     run_id = tracking.start_run(params, bundle["prepared"])
     champion = registry.champion_bundle(params, work / f"champion-{run_id}")
     verdict = run_gate(bundle["bundle"], bundle["prepared"], params, champion)
-    result = registry.publish(params, run_id, bundle["bundle"], verdict)
+    result = registry.publish(params, run_id, bundle["bundle"], verdict,
+                              prepared_dir=bundle["prepared"])
     tracking.end_run(params, run_id)
     return result
 
@@ -87,21 +89,15 @@ def test_promotion_lifecycle(bundles, tmp_path, tiny_backbone_dir):
         registry.promote(params, "42")
 
 
-@pytest.mark.parametrize("within_noise", ["promote", "reject"])
-def test_challenger_within_noise_follows_params(bundles, tmp_path, tiny_backbone_dir,
-                                                within_noise):
-    params = tiny_test_params(tmp_path, tiny_backbone_dir,
-                              [f"gate.noise.within_noise={within_noise}"])
+def test_the_same_model_again_is_no_worse_and_takes_over(bundles, tmp_path,
+                                                         tiny_backbone_dir):
+    params = tiny_test_params(tmp_path, tiny_backbone_dir)
     good = bundles["good"]
     judge_and_publish(params, good, tmp_path)
-    # The same model again: the difference against the champion is exactly zero (noise).
+    # The same model again: exactly no difference against the champion.
     again = judge_and_publish(params, good, tmp_path)
-    if within_noise == "promote":
-        assert again["passed"] and aliases(params)["champion"] == "2"
-    else:
-        assert not again["passed"]
-        assert aliases(params) == {"champion": "1", "previous": None, "challenger": "2"}
-        assert "within_noise" in tags(params, "2")["gate_reasons"]
+    assert again["passed"] and aliases(params)["champion"] == "2"
+    assert aliases(params)["previous"] == "1"
 
 
 def test_download_verifies_sha256_and_holds_no_pickle(bundles, tmp_path, tiny_backbone_dir):
@@ -110,7 +106,7 @@ def test_download_verifies_sha256_and_holds_no_pickle(bundles, tmp_path, tiny_ba
 
     version, local = registry.download_bundle(params, "champion", tmp_path / "served")
     assert version == "1"
-    assert sorted(p.name for p in local.iterdir()) == sorted(SERVED_FILES)
+    assert sorted(p.name for p in local.iterdir()) == sorted([*SERVED_FILES, REFERENCE_FILE])
     for path in local.iterdir():
         assert path.suffix in (".onnx", ".json")  # protobuf and JSON only, no pickle
     assert len(OnnxClassifier(local).predict(["football goal referee"])) == 1
@@ -127,7 +123,7 @@ def test_download_verifies_sha256_and_holds_no_pickle(bundles, tmp_path, tiny_ba
 
 
 def test_run_records_params_step_metrics_and_lineage(bundles, tmp_path, tiny_backbone_dir):
-    from components.data import data_version
+    from components.data_io import data_version
     from components.finetune import train
 
     params = tiny_test_params(tmp_path, tiny_backbone_dir, ["finetune.max_steps=6",

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from components.config import load_params
-from components.data import data_version
+from components.data_io import data_version, md5_file
 from components.io import sha256_file
-from pipelines.retrain import RetrainConfig, retrain
+from pipelines.retrain import retrain
 from pipelines.sensor import data_changed
 from tests.conftest import tiny_overrides, tiny_rows
 
@@ -34,13 +34,14 @@ def test_retrain_registers_promotes_skips_unchanged_and_retrains_on_new_data(
     client = MlflowClient(params.registry.tracking_uri)
     name = params.registry.model_name
 
-    first = retrain(RetrainConfig(overrides=overrides))
+    first = retrain(overrides=overrides)
 
     assert first["status"] == "promoted" and first["version"] == "1"
     run = client.get_run(first["run_id"])
     tags = run.data.tags
     assert tags["data_version"] == data_version(params.paths.prepared)
-    assert tags["raw_data_hash"] == data_version(raw)
+    assert tags["raw_data_hash"] == md5_file(raw)
+    assert tags["input_version"] == data_version(params.paths.input / "labeled")
     assert tags["params_hash"] == params.hash()
     assert (tags["strategy"], tags["peft_method"]) == ("adamw", "none")
     assert len(tags["git_commit"]) >= 7
@@ -63,7 +64,7 @@ def test_retrain_registers_promotes_skips_unchanged_and_retrains_on_new_data(
 
     _write_rows(raw, tiny_rows(n_per_class=40) + tiny_rows(n_per_class=10, seed=5))
     assert data_changed(overrides=overrides)["changed"] is True
-    third = retrain(RetrainConfig(overrides=overrides))
+    third = retrain(overrides=overrides)
     assert third["version"] == "2" and third["run_id"] != first["run_id"]
     assert weights.stat().st_mtime_ns != trained_at
     assert client.get_run(third["run_id"]).data.tags["data_version"] != tags["data_version"]

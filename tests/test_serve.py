@@ -103,6 +103,16 @@ def test_bad_input_is_rejected_clearly_and_the_server_stays_up(server, payload, 
     assert ok.status_code == 200
 
 
+def test_predict_wants_post_and_answers_json_errors(server):
+    url, _ = server
+    resp = httpx.get(url + "/v1/predict")
+    assert resp.status_code == 405 and resp.headers["allow"] == "POST"
+    assert "use POST" in resp.json()["error"]
+    problems = httpx.post(url + "/v1/predict", json={"texts": ["ok", 1], "x": 2}).json()
+    assert problems["problems"] == ["texts.1: Input should be a valid string",
+                                    "x: Extra inputs are not permitted"]
+
+
 def test_bearer_token_is_required_when_set(tmp_path, bundle, monkeypatch):
     monkeypatch.setenv("TUNELINE_API_TOKEN", "s3cret")
     app = create_app(serve_params(tmp_path), bundle_dir=bundle)

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from components.config import FinetuneConfig, Section
+from components.config import FinetuneConfig, Section, strategy_names
 
 # loss_fn(model, batch) -> scalar loss tensor. Zeroth-order strategies call it under
 # torch.inference_mode(); gradient strategies call it with autograd on.
@@ -73,8 +73,11 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     """Class decorator: add `cls` to STRATEGIES under `cls.name`; duplicates are errors."""
     if cls.name in STRATEGIES:
         raise ValueError(f"strategy {cls.name!r} is already registered")
-    if cls.config_key not in FinetuneConfig.model_fields:
-        raise ValueError(f"strategy {cls.name!r}: finetune.{cls.config_key} is not a section")
+    if cls.config_key not in strategy_names():
+        raise ValueError(f"strategy {cls.name!r}: finetune.{cls.config_key} is not a strategy "
+                         "section (a StrategySection field of FinetuneConfig)")
+    if cls.name != cls.config_key:
+        raise ValueError(f"strategy {cls.name!r}: its settings must live in finetune.{cls.name}")
     STRATEGIES[cls.name] = cls
     return cls
 

@@ -25,11 +25,16 @@ Batch = dict[str, torch.Tensor]
 
 @dataclass
 class Encoded:
-    """Token ids of every example (unpadded) and their class ids."""
+    """Token ids of every example (unpadded) and their class ids.
+
+    `targets`, when set, are a teacher's logits for each example (distillation); a label
+    of -1 then marks a row with no gold label (unlabeled text, soft targets only).
+    """
 
     input_ids: list[list[int]]
     labels: list[int]
     pad_id: int
+    targets: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -54,7 +59,10 @@ def collate(data: Encoded, indices: list[int]) -> Batch:
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         mask[row, : len(seq)] = 1
     labels = torch.tensor([data.labels[i] for i in indices], dtype=torch.long)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if data.targets is not None:
+        batch["teacher_logits"] = data.targets[indices]
+    return batch
 
 
 class ShuffledLoader:

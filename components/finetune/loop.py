@@ -11,6 +11,7 @@ produces the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import random
 import time
@@ -24,13 +25,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from components.config import Params
-from components.data import data_version, load_label_map, load_split
+from components.data_io import data_version, load_label_map, load_split
 from components.finetune import checkpoint as ckpt
 from components.finetune.base import LossFn, Strategy, build_strategy
 from components.finetune.batching import Encoded, ShuffledLoader, encode, sequential_batches
 from components.finetune.loggers import MetricsLogger, null_logger
 from components.finetune.validation import EarlyStopper, classification_loss, evaluate_split
 from components.modeling import build_classifier, save_trained, trainable_parameters
+
+progress_log = logging.getLogger("tuneline.train")
 
 
 class TrainingDiverged(RuntimeError):
@@ -49,6 +52,7 @@ class RunState:
     best_eval: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
     resumed_from: int = 0
+    started_at: float = field(default_factory=time.perf_counter)
 
 
 def seed_everything(seed: int) -> None:
@@ -57,9 +61,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class Prebuilt:
+    """A model, its training rows and its loss made by the caller (distillation builds a
+    student and soft targets); the loop does everything else the same way."""
+
+    model: nn.Module
+    tokenizer: Any
+    train_data: Encoded
+    loss_fn: LossFn
+
+
 def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
           init_dir: str | Path | None = None, checkpoint_dir: str | Path | None = None,
-          resume: bool = False, logger: MetricsLogger | None = None) -> dict[str, Any]:
+          resume: bool = False, logger: MetricsLogger | None = None,
+          prebuilt: Prebuilt | None = None) -> dict[str, Any]:
     """Fine-tune a classifier on `prepared_dir` and save it to `out_dir`.
 
     Args:
@@ -70,6 +86,8 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
         checkpoint_dir: where checkpoints go (default `paths.checkpoints`).
         resume: continue from the latest checkpoint there; without it old ones are cleared.
         logger: called as `logger(metrics, step)` for train and validation metrics.
+        prebuilt: train this model on these rows with this loss instead of building the
+            classifier from params (validation is still the prepared validation split).
 
     Returns:
         Final metrics: val_loss / val_accuracy / val_macro_f1 (of the best evaluation, whose
@@ -83,8 +101,12 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
     torch.set_num_threads(params.model.num_threads)
     seed_everything(cfg.seed)
     labels = load_label_map(prepared_dir)
-    model, tokenizer = build_classifier(params, labels, Path(init_dir) if init_dir else None)
-    train_data = _encode_split(tokenizer, prepared_dir, "train", params)
+    if prebuilt is None:
+        model, tokenizer = build_classifier(params, labels,
+                                            Path(init_dir) if init_dir else None)
+        train_data = _encode_split(tokenizer, prepared_dir, "train", params)
+    else:
+        model, tokenizer, train_data = prebuilt.model, prebuilt.tokenizer, prebuilt.train_data
     val_data = _encode_split(tokenizer, prepared_dir, "validation", params)
     strategy = build_strategy(cfg, trainable_parameters(model), cfg.max_steps)
     loader = ShuffledLoader(train_data, cfg.batch_size, cfg.seed, cfg.sort_window)
@@ -101,7 +123,8 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
     model.train(strategy.uses_grad)  # forward-only strategies run without dropout noise
 
     n_classes = len(labels)
-    loss_fn = functools.partial(classification_loss, label_smoothing=cfg.label_smoothing)
+    loss_fn = prebuilt.loss_fn if prebuilt is not None else functools.partial(
+        classification_loss, label_smoothing=cfg.label_smoothing)
     bar = tqdm(total=cfg.max_steps, initial=run.step, desc="finetune", disable=None)
     while run.step < cfg.max_steps and not run.stopped_early:
         t0, cpu0 = time.perf_counter(), time.process_time()
@@ -120,7 +143,8 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
                 best = _validate(model, val_data, params, n_classes, stopper, run, best, log)
         if run.step % cfg.checkpoint_every == 0 and run.step < cfg.max_steps:
             _guard_weights(model, run.step, root, strategy)
-            state = {"run": vars(run), "strategy": strategy.state_dict(),
+            state = {"run": {k: v for k, v in vars(run).items() if k != "started_at"},
+                     "strategy": strategy.state_dict(),
                      "loader": loader.state_dict(), "stopper": stopper.state_dict(),
                      "rng": ckpt.rng_state(), "params_hash": params.hash()}
             ckpt.save_checkpoint(root, run.step, model, state, best, cfg.keep_checkpoints)
@@ -149,15 +173,33 @@ def _validate(model: nn.Module, val_data: Encoded, params: Params, n_classes: in
               log: MetricsLogger) -> dict | None:
     """Evaluate, log, update early stopping; returns the (possibly new) best weights."""
     cfg = params.finetune
-    metrics = evaluate_split(model, val_data, params.evaluate.batch_size, n_classes,
+    metrics = evaluate_split(model, val_data, cfg.eval_batch_size, n_classes,
                              cfg.eval_max_batches)
     run.last_eval = metrics
     log({f"val/{k}": v for k, v in metrics.items()}, run.step)
+    _progress_line(run, cfg.max_steps, cfg.early_stopping.metric, metrics)
     if stopper.update(metrics, run.step):
         run.best_eval = metrics
         best = ckpt.trainable_state(model)
     run.stopped_early = stopper.should_stop
     return best
+
+
+def _progress_line(run: RunState, max_steps: int, metric: str,
+                   metrics: dict[str, float]) -> None:
+    """One line per evaluation, for logs without a terminal (Prefect workers, CI, `> log`)."""
+    done = run.step - run.resumed_from
+    wall = time.perf_counter() - run.started_at
+    eta = wall / done * (max_steps - run.step) if done else 0.0
+    recent = run.losses[-min(len(run.losses), 20):]
+    progress_log.info("step %d/%d  train loss %.4f  validation %s %.4f  elapsed %s  ETA %s",
+                      run.step, max_steps, float(np.mean(recent)), metric, metrics[metric],
+                      _clock(wall), _clock(eta))
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s"
 
 
 def _guard_finite(loss: float, step: int, model: nn.Module, root: Path,

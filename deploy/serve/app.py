@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
 import tempfile
@@ -18,29 +17,22 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from components.config import Params
 from deploy.serve.batcher import MicroBatcher
 from deploy.serve.holder import LocalBundleSource, ModelHolder, ModelSource, RegistrySource
+from deploy.serve.inference import StageTimes
 from deploy.serve.metrics import ServeMetrics
-from deploy.serve.middleware import PREDICT_PATH, ObserveMiddleware
+from deploy.serve.middleware import ObserveMiddleware
+from deploy.serve.monitor import PredictionMonitor
+from deploy.serve.predict import ModelNotReady, PredictEndpoint, describe_validation
 
 log = logging.getLogger("tuneline.serve")
 TOKEN_ENV = "TUNELINE_API_TOKEN"
-
-
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    texts: list[StrictStr] = Field(min_length=1, description="Texts to classify")
-
-
-class ModelNotReady(RuntimeError):
-    """No model has been loaded yet."""
 
 
 def build_source(params: Params, bundle_dir: str | Path | None = None, alias: str = "champion",
@@ -70,11 +62,14 @@ def create_app(params: Params, *, bundle_dir: str | Path | None = None, alias: s
     cfg = params.serve
     token = api_token if api_token is not None else os.environ.get(TOKEN_ENV, "")
     metrics = ServeMetrics()
+    monitor = PredictionMonitor(params.monitoring)
+    metrics.registry.register(monitor)
     holder = ModelHolder(source or build_source(params, bundle_dir, alias, cache_dir),
                          threads=cfg.threads, metrics=metrics,
                          call_cost_tokens=cfg.bucket_call_cost_tokens, max_rows=cfg.max_batch,
-                         retry_base_s=cfg.reload_interval_s, spinning=cfg.ort_spinning)
-    batcher = MicroBatcher(_infer_fn(holder, metrics), cfg.max_batch, cfg.max_wait_ms,
+                         retry_base_s=cfg.reload_interval_s, spinning=cfg.ort_spinning,
+                         monitor=monitor)
+    batcher = MicroBatcher(_infer_fn(holder, metrics, monitor), cfg.max_batch, cfg.max_wait_ms,
                            workers=cfg.workers, join_gap_ms=cfg.join_gap_ms)
 
     @contextlib.asynccontextmanager
@@ -91,24 +86,31 @@ def create_app(params: Params, *, bundle_dir: str | Path | None = None, alias: s
 
     app = FastAPI(title="tuneline classifier", lifespan=lifespan)
     app.state.holder, app.state.batcher, app.state.metrics = holder, batcher, metrics
+    app.state.monitor = monitor
     max_body = cfg.max_texts * (cfg.max_text_chars * 6 + 8) + 1024  # JSON escapes <= 6 bytes
-    app.add_middleware(ObserveMiddleware, metrics=metrics, batcher=batcher, max_body=max_body)
+    predict = PredictEndpoint(batcher, lambda: holder.current is not None, token=token or None,
+                              max_body=max_body, max_texts=cfg.max_texts,
+                              max_chars=cfg.max_text_chars)
+    app.add_middleware(ObserveMiddleware, metrics=metrics, batcher=batcher, max_body=max_body,
+                       predict=predict)
     _add_error_handlers(app)
-    _add_routes(app, params, _auth(token or None))
+    _add_routes(app)
     return app
 
 
-def _infer_fn(holder: ModelHolder, metrics: ServeMetrics) -> Callable:
+def _infer_fn(holder: ModelHolder, metrics: ServeMetrics, monitor: PredictionMonitor
+              ) -> Callable:
     def infer(texts: list[str]):
         model = holder.current  # one snapshot per batch: a swap mid-batch does not affect it
         if model is None:
             raise ModelNotReady("no model loaded yet")
         t0 = time.perf_counter()
-        preds = model.classifier.predict(texts)
-        metrics.inference.observe(time.perf_counter() - t0)
-        metrics.batch_size.observe(len(texts))
-        metrics.texts.inc(len(texts))
-        return model.version, preds
+        times = StageTimes()
+        probs = model.classifier.probabilities(texts, times)
+        monitor.observe(model.version, probs)
+        seconds = time.perf_counter() - t0
+        metrics.observe_batch(len(texts), seconds, times)
+        return (model.version, model.classifier.labels), probs
 
     return infer
 
@@ -120,25 +122,8 @@ async def _poll(holder: ModelHolder, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
 
 
-def _auth(token: str | None) -> Callable:
-    async def check(authorization: str | None = Header(default=None)) -> None:
-        if token is None:
-            return
-        scheme, _, value = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not value:
-            raise HTTPException(401, "missing bearer token (Authorization: Bearer <token>)",
-                                headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(value.strip().encode(), token.encode()):
-            raise HTTPException(401, "invalid bearer token",
-                                headers={"WWW-Authenticate": "Bearer"})
-
-    return check
-
-
-def _add_routes(app: FastAPI, params: Params, auth: Callable) -> None:
-    cfg = params.serve
+def _add_routes(app: FastAPI) -> None:
     holder: ModelHolder = app.state.holder
-    batcher: MicroBatcher = app.state.batcher
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -155,30 +140,6 @@ def _add_routes(app: FastAPI, params: Params, auth: Callable) -> None:
 
         return Response(generate_latest(app.state.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
-
-    @app.post(PREDICT_PATH, dependencies=[Depends(auth)])
-    async def predict(body: PredictRequest) -> JSONResponse:
-        _check_limits(body.texts, cfg.max_texts, cfg.max_text_chars)
-        if holder.current is None:
-            raise HTTPException(503, "no model loaded yet; see /readyz")
-        try:
-            version, preds = await batcher.submit(body.texts)
-        except ModelNotReady as exc:
-            raise HTTPException(503, f"{exc}; see /readyz") from None
-        return JSONResponse({
-            "model_version": version,
-            "predictions": [{"label": p.label, "score": p.score, "scores": p.scores}
-                            for p in preds],
-        })
-
-
-def _check_limits(texts: list[str], max_texts: int, max_chars: int) -> None:
-    if len(texts) > max_texts:
-        raise HTTPException(413, f"too many texts: {len(texts)} > serve.max_texts={max_texts}")
-    for i, text in enumerate(texts):
-        if len(text) > max_chars:
-            raise HTTPException(413, f"texts[{i}] is too long: {len(text)} characters > "
-                                     f"serve.max_text_chars={max_chars}")
 
 
 def readiness(holder: ModelHolder) -> dict:
@@ -199,22 +160,10 @@ def readiness(holder: ModelHolder) -> dict:
     }
 
 
-def _describe_validation(errors: list[dict]) -> list[str]:
-    out = []
-    for err in errors:
-        if err.get("type") == "json_invalid":
-            reason = (err.get("ctx") or {}).get("error", "")
-            out.append(f"malformed JSON: {reason}".rstrip(": "))
-            continue
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        out.append(f"{loc}: {err.get('msg')}")
-    return out
-
-
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = _describe_validation(list(exc.errors()))
+        problems = describe_validation(list(exc.errors()))
         return JSONResponse({"error": "invalid request: " + "; ".join(problems),
                              "problems": problems}, status_code=422)
 

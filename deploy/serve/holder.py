@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from components.config import Params
+from components.drift import REFERENCE_FILE, load_reference
 from components.predictor import INT8_MODEL, OnnxClassifier
 from deploy.serve.inference import BucketedClassifier
 
@@ -31,6 +32,8 @@ class ModelSource(Protocol):
     def wanted_version(self) -> str | None: ...
 
     def fetch(self, version: str) -> Path: ...
+
+    # Optional: `created_at(version) -> float | None`, the version's creation time (Unix s).
 
 
 class LocalBundleSource:
@@ -54,6 +57,10 @@ class LocalBundleSource:
 
     def fetch(self, version: str) -> Path:
         return self.bundle_dir
+
+    def created_at(self, version: str) -> float | None:
+        manifest = self.bundle_dir / "manifest.json"
+        return manifest.stat().st_mtime if manifest.exists() else None
 
 
 class RegistrySource:
@@ -85,6 +92,12 @@ class RegistrySource:
         self._prune(keep_names={f"v{version}"})
         return Path(path)
 
+    def created_at(self, version: str) -> float | None:
+        from components.tracking import get_client
+
+        mv = get_client(self.params).get_model_version(self.params.registry.model_name, version)
+        return mv.creation_timestamp / 1000 if mv.creation_timestamp else None
+
     def _prune(self, keep_names: set[str]) -> None:
         """Delete downloaded bundles beyond the newest `keep` (loaded sessions live in RAM)."""
         dirs = sorted((d for d in self.cache_dir.glob("v*") if d.is_dir()),
@@ -101,6 +114,8 @@ class LoadedModel:
     sha256: str | None
     bundle_dir: Path
     loaded_at: float
+    created_at: float | None = None
+    reference: dict | None = None  # prediction distribution on the version's test split
 
 
 @dataclass
@@ -119,8 +134,9 @@ class ModelHolder:
 
     def __init__(self, source: ModelSource, threads: int = 2, metrics=None,
                  call_cost_tokens: int = 64, max_rows: int = 32,
-                 retry_base_s: float = 10.0, spinning: bool = False) -> None:
+                 retry_base_s: float = 10.0, spinning: bool = False, monitor=None) -> None:
         self.source = source
+        self.monitor = monitor  # PredictionMonitor: told about each version swapped in
         # Busy-waiting ORT workers cut latency when the process is alone on its cores, but
         # steal CPU from the HTTP event loop when it is not.
         self.session_config = {} if spinning else {"session.intra_op.allow_spinning": "0"}
@@ -165,7 +181,12 @@ class ModelHolder:
                               session_config=self.session_config)
         clf = BucketedClassifier(onnx, self.call_cost_tokens, self.max_rows)
         clf.predict(["warm up"])  # first run allocates; keep that off the request path
-        loaded = LoadedModel(version, clf, onnx.sha256, Path(bundle), time.time())
+        reference = self._reference(Path(bundle), onnx.labels)
+        created = self._created_at(version)
+        loaded = LoadedModel(version, clf, onnx.sha256, Path(bundle), time.time(), created,
+                             reference)
+        if self.monitor is not None:
+            self.monitor.set_version(version, onnx.labels, reference)
         old = self.current
         self.current = loaded  # the swap: one reference assignment
         self.status.reloads += 1
@@ -175,10 +196,39 @@ class ModelHolder:
         if self.metrics is not None:
             self.metrics.reloads.labels("success").inc()
             self.metrics.reload_failing.set(0)
-            self.metrics.set_model(version, onnx.sha256, self.source.description)
+            self.metrics.set_model(version, onnx.sha256, self.source.description,
+                                   loaded.loaded_at, created)
         log.info("serving version %s (%s) after %.2fs load; previous %s", version,
                  self.source.description, time.perf_counter() - t0,
                  old.version if old else None)
+
+    def _created_at(self, version: str) -> float | None:
+        """The source's creation time of `version`; None when it has none or cannot say."""
+        created_at = getattr(self.source, "created_at", None)
+        if created_at is None:
+            return None
+        try:
+            return created_at(version)
+        except Exception as exc:  # an age metric is not worth failing a load for
+            log.warning("creation time of version %s unknown: %s", version, exc)
+            return None
+
+    @staticmethod
+    def _reference(bundle: Path, labels: list[str]) -> dict | None:
+        """The version's prediction reference, if it came with a valid one.
+
+        A missing or broken reference costs the drift signal, not the model: it is logged
+        (and `tuneline_prediction_reference_loaded` is 0), and the version is served.
+        """
+        path = bundle / REFERENCE_FILE
+        if not path.exists():
+            log.warning("%s has no %s: no drift PSI for this version", bundle, REFERENCE_FILE)
+            return None
+        try:
+            return load_reference(path, labels)
+        except (ValueError, OSError) as exc:
+            log.error("ignoring the prediction reference of %s: %s", bundle, exc)
+            return None
 
     def _record_failure(self, exc: Exception, version: str | None) -> None:
         self.status.failures += 1

@@ -30,13 +30,45 @@ class ServeMetrics:
         self.inference = Histogram("tuneline_inference_seconds",
                                    "Tokenize + ONNX Runtime time per batch",
                                    buckets=_LATENCY_BUCKETS, registry=r)
+        stages = Counter("tuneline_inference_stage_seconds",
+                         "Inference time by stage (worker threads)", ["stage"], registry=r)
+        # Children bound once: labels() per batch would cost a dict lookup and a lock each.
+        self.stage_seconds = {s: stages.labels(s) for s in ("tokenize", "assemble",
+                                                             "onnxruntime", "postprocess")}
+        tokens = Counter("tuneline_tokens", "Tokens run through ONNX Runtime: real ones and "
+                         "with the padding of their group", ["kind"], registry=r)
+        self.tokens = tokens.labels("text")
+        self.padded_tokens = tokens.labels("padded")
         self.model = Info("tuneline_model", "The model being served", registry=r)
         self.model_ready = Gauge("tuneline_model_ready", "1 when a model is loaded", registry=r)
         self.reloads = Counter("tuneline_model_reloads_total",
                                "Model load attempts by result", ["result"], registry=r)
         self.reload_failing = Gauge("tuneline_model_reload_failing",
                                     "1 while the latest load attempt failed", registry=r)
+        self.model_loaded_at = Gauge("tuneline_model_loaded_timestamp_seconds",
+                                     "When the served model was loaded (Unix time)", registry=r)
+        self.model_created_at = Gauge(
+            "tuneline_model_created_timestamp_seconds",
+            "When the served version was registered (local bundle: exported)", registry=r)
 
-    def set_model(self, version: str, sha256: str | None, source: str) -> None:
+    def observe_batch(self, texts: int, seconds: float, times) -> None:
+        """One inference batch: its size, its time and where the time went (StageTimes)."""
+        self.inference.observe(seconds)
+        self.batch_size.observe(texts)
+        self.texts.inc(texts)
+        self.stage_seconds["tokenize"].inc(times.tokenize)
+        self.stage_seconds["assemble"].inc(times.assemble)
+        self.stage_seconds["onnxruntime"].inc(times.onnxruntime)
+        self.stage_seconds["postprocess"].inc(
+            max(0.0, seconds - times.tokenize - times.assemble - times.onnxruntime))
+        self.tokens.inc(times.tokens)
+        self.padded_tokens.inc(times.padded_tokens)
+
+    def set_model(self, version: str, sha256: str | None, source: str,
+                  loaded_at: float | None = None, created_at: float | None = None) -> None:
         self.model.info({"version": version, "sha256": sha256 or "", "source": source})
         self.model_ready.set(1)
+        if loaded_at is not None:
+            self.model_loaded_at.set(loaded_at)
+        if created_at is not None:
+            self.model_created_at.set(created_at)

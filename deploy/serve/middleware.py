@@ -6,27 +6,32 @@ every request of a latency-sensitive path and only needs to see the response sta
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
+import orjson
+
 from deploy.serve.batcher import MicroBatcher
 from deploy.serve.metrics import ServeMetrics
+from deploy.serve.predict import respond
 
 PREDICT_PATH = "/v1/predict"
 _ROUTES = {PREDICT_PATH, "/healthz", "/readyz", "/metrics"}
-_REASONS = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+_REASONS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
             413: "too_large", 422: "invalid_request", 500: "internal", 503: "not_ready"}
 
 
 class ObserveMiddleware:
     """Time and count requests; reject oversized predict bodies before they are read."""
 
-    def __init__(self, app, metrics: ServeMetrics, batcher: MicroBatcher, max_body: int) -> None:
+    def __init__(self, app, metrics: ServeMetrics, batcher: MicroBatcher, max_body: int,
+                 predict) -> None:
         self.app = app
         self.metrics = metrics
         self.batcher = batcher
         self.max_body = max_body
+        self.predict = predict  # the ASGI handler of POST /v1/predict (deploy.serve.predict)
+        self._children: dict[tuple[str, int], tuple] = {}
 
     async def __call__(self, scope: dict[str, Any], receive, send) -> None:
         if scope["type"] != "http":
@@ -57,7 +62,7 @@ class ObserveMiddleware:
         # The batcher holds a batch open only while other predict requests are in flight.
         self.batcher.enter()
         try:
-            await self.app(scope, receive, send)
+            await self.predict(scope, receive, send)
         finally:
             self.batcher.leave()
 
@@ -71,15 +76,22 @@ class ObserveMiddleware:
         return False
 
     async def _reject_size(self, send) -> None:
-        body = json.dumps({"error": f"request body larger than {self.max_body} bytes "
-                                    "(serve.max_texts x serve.max_text_chars)"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, 413, orjson.dumps({
+            "error": f"request body larger than {self.max_body} bytes "
+                     "(serve.max_texts x serve.max_text_chars)"}))
 
     def _observe(self, route: str, status: int, seconds: float) -> None:
-        self.metrics.requests.labels(route, str(status)).inc()
-        self.metrics.latency.labels(route).observe(seconds)
-        if status >= 400:
-            self.metrics.errors.labels(_REASONS.get(status, f"http_{status}")).inc()
+        # Metric children per (route, status), looked up once: labels() takes a lock and
+        # builds tuples, on every request of the hot path otherwise.
+        children = self._children.get((route, status))
+        if children is None:
+            children = self._children[(route, status)] = (
+                self.metrics.requests.labels(route, str(status)),
+                self.metrics.latency.labels(route),
+                self.metrics.errors.labels(_REASONS.get(status, f"http_{status}"))
+                if status >= 400 else None)
+        requests, latency, errors = children
+        requests.inc()
+        latency.observe(seconds)
+        if errors is not None:
+            errors.inc()

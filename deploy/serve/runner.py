@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from components.config import Params
@@ -18,6 +19,10 @@ def run_server(params: Params, *, bundle_dir: str | Path | None = None, alias: s
     import uvicorn
 
     from deploy.serve.app import create_app
+
+    # An inference thread coming back from ONNX Runtime needs the GIL to hand its batch on;
+    # while the event loop is busy it waits up to this interval, with a core idle.
+    sys.setswitchinterval(params.serve.gil_switch_interval_ms / 1e3)
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     app = create_app(params, bundle_dir=bundle_dir, alias=alias, cache_dir=cache_dir)

@@ -1,4 +1,4 @@
-"""`tuneline demo` and `tuneline prepare`: build the demo corpus, validate and split data."""
+"""`tuneline demo` and `tuneline data version | restore`: the demo corpus and data lineage."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ from typing import Annotated
 
 import typer
 
-from pipelines.cli.app import ParamsOpt, SetOpt, app, fail, params_or_exit
+from pipelines.cli.app import ParamsOpt, SetOpt, app, fail, params_or_exit, user_errors
+
+data_app = typer.Typer(help="Data versions: store in DVC, restore what made a model.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 
 @app.command("demo")
@@ -25,27 +29,36 @@ def demo(
                f"families, {meta['unlabeled_docs']} unlabeled docs -> {out or p.paths.corpus}")
 
 
-@app.command("prepare")
-def prepare(
-    input_: Annotated[Path | None, typer.Option(
-        "--input", help="CSV, JSONL or Parquet with text and label columns "
-                        "(default: paths.raw, the demo corpus, built when missing).")] = None,
-    out: Annotated[Path | None, typer.Option(
-        help="Prepared folder (default: paths.prepared).")] = None,
+@data_app.command("version")
+def version(no_push: Annotated[bool, typer.Option(
+                "--no-push", help="Store in the DVC cache only.")] = False,
+            params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """Store the ingested input and the prepared splits in DVC and push them."""
+    from components.stages import version_data
+
+    p = params_or_exit(params, set_)
+    with user_errors():
+        result = version_data(p, push=not no_push)
+    typer.echo(f"version: {result.summary}\n  dvc.lock: {result['dvc_lock']}")
+
+
+@data_app.command("restore")
+def restore(
+    version: Annotated[str, typer.Argument(help="Model version number or alias (champion).")],
+    out: Annotated[Path, typer.Option(help="Folder to write input/ and prepared/ into.")],
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Validate rows, quarantine bad ones, and write stable train/validation/test splits."""
-    from components.data import DataValidationError, prepare_dataset
-    from components.demo import resolve_input
+    """Fetch from the DVC remote the exact input and splits that trained VERSION; verify."""
+    from components.registry import version_tags
+    from components.stages import restore_data
 
     p = params_or_exit(params, set_)
-    source = resolve_input(p, input_)
-    out_dir = out or p.paths.prepared
-    try:
-        report = prepare_dataset(source, out_dir, p.data)
-    except DataValidationError as exc:
-        fail(str(exc))
-    bad = sum(report["quarantined"].values())
-    typer.echo(f"prepared {report['rows_ok']} of {report['rows_in']} rows -> {out_dir} "
-               f"(splits {report['split_sizes']}; quarantined {bad}: {report['quarantined']})")
+    with user_errors():
+        number, tags = version_tags(p, version)
+        restored = restore_data(p, tags, out)
+    typer.echo(f"restored the data of {p.registry.model_name} v{number} into {out}:")
+    for tag, item in restored.items():
+        typer.echo(f"  {item['path']:<40} {tag} {item['hash']} (verified)")
+    if not restored:
+        fail("nothing restored")

@@ -3,65 +3,81 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from pipelines.cli.app import ParamsOpt, SetOpt, app, fail, params_or_exit
+from pipelines.cli.app import (
+    InputOpt,
+    ParamsOpt,
+    SetOpt,
+    app,
+    fail,
+    params_or_exit,
+    user_errors,
+)
 
 StrategyOpt = Annotated[str | None, typer.Option(
     "--strategy", help="adamw | mezo | zo_sign | es (default: finetune.strategy).")]
 PeftOpt = Annotated[str | None, typer.Option(
     "--peft", help="none | lora | ia3 | prompt_tuning | prefix_tuning (default: peft.method).")]
 PretrainOpt = Annotated[bool | None, typer.Option(
-    "--pretrain/--no-pretrain", help="MLM domain pretraining first (default: pretrain.enabled).")]
-InputOpt = Annotated[Path | None, typer.Option(
-    "--input", help="CSV / JSONL / Parquet to train on (default: paths.raw, the demo corpus).")]
+    "--pretrain/--no-pretrain", help="Domain pretraining first (default: pretrain.enabled).")]
+StepsOpt = Annotated[int | None, typer.Option(
+    "--max-steps", help="Training steps (default: finetune.max_steps).")]
 
 
 @app.command("run")
 def run(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt = None,
-        pretrain: PretrainOpt = None, params: ParamsOpt = None, set_: SetOpt = None,
+        pretrain: PretrainOpt = None, max_steps: StepsOpt = None, params: ParamsOpt = None,
+        set_: SetOpt = None,
         json_out: Annotated[Path | None, typer.Option(
             "--json", help="Also write the run summary (with stage timings) here.")] = None
         ) -> None:
-    """The main job: retrain -> gate -> promote, locally (Prefect starts a temporary server)."""
-    from pydantic import ValidationError
+    """The main job: ingest -> ... -> gate -> register, as a Prefect flow run.
 
+    Bad input and bad params fail here, in one line, before any server starts.
+    """
+    from components.stages import check_inputs
     from pipelines.reporting import render_summary
-    from pipelines.retrain import RetrainConfig, retrain
 
-    params_or_exit(params, set_)  # fail fast, with the key's name, before Prefect starts
-    try:
-        config = RetrainConfig(data_path=str(input_) if input_ else None, strategy=strategy,
-                               peft_method=peft, pretrain=pretrain, overrides=set_ or [],
-                               params_file=str(params) if params else None)
-    except ValidationError as exc:
-        fail(str(exc))
+    data_path = str(input_.resolve()) if input_ else None
+    named = {"data_path": data_path, "strategy": strategy, "peft_method": peft,
+             "pretrain": pretrain, "max_steps": max_steps}
+    p = params_or_exit(params, set_, **named)
+    with user_errors():
+        check_inputs(p)
+    from pipelines.retrain import retrain
+
     started = time.perf_counter()
-    result = retrain(config)
+    with user_errors():
+        result = retrain(**named, overrides=list(set_ or []),
+                         params_file=str(params.resolve()) if params else None)
     if json_out is not None:
         from components.io import atomic_write_json
 
         atomic_write_json(json_out, {**result, "wall_seconds": time.perf_counter() - started})
     typer.echo("\n" + render_summary(result))
+    if result["status"] == "skipped":
+        raise typer.Exit(1)
     typer.echo("Look closer:\n"
-               "  tuneline models           versions, aliases, metrics, gate verdicts\n"
+               f"  tuneline models show {result['version']}   lineage, params diff, verdict\n"
                "  tuneline ui               Prefect UI (runs, artifacts) + MLflow UI\n"
                "  tuneline serve            serve @champion on http://127.0.0.1:8000")
 
 
 @app.command("deploy")
 def deploy(params: ParamsOpt = None, set_: SetOpt = None,
-           limit: Annotated[int, typer.Option(help="Flow runs at once.")] = 1,
+           limit: Annotated[int | None, typer.Option(
+               help="Flow runs at once (default: schedule.runs_at_once); a model still "
+                    "retrains one run at a time.")] = None,
            pool: Annotated[str | None, typer.Option(
                help="Register on this work pool instead of serving here; run "
                     "`prefect worker start --pool POOL` to execute.")] = None) -> None:
-    """Serve the retrain deployments: cron schedule, data sensor, runs started from the UI.
+    """Serve the deployments: retrain (schedule, new-data trigger, UI), watch-data, promote,
+    rollback.
 
     Needs a Prefect server (`tuneline ui`, or PREFECT_API_URL); runs until interrupted.
     """
@@ -72,41 +88,48 @@ def deploy(params: ParamsOpt = None, set_: SetOpt = None,
         ids = deploy_to_pool(p, pool, params, set_ or [])
         typer.echo(f"registered {len(ids)} deployments on work pool {pool!r}: {ids}")
         return
-    serve_deployments(p, params, set_ or [], limit=limit)
+    serve_deployments(p, params, set_ or [], limit=limit or p.schedule.runs_at_once)
 
 
 @app.command("ui")
 def ui(params: ParamsOpt = None, set_: SetOpt = None,
-       prefect_port: Annotated[int, typer.Option(help="Prefect UI/API port.")] = 4200,
-       mlflow_port: Annotated[int, typer.Option(help="MLflow UI port.")] = 5000) -> None:
-    """Start the Prefect server and the MLflow UI on 127.0.0.1; Ctrl-C stops both."""
-    from components.tracking import tracking_uri
+       prefect_port: Annotated[int | None, typer.Option(
+           help="Prefect UI/API port (default: ui.prefect_port).")] = None,
+       mlflow_port: Annotated[int | None, typer.Option(
+           help="MLflow UI port (default: ui.mlflow_port).")] = None,
+       auth: Annotated[bool, typer.Option(
+           "--auth", help="Require credentials on both servers (from PREFECT_API_AUTH_STRING, "
+                          "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD).")] = False,
+       deploy_: Annotated[bool, typer.Option(
+           "--deploy/--no-deploy", help="Also run the deployments (`tuneline deploy`), so "
+                                        "runs started in the UI execute.")] = True) -> None:
+    """Start the Prefect server, the MLflow UI and the deployments; Ctrl-C stops them.
+
+    Prints where to click: start a run, watch it, read the gate's verdict, promote or
+    roll back.
+    """
+    from pipelines.ui import UIError, start_ui, walkthrough
 
     p = params_or_exit(params, set_)
-    bin_dir = Path(sys.executable).parent
-    procs = [
-        subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
-                          "--port", str(prefect_port)]),
-        subprocess.Popen([str(bin_dir / "mlflow"), "ui", "--host", "127.0.0.1", "--port",
-                          str(mlflow_port), "--backend-store-uri", tracking_uri(p),
-                          "--default-artifact-root",
-                          Path(p.registry.artifact_root).resolve().as_uri()]),
-    ]
-    typer.echo(f"Prefect UI: http://127.0.0.1:{prefect_port}   "
-               f"MLflow UI: http://127.0.0.1:{mlflow_port}\n"
-               f"For flows to report there: export PREFECT_API_URL="
-               f"http://127.0.0.1:{prefect_port}/api")
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the servers on SIGTERM too
     try:
-        while all(proc.poll() is None for proc in procs):
+        servers = start_ui(p, params, list(set_ or []),
+                           prefect_port=prefect_port or p.ui.prefect_port,
+                           mlflow_port=mlflow_port or p.ui.mlflow_port, auth=auth,
+                           deploy=deploy_)
+    except UIError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    typer.echo(walkthrough(servers, auth, deploy_), err=False)
+    try:
+        while all(proc.poll() is None for proc in servers.processes):
             time.sleep(1)
     except KeyboardInterrupt:
         pass
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        servers.stop()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

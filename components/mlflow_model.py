@@ -1,0 +1,184 @@
+"""A registered version as an MLflow model: pyfunc over the int8 bundle, from code.
+
+The folder `build_pyfunc_model` writes (and registration logs as the version's source):
+
+    MLmodel                  pyfunc flavor, signature, input example, model config
+    model.py                 deploy/pyfunc_model.py (models-from-code: no pickle)
+    code/components/         the torch-free modules it imports (predictor, io)
+    artifacts/bundle/        the served bundle files, manifest included
+    prediction_reference.json  predicted-label / confidence shares on the test split
+    requirements.txt, python_env.yaml, conda.yaml, input_example.json, ...
+
+`mlflow.pyfunc.load_model("models:/NAME@champion")` and `mlflow models serve` use it as
+any MLflow model; the tuneline server downloads only `artifacts/bundle` (BUNDLE_SUBPATH).
+Importable without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from components.config import PROJECT_ROOT, Params
+from components.drift import REFERENCE_FILE
+from components.export import SERVED_FILES
+from components.predictor import INT8_MODEL, verify_bundle
+
+BUNDLE_SUBPATH = "artifacts/bundle"
+MODEL_CODE = PROJECT_ROOT / "deploy" / "pyfunc_model.py"
+# The modules model.py imports, shipped in the model's code folder as the same package.
+CODE_MODULES = ("__init__.py", "io.py", "predictor.py")
+log = logging.getLogger(__name__)
+REQUIREMENTS = ("onnxruntime", "tokenizers", "numpy", "pandas")
+
+
+def _pinned(packages: tuple[str, ...]) -> list[str]:
+    out = []
+    for name in packages:
+        try:
+            out.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            out.append(name)
+    return out
+
+
+def signature() -> Any:
+    """Input: a string column `text`; output: `label`, `score` and `scores` ({label: p})."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, DataType, Map, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.string, "text")]),
+        outputs=Schema([ColSpec(DataType.string, "label"), ColSpec(DataType.double, "score"),
+                        ColSpec(Map(DataType.double), "scores")]))
+
+
+def build_pyfunc_model(bundle_dir: str | Path, out_dir: str | Path, params: Params, *,
+                       example_texts: list[str], reference: dict[str, Any] | None = None
+                       ) -> Path:
+    """Write the MLflow model folder of a bundle into `out_dir` (which must not exist).
+
+    Args:
+        bundle_dir: an exported bundle; its served files are verified and copied.
+        out_dir: the model folder to create.
+        params: `serve.threads` and `serve.max_batch` become the model's defaults.
+        example_texts: the input example (a few texts, e.g. from the test split).
+        reference: prediction distribution on the test split, stored beside MLmodel.
+
+    Raises:
+        BundleIntegrityError: a served file is missing or differs from the manifest.
+        ValueError: no example texts.
+    """
+    import mlflow.pyfunc
+    import pandas as pd
+
+    if not example_texts:
+        raise ValueError("an MLflow model needs at least one example text")
+    bundle_dir = Path(bundle_dir)
+    manifest = verify_bundle(bundle_dir, [f for f in SERVED_FILES if f != "manifest.json"])
+    labels = json.loads((bundle_dir / "labels.json").read_text())["labels"]
+    with tempfile.TemporaryDirectory(prefix="tuneline-pyfunc-") as tmp:
+        staged = Path(tmp) / "bundle"
+        staged.mkdir()
+        for name in SERVED_FILES:
+            shutil.copy2(bundle_dir / name, staged / name)
+        code = Path(tmp) / "components"
+        code.mkdir()
+        for name in CODE_MODULES:
+            shutil.copy2(PROJECT_ROOT / "components" / name, code / name)
+        mlflow.pyfunc.save_model(
+            str(out_dir), python_model=str(MODEL_CODE), artifacts={"bundle": str(staged)},
+            code_paths=[str(code)], signature=signature(),
+            input_example=pd.DataFrame({"text": list(example_texts[:3])}),
+            pip_requirements=_pinned(REQUIREMENTS),
+            model_config={"sha256": manifest[INT8_MODEL], "threads": params.serve.threads,
+                          "batch_size": params.serve.max_batch},
+            metadata={"tuneline_bundle": BUNDLE_SUBPATH, "labels": labels})
+    if reference is not None:
+        (Path(out_dir) / REFERENCE_FILE).write_text(json.dumps(reference, indent=2) + "\n")
+    return Path(out_dir)
+
+
+def test_reference(bundle_dir: str | Path, prepared_dir: str | Path, params: Params
+                   ) -> tuple[dict[str, Any] | None, list[str]]:
+    """(prediction distribution of the bundle's int8 model on the test split, test texts).
+
+    (None, []) when the prepared folder has no test split (nothing to measure on).
+    """
+    from components.data_io import load_split
+    from components.drift import prediction_distribution
+    from components.predictor import OnnxClassifier
+
+    if not (Path(prepared_dir) / "test.jsonl").exists():
+        return None, []
+    texts, _ = load_split(prepared_dir, "test")
+    if not texts:
+        return None, []
+    clf = OnnxClassifier(bundle_dir, threads=params.serve.threads, verify=False)
+    logits = clf.logits(texts, batch_size=params.serve.max_batch)
+    return prediction_distribution(logits, clf.labels, params.monitoring.confidence_bins), texts
+
+
+def log_version_model(client: Any, params: Params, run_id: str, bundle_dir: str | Path,
+                      prepared_dir: str | Path | None = None) -> dict[str, Any]:
+    """Log the bundle as an MLflow model under the run's `model/` artifact folder.
+
+    The prediction reference is measured on the test split of `prepared_dir` (default
+    `paths.prepared`); without a test split the version gets none and the server exports
+    the live distributions without a PSI.
+
+    Returns:
+        {"source": artifact URI for the model version, "tags": version tags to add,
+         "reference": the reference or None}
+    """
+    prepared = Path(prepared_dir) if prepared_dir is not None else Path(params.paths.prepared)
+    reference, texts = test_reference(bundle_dir, prepared, params)
+    if reference is None:
+        log.warning(
+            "%s has no test split: the version gets no prediction reference (no drift PSI)",
+            prepared)
+    with tempfile.TemporaryDirectory(prefix="tuneline-model-") as tmp:
+        folder = build_pyfunc_model(bundle_dir, Path(tmp) / "model", params,
+                                    example_texts=texts[:3] or ["example text"],
+                                    reference=reference)
+        client.log_artifacts(run_id, str(folder), "model")
+    run = client.get_run(run_id)
+    tags = {"mlflow_model": "pyfunc", "bundle_path": BUNDLE_SUBPATH,
+            "prediction_reference": REFERENCE_FILE if reference else "none"}
+    return {"source": f"{run.info.artifact_uri}/model", "tags": tags, "reference": reference}
+
+
+def download_version_files(model_version: Any, dst: str | Path, tracking_uri: str) -> Path:
+    """Download a version's served bundle files (and its prediction reference) into `dst`.
+
+    Versions logged as MLflow models keep the bundle under `bundle_path`; older versions
+    hold the bundle files at the root of their source.
+    """
+    import mlflow
+
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    tags = model_version.tags or {}
+    sub = tags.get("bundle_path")
+    uri = f"{model_version.source}/{sub}" if sub else model_version.source
+    got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst / ".dl"),
+                                                   tracking_uri=tracking_uri))
+    for file in got.iterdir():
+        shutil.move(str(file), dst / file.name)
+    if tags.get("prediction_reference", "none") != "none":
+        try:
+            ref = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{model_version.source}/{tags['prediction_reference']}",
+                dst_path=str(dst / ".dl-ref"), tracking_uri=tracking_uri)
+            shutil.move(ref, dst / REFERENCE_FILE)
+        except Exception as exc:  # monitoring data: its loss must not block serving the model
+            log.error("version %s: prediction reference not downloaded: %s",
+                      model_version.version, exc)
+    for leftover in (dst / ".dl", dst / ".dl-ref"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return dst

@@ -1,0 +1,57 @@
+"""Stage `compress`: distil the fine-tuned model into a student with fewer layers, or
+write a marker when `compress.enabled` is off (evaluate and export then take the teacher)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from components.config import Params
+from components.io import atomic_dir, atomic_write_json
+from components.stages.base import StageResult, run_stage
+
+MARKER = "compress.json"
+
+
+def shipped_model_dir(params: Params) -> Path:
+    """The model folder evaluate and export read: the student when compression is on."""
+    return Path(params.paths.compressed if params.compress.enabled else params.paths.model)
+
+
+def compress(params: Params, *, force: bool = False) -> StageResult:
+    """Write the distilled student to `paths.compressed` (its numbers go to the model's run)."""
+
+    def compute() -> dict[str, Any]:
+        if not params.compress.enabled:
+            with atomic_dir(params.paths.compressed) as tmp:
+                atomic_write_json(tmp / MARKER, {"enabled": False})
+            return {"enabled": False}
+        from components import tracking
+        from components.compress import distill
+        from components.stages.finetune import model_run_id
+        from components.stages.pretrain import pretraining_texts
+
+        unlabeled, source = pretraining_texts(params)
+        unlabeled = [] if source == "the prepared train split" else unlabeled
+        run_id = model_run_id(params)
+        mlflow = tracking.MlflowLogger(params, run_id) if run_id else None
+        result = distill(params, params.paths.model, params.paths.prepared,
+                         params.paths.compressed, unlabeled,
+                         checkpoint_dir=Path(params.paths.checkpoints) / "compress",
+                         logger=(lambda m, step: mlflow({f"compress/{k}": v
+                                                         for k, v in m.items()}, step))
+                         if mlflow else None)
+        if run_id:
+            tracking.log_stage(params, run_id, "compress", result)
+        return {"enabled": True, **result}
+
+    return run_stage("compress", params, compute, describe, force=force)
+
+
+def describe(r: dict[str, Any]) -> str:
+    if not r.get("enabled"):
+        return "off (compress.enabled: false); the fine-tuned model ships"
+    return (f"student with layers {r['keep_layers']} of {r['teacher_layers']} "
+            f"({r['total_params'] / 1e6:.1f}M of {r['teacher_params'] / 1e6:.1f}M parameters): "
+            f"validation accuracy {r.get('val_accuracy', float('nan')):.4f} after "
+            f"{r['steps']} steps")

@@ -1,0 +1,23 @@
+"""Stage `evaluate`: the trained torch model scored on the test split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from components.config import Params
+from components.stages.base import StageResult, run_stage
+from components.stages.compress import shipped_model_dir
+
+
+def evaluate(params: Params, *, force: bool = False) -> StageResult:
+    """Write `paths.eval` (report.json / .md, confusion matrix) for `paths.model`."""
+    from components.evaluate import evaluate_model
+
+    return run_stage("evaluate", params, lambda: evaluate_model(
+        shipped_model_dir(params), params.paths.prepared, params.paths.eval, params), describe,
+        force=force)
+
+
+def describe(m: dict[str, Any]) -> str:
+    return (f"test accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, "
+            f"ECE {m['ece']:.4f} (n={int(m['n'])})")

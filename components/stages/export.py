@@ -1,0 +1,25 @@
+"""Stage `export`: ONNX fp32 + int8 bundle with tokenizer, labels, manifest and parity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from components.config import Params
+from components.stages.base import StageResult, run_stage
+from components.stages.compress import shipped_model_dir
+
+
+def export(params: Params, *, force: bool = False) -> StageResult:
+    """Write the bundle to `paths.export`; parity, size and latency are its result."""
+    from components.export import export_bundle
+
+    return run_stage("export", params, lambda: export_bundle(
+        shipped_model_dir(params), params.paths.prepared, params.paths.export, params), describe,
+        force=force)
+
+
+def describe(r: dict[str, Any]) -> str:
+    return (f"int8 {r['size_mb_int8']:.1f} MB ({r['size_ratio']:.2f}x fp32), agreement "
+            f"{r['int8_agreement']:.4f} (largest fp32 logit margin flipped "
+            f"{r['int8_flip_max_logit_margin']:.3f}), accuracy fp32 {r['accuracy_fp32']:.4f} / "
+            f"int8 {r['accuracy_int8']:.4f}, batch-1 p50 {r['int8_b1_p50_ms']:.2f} ms")

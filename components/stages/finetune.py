@@ -1,0 +1,100 @@
+"""Stage `finetune`: train the classifier; the MLflow run of the model starts here.
+
+The run carries the lineage of the model (git commit, params hash, the content hashes of
+the input bytes and of the prepared splits, strategy, PEFT method); later stages log their
+reports to the same run, found through this stage's record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from components.config import Params
+from components.io import atomic_write_text
+from components.stages.base import StageResult, run_stage, stored_result
+from components.stages.spec import fingerprint
+
+RUN_FILE = "mlflow_run_id.txt"  # beside the checkpoints: a resumed run logs to the same run
+
+
+class PretrainMissingError(FileNotFoundError):
+    """pretrain.enabled is true but no adapted backbone was written."""
+
+
+def finetune(params: Params, *, resume: bool = False, force: bool = False,
+             checkpoint_dir: Path | None = None) -> StageResult:
+    """Fine-tune with `finetune.strategy` / `peft.method`; save to `paths.model`.
+
+    Args:
+        resume: continue from the latest checkpoint instead of starting over.
+        force: train even when `paths.model` already holds this fingerprint's model.
+    """
+    from components import tracking
+    from components.finetune import train
+
+    fp = fingerprint("finetune", params)
+    checkpoints = Path(checkpoint_dir or params.paths.checkpoints)
+
+    def compute() -> dict[str, Any]:
+        init = Path(params.paths.pretrained) if params.pretrain.enabled else None
+        if init is not None and not (init / "config.json").exists():
+            raise PretrainMissingError(f"pretrain.enabled is true but {init} holds no "
+                                       "backbone (run `tuneline pretrain` first)")
+        run_id = _resumed_run(params, checkpoints) if resume else None
+        run_id = run_id or tracking.start_run(params, params.paths.prepared,
+                                              tags=run_tags(params, fp))
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(checkpoints / RUN_FILE, run_id)
+        try:
+            metrics = train(params, params.paths.prepared, params.paths.model, init_dir=init,
+                            checkpoint_dir=checkpoints, resume=resume,
+                            logger=tracking.MlflowLogger(params, run_id))
+        except BaseException:
+            tracking.end_run(params, run_id, "FAILED")
+            raise
+        tracking.log_stage(params, run_id, "finetune", metrics)
+        tracking.end_run(params, run_id)
+        return {**metrics, "mlflow_run_id": run_id}
+
+    return run_stage("finetune", params, compute, describe, force=force or resume)
+
+
+def _resumed_run(params: Params, checkpoints: Path) -> str | None:
+    """The MLflow run of the interrupted training being resumed, if this store has it."""
+    from mlflow.exceptions import MlflowException
+
+    from components import tracking
+
+    path = checkpoints / RUN_FILE
+    if not path.exists():
+        return None
+    run_id = path.read_text().strip()
+    try:
+        tracking.get_client(params).get_run(run_id)
+    except MlflowException:
+        return None
+    return run_id
+
+
+def run_tags(params: Params, model_fingerprint: str) -> dict[str, str]:
+    """Lineage tags of a model's MLflow run (besides `tracking.lineage_tags`)."""
+    from components.stages.ingest import snapshot_versions
+
+    data = snapshot_versions(params)
+    return {"model_fingerprint": model_fingerprint, "raw_source": str(params.paths.raw),
+            **{k: str(v) for k, v in data.items() if v is not None}}
+
+
+def model_run_id(params: Params) -> str | None:
+    """The MLflow run of the model now in `paths.model` (None when it is not current)."""
+    record = stored_result(Path(params.paths.model), fingerprint("finetune", params))
+    return None if record is None else record.get("mlflow_run_id")
+
+
+def describe(m: dict[str, Any]) -> str:
+    val = m.get("val_accuracy")
+    val_text = f", validation accuracy {val:.4f}" if isinstance(val, float) else ""
+    return (f"{m['strategy']} (peft {m['peft_method']}): {m['steps']} steps in "
+            f"{m['train_seconds']:.0f} s{val_text} (best at step {m['best_step']}); "
+            f"MLflow run {m.get('mlflow_run_id')}")

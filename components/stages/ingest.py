@@ -1,0 +1,130 @@
+"""Stage `ingest`: the exact bytes of the inputs, copied into the project to be versioned.
+
+`paths.raw` (the labeled file, anywhere on disk; `--input` sets it) is read and validated
+in full first: a file that `prepare` would reject changes nothing. Then it is copied to
+`<paths.input>/labeled/labeled.<ext>` and `paths.unlabeled` (when set) to
+`<paths.input>/unlabeled/unlabeled.<ext>`. Those two folders are what DVC versions and
+what every later stage reads, so a model can be traced to the bytes it learned from,
+whatever the path they came from. When `paths.raw` points into the demo corpus folder and
+the corpus is missing (or was built with other `demo` settings), it is built first.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from components.config import Params
+from components.data_io import DataValidationError, md5_file
+from components.io import atomic_dir, read_json
+from components.stages.base import StageResult, write_metrics
+from components.stages.spec import LABELED, UNLABELED, fingerprint, resolve
+
+log = logging.getLogger("tuneline.stages")
+UNLABELED_FORMATS = (".txt", ".jsonl", ".json")
+
+
+def ingest(params: Params) -> StageResult:
+    """Validate the inputs and copy them into `paths.input`; a no-op when already there.
+
+    Raises:
+        DataValidationError: the labeled file is missing, has an unsupported format, lacks
+            a column, or fails validation; or the unlabeled file is missing or not text.
+    """
+    started = time.perf_counter()
+    raw, checked = check_inputs(params)
+    unlabeled = params.paths.unlabeled
+    labeled_dir, unlabeled_dir = resolve(LABELED, params), resolve(UNLABELED, params)
+    copied = [_snapshot(raw, labeled_dir, "labeled"),
+              _snapshot(unlabeled, unlabeled_dir, "unlabeled")]
+    result = {"source": str(raw),
+              "unlabeled_source": str(unlabeled) if unlabeled else None,
+              "rows_in": checked.rows_in, "rows_ok": len(checked.accepted),
+              "copied": [name for name, done in zip(("labeled", "unlabeled"), copied,
+                                                    strict=True) if done],
+              **snapshot_versions(params)}
+    write_metrics("ingest", params, result)
+    what = ", ".join(result["copied"]) or "nothing (unchanged)"
+    summary = (f"{raw} ({result['rows_in']} rows, {result['rows_ok']} valid) -> "
+               f"{labeled_dir}; copied {what}")
+    log.info("ingest: %s", summary)
+    return StageResult("ingest", fingerprint("ingest", params), not any(copied), labeled_dir,
+                       result, summary, time.perf_counter() - started)
+
+
+def check_inputs(params: Params) -> tuple[Path, Any]:
+    """Read and validate the inputs without writing anything but the demo corpus.
+
+    Returns:
+        (the labeled file, its CheckedDataset)
+
+    Raises:
+        DataValidationError: see `ingest`.
+    """
+    from components.data import check_dataset
+
+    raw = ensure_demo(params)
+    checked = check_dataset(raw, params.data)
+    if params.paths.unlabeled is not None:
+        _check_unlabeled(Path(params.paths.unlabeled))
+    return raw, checked
+
+
+def ensure_demo(params: Params) -> Path:
+    """`paths.raw`, building the demo corpus first when it points there and is stale."""
+    raw = Path(params.paths.raw)
+    corpus = Path(params.paths.corpus)
+    if raw.parent.resolve() != corpus.resolve():
+        return raw
+    meta = corpus / "corpus.json"
+    current = meta.exists() and read_json(meta).get("config") == params.demo.model_dump()
+    if not raw.exists() or not current:
+        from components.demo import build_demo_corpus
+
+        log.info("building the demo corpus in %s", corpus)
+        build_demo_corpus(corpus, params.demo)
+    return raw
+
+
+def _check_unlabeled(path: Path) -> None:
+    if not path.is_file():
+        raise DataValidationError(f"paths.unlabeled: {path} is not a file")
+    if path.suffix.lower() not in UNLABELED_FORMATS:
+        raise DataValidationError(f"paths.unlabeled: {path}: unsupported extension "
+                                  f"{path.suffix!r}; use one of {list(UNLABELED_FORMATS)}")
+
+
+def _snapshot(source: Path | None, folder: Path, stem: str) -> bool:
+    """Make `folder` hold exactly a copy of `source` (or nothing); True when it changed."""
+    wanted = f"{stem}{source.suffix.lower()}" if source is not None else None
+    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else None
+    if present is not None and present == ([wanted] if wanted else []) and (
+            wanted is None or md5_file(folder / wanted) == md5_file(source)):
+        return False
+    with atomic_dir(folder) as tmp:
+        if source is not None:
+            shutil.copyfile(source, tmp / wanted)
+    return True
+
+
+def snapshot_file(folder: Path) -> Path | None:
+    """The one file of a snapshot folder, None when it is empty."""
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file()) if folder.is_dir() else []
+    if len(files) > 1:
+        raise DataValidationError(f"{folder} should hold one file, holds {len(files)}")
+    return files[0] if files else None
+
+
+def snapshot_versions(params: Params) -> dict[str, Any]:
+    """Content hashes of the input snapshots (what MLflow records and restore fetches)."""
+    from components.data_io import data_version
+
+    labeled_dir, unlabeled_dir = resolve(LABELED, params), resolve(UNLABELED, params)
+    file = snapshot_file(labeled_dir)
+    return {"input_version": data_version(labeled_dir) if labeled_dir.is_dir() else None,
+            "unlabeled_version": (data_version(unlabeled_dir) if unlabeled_dir.is_dir()
+                                  else None),
+            "raw_data_hash": md5_file(file) if file else None}

@@ -1,0 +1,138 @@
+"""Stage `register`: one MLflow model version per model and rule set; aliases move.
+
+Its identity (the release fingerprint, a version tag) is the chain of fingerprints up to
+the export plus the gate's rules, so registering twice what nothing changed is a no-op
+that names the existing version, whoever calls it (`tuneline run`, `tuneline register`,
+`dvc repro`). Before a version is created the verdict is brought up to date: if the
+champion moved since the gate ran, the gate runs again against the new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from components.config import Params
+from components.io import read_json
+from components.stages.base import StageResult, check_inputs_current, write_metrics
+from components.stages.spec import fingerprint, release_fingerprint
+
+log = logging.getLogger("tuneline.stages")
+
+
+def find_registered(params: Params) -> dict[str, Any] | None:
+    """The registry version made from exactly these inputs and rules, if there is one."""
+    from components.registry import find_version
+
+    return find_version(params, release_fingerprint=release_fingerprint(params))
+
+
+def register(params: Params, *, force: bool = False) -> StageResult:
+    """Register `paths.export` with its verdict; the verdict decides the alias moves.
+
+    Returns:
+        result: {"version", "passed", "moves", "aliases", "run_id", "release_fingerprint",
+        "unchanged"}.
+    """
+    started = time.perf_counter()
+    release = release_fingerprint(params)
+    found = None if force else find_registered(params)
+    if found is not None:
+        result = {"version": found["version"], "passed": found["tags"].get("gate_passed") == "true",
+                  "moves": [], "aliases": {a: found["version"] for a in found["aliases"]},
+                  "run_id": found["run_id"], "release_fingerprint": release, "unchanged": True}
+    else:
+        result = _register_new(params, release)
+    write_metrics("register", params, result)
+    summary = describe(result)
+    log.info("register: %s", summary)
+    return StageResult("register", release, found is not None, None, result, summary,
+                       time.perf_counter() - started)
+
+
+def _register_new(params: Params, release: str) -> dict[str, Any]:
+    from components import tracking
+    from components.registry import publish
+    from components.stages.gate import gate
+
+    check_inputs_current("register", params)
+    verdict = gate(params).result  # reused unless the champion moved since it ran
+    run_id = _model_run(params)
+    _log_reports(params, run_id)
+    # A run can be registered more than once (same model, other export or gate settings):
+    # each version keeps the params it was released with.
+    config = f"release/{release}/params.yaml"
+    tracking.log_params_file(params, run_id, config)
+    published = publish(params, run_id, params.paths.export, verdict,
+                        tags={"release_fingerprint": release, "params_hash": params.hash(),
+                              "params_artifact": config, **_shipped_tags(params),
+                              "gate_decision": verdict_decision(verdict)})
+    return {**published, "run_id": run_id, "release_fingerprint": release, "unchanged": False}
+
+
+def _shipped_tags(params: Params) -> dict[str, str]:
+    """Which model the version serves: the fine-tuned one, or its distilled student."""
+    if not params.compress.enabled:
+        return {"shipped_model": "fine-tuned"}
+    return {"shipped_model": "distilled student",
+            "compress_keep_layers": ",".join(map(str, params.compress.keep_layers))}
+
+
+def _model_run(params: Params) -> str:
+    """The model's MLflow run (started by finetune); a new one when this store lacks it."""
+    from mlflow.exceptions import MlflowException
+
+    from components import tracking
+    from components.stages.finetune import model_run_id, run_tags
+
+    run_id = model_run_id(params)
+    if run_id is not None:
+        try:
+            tracking.get_client(params).get_run(run_id)
+            return run_id
+        except MlflowException:
+            log.warning("MLflow run %s of the model is not in %s: starting a new run",
+                        run_id, tracking.tracking_uri(params))
+    run_id = tracking.start_run(params, params.paths.prepared,
+                                tags=run_tags(params, fingerprint("finetune", params)))
+    tracking.end_run(params, run_id)
+    return run_id
+
+
+def _log_reports(params: Params, run_id: str) -> None:
+    """Test report, export parity and the gate's files on the model's run."""
+    from components import tracking
+    from components.export import PARITY_FILE
+
+    report = read_json(Path(params.paths.eval) / "report.json")
+    tracking.log_stage(params, run_id, "test", _scalars(report), params.paths.eval)
+    tracking.log_stage(params, run_id, "export",
+                       _scalars(read_json(Path(params.paths.export) / PARITY_FILE)))
+    tracking.log_stage(params, run_id, "gate", None, params.paths.gate)
+
+
+def _scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_scalars(value, f"{prefix}{key}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+def verdict_decision(verdict: dict[str, Any]) -> str:
+    from components.gate import decision_line
+
+    return decision_line(verdict)[:5000]
+
+
+def describe(result: dict[str, Any]) -> str:
+    if result["unchanged"]:
+        aliases = " ".join("@" + a for a in result["aliases"]) or "no alias"
+        return (f"unchanged: v{result['version']} ({aliases}) was made from these exact data, "
+                "params and code")
+    verdict = "passed" if result["passed"] else "rejected"
+    return f"v{result['version']} (gate {verdict}): {', '.join(result['moves'])}"

@@ -1,0 +1,1 @@
+"""Prometheus alert rules for the serving app, rendered from params.yaml `monitoring:`."""
