@@ -95,6 +95,7 @@ class ModelConfig(Section):
     max_length: int = Field(64, ge=8)
     pooling: Literal["cls", "mean"] = "mean"
     num_threads: int = Field(2, ge=1)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
 
 class LoraConfig(Section):
@@ -264,6 +265,9 @@ class FinetuneConfig(Section):
     es: ESConfig = Field(default_factory=ESConfig)
     cem: CEMConfig = Field(default_factory=CEMConfig)
     linear_probe: LinearProbeConfig = Field(default_factory=LinearProbeConfig)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    nproc: int = Field(1, ge=1)
+    dist_timeout_s: float = Field(300, gt=0)
 
     @field_validator("strategy")
     @classmethod
@@ -443,6 +447,13 @@ class Params(Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     ui: UIConfig = Field(default_factory=UIConfig)
 
+    @model_validator(mode="after")
+    def _precision_fits_device(self) -> Params:
+        if self.finetune.precision == "fp16" and self.model.device in ("cpu", "mps"):
+            raise ValueError(f"finetune.precision fp16 needs a CUDA device (model.device is "
+                             f"{self.model.device}); use bf16 or fp32")
+        return self
+
     def hash(self) -> str:
         """Short stable hash of the validated params (for lineage and caching)."""
         return params_hash(self.model_dump(mode="json"))
@@ -498,7 +509,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
 
 def named_overrides(*, data_path: str | Path | None = None, strategy: str | None = None,
                     peft_method: str | None = None, pretrain: bool | None = None,
-                    max_steps: int | None = None) -> list[str]:
+                    max_steps: int | None = None, nproc: int | None = None) -> list[str]:
     """The `--set` equivalents of the named run options: `--input X` is `paths.raw=X`, ..."""
     sets = []
     if data_path is not None and str(data_path) != "":
@@ -511,6 +522,8 @@ def named_overrides(*, data_path: str | Path | None = None, strategy: str | None
         sets.append(f"pretrain.enabled={str(pretrain).lower()}")
     if max_steps is not None:
         sets.append(f"finetune.max_steps={max_steps}")
+    if nproc is not None:
+        sets.append(f"finetune.nproc={nproc}")
     return sets
 
 

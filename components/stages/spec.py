@@ -95,7 +95,8 @@ SPECS: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec(
         "finetune", "train the classifier; opens the MLflow run",
         params=("model.name_or_path", "model.max_length", "model.pooling",
-                "model.num_threads", "peft", "pretrain.enabled", "finetune"),
+                "model.num_threads", "model.device", "peft", "pretrain.enabled",
+                "finetune"),
         code=("components/stages/finetune.py", "components/finetune", *_MODEL_CODE),
         deps=(Dep(LABELED, "ingest", by_content=True), PREPARED,
               Dep("${paths.pretrained}", "pretrain")),
