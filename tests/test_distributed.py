@@ -153,6 +153,7 @@ def test_a_killed_rank_fails_the_stage_and_a_rerun_resumes(tmp_path, still_backb
                      "finetune.checkpoint_every=10")
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    Path(params.paths.raw).parent.mkdir(parents=True, exist_ok=True)
     Path(params.paths.raw).write_text("".join(json.dumps(r) + "\n" for r in tiny_rows()))
     stages.ingest(params)
     stages.prepare(params)
