@@ -96,12 +96,9 @@ class Dist:
         if hi <= lo:
             raise ValueError(f"a global batch of {n} rows cannot feed {self.world} ranks "
                              "(raise finetune.batch_size)")
+        # Slices keep the global batch's width: every rank then looks up the same position
+        # embedding rows, so row-sparse updates agree without exchanging the rows.
         part = {k: v[lo:hi] for k, v in batch.items()}
-        if "attention_mask" in part:  # drop the columns only other ranks' rows need
-            width = int(part["attention_mask"].sum(dim=1).max())
-            part = {k: (v[:, :width] if v.dim() == 2 and k in ("input_ids", "attention_mask",
-                                                               "token_type_ids") else v)
-                    for k, v in part.items()}
         return self.to_device(part), (hi - lo) / n
 
     def to_device(self, batch: Batch) -> Batch:
@@ -132,7 +129,8 @@ class Dist:
         return t.cpu().tolist()
 
     def union_rows(self, rows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Union over ranks of the embedding rows each rank's slice looked up."""
+        """Union over ranks of the embedding rows each rank's slice looked up (counted as
+        the int32 row ids; the objects are pickled on the wire)."""
         if not self.active:
             return rows
         import torch.distributed as dist

@@ -69,6 +69,7 @@ class ZerothOrderStrategy(Strategy):
         self.noise = ParamNoise([p for _, p in chosen], self.table)
         self._perturbation: Perturbation | None = None
         self._reuse: FrozenReuse | None = None
+        self._rows_agree = False  # every rank used the same embedding rows this step
         # One entry per applied sample: [step, sample, update coefficient]; with the run
         # seed, the starting weights and the batches' rows this replays the run.
         self.history: list[list[float]] = []
@@ -90,10 +91,35 @@ class ZerothOrderStrategy(Strategy):
 
     def global_losses(self, local: list[float], share: float) -> list[float]:
         """Losses of the global batch from this rank's slice losses (mean over ranks
-        weighted by slice size; one all-reduce of len(local) float64s)."""
+        weighted by slice size; one all-reduce of len(local) float64s).
+
+        When embeddings are perturbed row-sparsely, two more values per such matrix ride
+        along (count and hash-sum of the rows this rank used): if every rank used the same
+        rows (the usual case: slices share the batch's width and only position rows are
+        trained) nothing else is sent; otherwise `apply_update` merges the row sets.
+        """
         if not self.dist.active:
             return local
-        return self.dist.all_reduce_sum([v * share for v in local])
+        digest = self._rows_digest()
+        total = self.dist.all_reduce_sum([v * share for v in local] + digest)
+        self._rows_agree = all(t == v * self.dist.world
+                               for t, v in zip(total[len(local):], digest, strict=True))
+        return total[: len(local)]
+
+    def _rows_digest(self) -> list[float]:
+        pert = self._perturbation
+        if pert is None or not pert.has_sparse:
+            return []
+        out = []
+        for i in pert.sparse_indices:
+            rows = pert.rows.get(i)
+            if rows is None:
+                out += [0.0, 0.0]
+                continue
+            # Exact in float64: < 2^31 per row, far fewer than 2^22 rows.
+            mixed = (rows.to(torch.int64) * 2654435761 + 12345) % 2147483647
+            out += [float(len(rows)), float(mixed.sum())]
+        return out
 
     def population_losses(self, local: list[float]) -> list[float]:
         """Every rank's population losses: each slot is filled by the one rank that
@@ -130,7 +156,8 @@ class ZerothOrderStrategy(Strategy):
             for _, p in self.params:
                 p.mul_(1.0 - lr * weight_decay)
         perturbation = self.perturbation(model)
-        if self.dist.active and self.splits_batch and perturbation.has_sparse:
+        if (self.dist.active and self.splits_batch and perturbation.has_sparse
+                and not self._rows_agree):
             # Each rank looked up the rows of its own slice; the update touches them all.
             perturbation.rows = self.dist.union_rows(perturbation.rows)
         for sample, coef in updates:

@@ -160,9 +160,14 @@ class Perturbation:
         return buf[:n], buf[n: 2 * n]
 
     @property
+    def sparse_indices(self) -> list[int]:
+        """Parameters perturbed only on the rows a forward used (by index)."""
+        return sorted(o.index for owners in self._targets.values() for o in owners
+                      if o.sparse_rows)
+
+    @property
     def has_sparse(self) -> bool:
-        """Whether some parameter is perturbed only on the rows a forward used."""
-        return any(o.sparse_rows for owners in self._targets.values() for o in owners)
+        return bool(self.sparse_indices)
 
     def add_noise_(self, seed: int, scale: float) -> None:
         """In place: theta += scale * z(seed), on the rows of the last forward for sparse ones.
