@@ -199,3 +199,50 @@ def test_a_killed_rank_fails_the_stage_and_a_rerun_resumes(tmp_path, still_backb
     assert reference["val_loss"] == resumed["val_loss"]
     assert _max_diff(load_file(str(tmp_path / "ref" / "model.safetensors")),
                      load_file(str(out / "model.safetensors"))) == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_stage_mode_under_an_outside_torchrun(tmp_path, still_backbone):
+    """What the Kubernetes Job runs: torchrun started from outside, rank 0 runs the stage."""
+    from mlflow import MlflowClient
+
+    from components import stages
+    from components.finetune.distributed import launch
+    from components.stages.base import stored_result
+    from components.stages.spec import fingerprint
+
+    params = _params(tmp_path / "run", still_backbone, "mezo", 2)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    Path(params.paths.raw).parent.mkdir(parents=True, exist_ok=True)
+    Path(params.paths.raw).write_text("".join(json.dumps(r) + "\n" for r in tiny_rows()))
+    stages.ingest(params)
+    stages.prepare(params)
+    with pytest.raises(RuntimeError, match="failed"):  # nproc must equal the ranks started
+        launch(2, ["components.finetune.worker", "--params", str(params_file),
+                   "--set", "finetune.nproc=3"])
+    launch(2, ["components.finetune.worker", "--params", str(params_file), "--resume"])
+    record = stored_result(Path(params.paths.model), fingerprint("finetune", params))
+    assert record is not None and record["ranks_agree"] and record["ranks"] == 2
+    client = MlflowClient(params.registry.tracking_uri)
+    run = client.get_run(record["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 6
+
+
+def test_training_job_manifest_parses_and_runs_the_worker():
+    docs = list(yaml.safe_load_all((PROJECT_ROOT / "deploy" / "k8s" /
+                                    "training-job.yaml").read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    assert set(kinds) == {"ConfigMap", "Service", "Job"}
+    job, svc = kinds["Job"], kinds["Service"]
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == int(kinds["ConfigMap"]["data"]["NNODES"])
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == svc["metadata"]["name"] and svc["spec"]["clusterIP"] == "None"
+    command = " ".join(pod["containers"][0]["args"])
+    for part in ("torch.distributed.run", "--node-rank \"$JOB_COMPLETION_INDEX\"",
+                 "-m components.finetune.worker", "--resume", "finetune.nproc="):
+        assert part in command

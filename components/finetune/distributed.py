@@ -68,6 +68,7 @@ class Dist:
 
     rank: int = 0
     world: int = 1
+    local_world: int = 1  # ranks on this machine (they share its cores)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "fp32"
     bytes_sent: int = 0
@@ -221,7 +222,8 @@ def init(params: Any) -> Dist:
                 backend, rank=rank, world_size=world,
                 timeout=datetime.timedelta(seconds=params.finetune.dist_timeout_s),
                 device_id=device if device.type == "cuda" else None)
-    return Dist(rank=rank, world=world, device=device, precision=params.finetune.precision)
+    return Dist(rank=rank, world=world, local_world=int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+                device=device, precision=params.finetune.precision)
 
 
 def shutdown(d: Dist) -> None:

@@ -123,7 +123,8 @@ def _train(params: Params, prepared_dir: str | Path, out_dir: str | Path,
     log = logger or null_logger
     # The ranks of one machine share its cores.
     threads = params.model.num_threads
-    torch.set_num_threads(max(1, threads // d.world) if d.device.type == "cpu" else threads)
+    torch.set_num_threads(max(1, threads // d.local_world) if d.device.type == "cpu"
+                          else threads)
     seed_everything(cfg.seed)
     labels = load_label_map(prepared_dir)
     if prebuilt is None:

@@ -60,9 +60,9 @@ def stage_rank(params_file: str | None, overrides: list[str], resume: bool) -> N
             raise ValueError(f"finetune.nproc is {params.finetune.nproc} but torchrun started "
                              f"{d.world} ranks; set finetune.nproc={d.world} (it fixes the "
                              "global batch and is part of the model's fingerprint)")
-        # Every rank reads the same folder: all train, or none does.
-        current = stored_result(Path(params.paths.model), fingerprint("finetune", params))
-        if current is not None and not resume:
+        # Every rank reads the same folder: all train, or none does (a Job restarted after
+        # the model was saved has nothing left to do).
+        if stored_result(Path(params.paths.model), fingerprint("finetune", params)) is not None:
             return
         if d.is_main:
             stages.finetune(params, resume=resume, force=True)
