@@ -246,3 +246,23 @@ def test_training_job_manifest_parses_and_runs_the_worker():
     for part in ("torch.distributed.run", "--node-rank \"$JOB_COMPLETION_INDEX\"",
                  "-m components.finetune.worker", "--resume", "finetune.nproc="):
         assert part in command
+
+
+def test_the_flow_resumes_a_failed_distributed_finetune_once(monkeypatch):
+    from components import stages
+    from components.finetune.distributed import DistributedRunFailed
+    from pipelines.tasks import finetune_resuming
+
+    calls = []
+
+    def fake(params, **kwargs):
+        calls.append(kwargs)
+        if len(calls) < 3:
+            raise DistributedRunFailed("distributed training with 2 ranks failed")
+        return "done"
+
+    monkeypatch.setattr(stages, "finetune", fake)
+    with pytest.raises(DistributedRunFailed):  # once, not forever
+        finetune_resuming(None)
+    assert calls == [{}, {"resume": True}]
+    assert finetune_resuming(None) == "done" and calls[-1] == {}
