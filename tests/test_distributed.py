@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -128,16 +129,30 @@ def test_zeroth_order_ranks_stay_identical_and_match_one_process(tmp_path, still
     assert two["train_loss_final"] != two["train_loss_initial"]  # the updates did happen
 
 
-def _worker_of_rank(pid: int, rank: int):
-    import psutil
-
-    for child in psutil.Process(pid).children(recursive=True):
-        try:
-            if ("components.finetune.worker" in " ".join(child.cmdline())
-                    and child.environ().get("RANK") == str(rank)):
-                return child
-        except psutil.Error:
+def _worker_of_rank(pid: int, rank: int) -> int | None:
+    """Pid of the training worker with RANK=`rank` among the descendants of `pid` (Linux)."""
+    parent = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                # Fields after the command name (which may hold spaces) start at ")".
+                parent[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1]
+                                             .split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    for child, ppid in parent.items():
+        up = ppid
+        while up not in (pid, 0, 1) and up in parent:
+            up = parent[up]
+        if up != pid:
             continue
+        try:
+            cmd = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ")
+            env = (Path("/proc") / str(child) / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"components.finetune.worker" in cmd and f"RANK={rank}".encode() in env:
+            return child
     return None
 
 
@@ -171,7 +186,7 @@ def test_a_killed_rank_fails_the_stage_and_a_rerun_resumes(tmp_path, still_backb
             time.sleep(0.01)
         victim = _worker_of_rank(proc.pid, 1)
         assert victim is not None, "rank 1 not found"
-        victim.send_signal(signal.SIGKILL)
+        os.kill(victim, signal.SIGKILL)
         _, err = proc.communicate(timeout=120)  # no hang: the stage ends by itself
     finally:
         if proc.poll() is None:
