@@ -281,3 +281,17 @@ def test_the_flow_resumes_a_failed_distributed_finetune_once(monkeypatch):
         finetune_resuming(None)
     assert calls == [{}, {"resume": True}]
     assert finetune_resuming(None) == "done" and calls[-1] == {}
+
+
+@pytest.mark.slow
+def test_distributed_mezo_resumes_exactly(tmp_path, still_backbone):
+    params = _params(tmp_path / "resume", still_backbone, "mezo", 2)
+    write_prepared(Path(params.paths.prepared), tiny_rows())
+    ck = Path(params.paths.checkpoints)
+    first = train_distributed(params, None, ck, False, None)
+    weights = load_file(str(Path(params.paths.model) / "model.safetensors"))
+    assert ckpt.latest_checkpoint(ck).name == "step-0000003"  # left by the run above
+    again = train_distributed(params, None, ck, True, None)
+    assert again["resumed_from"] == 3 and again["ranks_agree"]
+    assert again["rank_weight_digests"] == first["rank_weight_digests"]
+    assert _max_diff(weights, load_file(str(Path(params.paths.model) / "model.safetensors"))) == 0
