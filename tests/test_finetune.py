@@ -129,7 +129,7 @@ def test_unknown_strategy_names_the_known_ones(tmp_path, tiny_backbone_dir):
     from components.config import ConfigError, strategy_names
 
     with pytest.raises(ConfigError, match=r"finetune.strategy: unknown strategy 'sgd-magic'; "
-                                          r"valid: adamw, es, mezo, zo_sign$"):
+                                          r"valid: adamw, cem, es, mezo, zo_sign$"):
         load_params(overrides=tiny_overrides(tmp_path, tiny_backbone_dir)
                     + ["finetune.strategy=sgd-magic"])
     assert sorted(STRATEGIES) == strategy_names()     # every section has its strategy
