@@ -105,6 +105,7 @@ class ModelConfig(Section):
     max_length: int = Field(64, ge=8)
     pooling: Literal["cls", "mean"] = "mean"
     num_threads: int = Field(2, ge=1)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
 
 class LoraConfig(Section):
@@ -293,6 +294,9 @@ class FinetuneConfig(Section):
     es: ESConfig = Field(default_factory=ESConfig)
     cem: CEMConfig = Field(default_factory=CEMConfig)
     linear_probe: LinearProbeConfig = Field(default_factory=LinearProbeConfig)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    nproc: int = Field(1, ge=1)
+    dist_timeout_s: float = Field(300, gt=0)
 
     @field_validator("strategy")
     @classmethod
@@ -642,6 +646,13 @@ class Params(Section):
                              "gate still judges the fine-tuned model)")
         return self
 
+    @model_validator(mode="after")
+    def _precision_fits_device(self) -> Params:
+        if self.finetune.precision == "fp16" and self.model.device in ("cpu", "mps"):
+            raise ValueError(f"finetune.precision fp16 needs a CUDA device (model.device is "
+                             f"{self.model.device}); use bf16 or fp32")
+        return self
+
     def hash(self) -> str:
         """Short stable hash of the validated params (for lineage and caching)."""
         return params_hash(self.model_dump(mode="json"))
@@ -711,7 +722,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
 def named_overrides(*, data_path: str | Path | None = None, strategy: str | None = None,
                     peft_method: str | None = None, pretrain: bool | None = None,
                     max_steps: int | None = None, n_trials: int | None = None,
-                    dask_address: str | None = None) -> list[str]:
+                    dask_address: str | None = None, nproc: int | None = None) -> list[str]:
     """The `--set` equivalents of the named run options: `--input X` is `paths.raw=X`, ..."""
     sets = []
     if data_path is not None and str(data_path) != "":
@@ -728,6 +739,8 @@ def named_overrides(*, data_path: str | Path | None = None, strategy: str | None
         sets.append(f"sweep.n_trials={n_trials}")
     if dask_address:
         sets.append(f"sweep.dask_address={dask_address}")
+    if nproc is not None:
+        sets.append(f"finetune.nproc={nproc}")
     return sets
 
 

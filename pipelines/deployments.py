@@ -35,7 +35,8 @@ def retrain_form_defaults(params: Params, params_file: Path | None,
     """The retrain form's initial values: what params.yaml (+ deploy overrides) says."""
     return {"data_path": str(params.paths.raw), "strategy": params.finetune.strategy,
             "peft_method": params.peft.method, "pretrain": params.pretrain.enabled,
-            "max_steps": params.finetune.max_steps, "overrides": list(overrides or []),
+            "max_steps": params.finetune.max_steps, "nproc": params.finetune.nproc,
+            "overrides": list(overrides or []),
             "params_file": _params_path(params_file)}
 
 

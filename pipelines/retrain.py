@@ -44,6 +44,7 @@ def retrain(
     peft_method: PeftName | None = None,
     pretrain: bool | None = None,
     max_steps: Annotated[int | None, Field(ge=1)] = None,
+    nproc: Annotated[int | None, Field(ge=1)] = None,
     overrides: list[str] | None = None,
     params_file: str | None = None,
 ) -> Any:
@@ -65,6 +66,9 @@ def retrain(
             params.yaml: pretrain.enabled.
         max_steps: Fine-tuning steps (early stopping may end sooner). params.yaml:
             finetune.max_steps.
+        nproc: Fine-tune as this many processes (ranks) under torchrun on the machine that
+            runs the flow: data-parallel for adamw, seed-shared for the zeroth-order
+            strategies. params.yaml: finetune.nproc.
         overrides: More params.yaml values, one key.path=value each, applied last, e.g.
             finetune.adamw.lr=1e-4 or gate.compare=non_inferiority.
         params_file: The params.yaml to read (empty: the project's).
@@ -73,7 +77,7 @@ def retrain(
     quiet_libraries()
     params = load_params(params_file or None, named_overrides(
         data_path=data_path, strategy=strategy, peft_method=peft_method, pretrain=pretrain,
-        max_steps=max_steps) + list(overrides or []))
+        max_steps=max_steps, nproc=nproc) + list(overrides or []))
     logger = get_run_logger()
     try:
         with one_retrain_per_model(params, logger):

@@ -10,6 +10,7 @@ the stage's log lines reach the Prefect UI through the `tuneline` logger.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -57,7 +58,20 @@ prepare = stage_task(stages.prepare, "prepare")
 version_data = stage_task(stages.version_data, "version-data", io=True)
 find_registered = stage_task(stages.find_registered, "find-registered", io=True)
 pretrain = stage_task(stages.pretrain, "pretrain")
-finetune = stage_task(stages.finetune, "finetune")
+def finetune_resuming(params: Any, **kwargs: Any) -> Any:
+    """The finetune stage; when a rank of a distributed run died, once more from the last
+    checkpoint (the failed attempt saved and registered nothing)."""
+    from components.finetune.distributed import DistributedRunFailed
+
+    try:
+        return stages.finetune(params, **kwargs)
+    except DistributedRunFailed as exc:
+        logging.getLogger("tuneline.stages").warning(
+            "finetune: %s; resuming from the last checkpoint", str(exc).splitlines()[0])
+        return stages.finetune(params, **{**kwargs, "resume": True})
+
+
+finetune = stage_task(finetune_resuming, "finetune")
 compress = stage_task(stages.compress, "compress")
 evaluate = stage_task(stages.evaluate, "evaluate")
 export = stage_task(stages.export, "export")

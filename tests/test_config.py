@@ -70,7 +70,13 @@ def test_named_options_are_overrides():
     from components.config import named_overrides
 
     assert named_overrides(data_path="x.csv", strategy="es", peft_method="lora",
-                           pretrain=False, max_steps=7) == [
+                           pretrain=False, max_steps=7, nproc=2) == [
         "paths.raw=x.csv", "finetune.strategy=es", "peft.method=lora",
-        "pretrain.enabled=false", "finetune.max_steps=7"]
+        "pretrain.enabled=false", "finetune.max_steps=7", "finetune.nproc=2"]
     assert named_overrides() == []
+
+
+def test_fp16_on_cpu_is_a_config_error():
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        load_params(overrides=["model.device=cpu", "finetune.precision=fp16"])
+    assert load_params(overrides=["model.device=cpu", "finetune.precision=bf16"])

@@ -23,12 +23,14 @@ def test_retrain_form_is_plain_typed_fields_with_params_yaml_values():
     assert props["strategy"]["enum"] == ["adamw", "cem", "es", "mezo", "zo_sign"]
     assert props["peft_method"]["enum"][0] == "none" and "lora" in props["peft_method"]["enum"]
     assert props["pretrain"]["type"] == "boolean" and props["max_steps"]["minimum"] == 1
+    assert props["nproc"]["minimum"] == 1 and "finetune.nproc" in props["nproc"]["description"]
     assert props["overrides"] == {**props["overrides"], "type": "array",
                                   "items": {"type": "string"}}
     # The form starts at what params.yaml (+ the deploy's overrides) says.
     assert retrain.parameters == {
         "data_path": str(params.paths.raw), "strategy": "es", "peft_method": "none",
-        "pretrain": False, "max_steps": 77, "overrides": [], "params_file": str(DEFAULT_PARAMS)}
+        "pretrain": False, "max_steps": 77, "nproc": 1, "overrides": [],
+        "params_file": str(DEFAULT_PARAMS)}
     assert {k: p["default"] for k, p in props.items()} == retrain.parameters
     assert "finetune.strategy" in props["strategy"]["description"]
 

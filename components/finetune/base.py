@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from components.config import FinetuneConfig, Section, strategy_names
+from components.finetune.distributed import Dist
 
 # loss_fn(model, batch) -> scalar loss tensor. Zeroth-order strategies call it under
 # torch.inference_mode(); gradient strategies call it with autograd on.
@@ -29,6 +30,8 @@ class Strategy(ABC):
         config_key: attribute of `FinetuneConfig` holding this strategy's section.
         uses_grad: False for forward-only (zeroth-order) strategies; the loop then never
             builds an autograd graph.
+        dist: the ranks of the run; `step` receives the global batch and reads its own
+            share of it (see distributed.py). One rank by default.
     """
 
     name: ClassVar[str]
@@ -46,6 +49,7 @@ class Strategy(ABC):
         self.params = params
         self.total_steps = total_steps
         self.seed = seed
+        self.dist = Dist()
 
     @abstractmethod
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor], loss_fn: LossFn,
@@ -57,6 +61,9 @@ class Strategy(ABC):
         """Within the block the model holds the weights to evaluate and ship (default: the
         current ones; a strategy keeping an average of its weights swaps that in)."""
         yield
+
+    def on_dist(self) -> None:  # noqa: B027 (optional hook)
+        """Called once `dist` is set (a strategy may need the device or precision)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-identically (optimizer state, counters)."""
@@ -83,7 +90,7 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
 
 
 def build_strategy(cfg: FinetuneConfig, params: list[tuple[str, nn.Parameter]],
-                   total_steps: int) -> Strategy:
+                   total_steps: int, dist: Dist | None = None) -> Strategy:
     """Instantiate the strategy named by `cfg.strategy` with its own config section."""
     try:
         cls = STRATEGIES[cfg.strategy]
@@ -92,4 +99,13 @@ def build_strategy(cfg: FinetuneConfig, params: list[tuple[str, nn.Parameter]],
         raise ValueError(
             f"finetune.strategy: unknown strategy {cfg.strategy!r} (known: {known})"
         ) from None
-    return cls(getattr(cfg, cls.config_key), params, total_steps, cfg.seed)
+    section = getattr(cfg, cls.config_key)
+    dist = dist or Dist()
+    population = getattr(section, "population", None)
+    if dist.active and population is not None and population < dist.world:
+        raise ValueError(f"finetune.{cls.config_key}.population ({population}) must be at "
+                         f"least the number of ranks ({dist.world}): ranks split it")
+    strategy = cls(section, params, total_steps, cfg.seed)
+    strategy.dist = dist
+    strategy.on_dist()
+    return strategy

@@ -35,22 +35,27 @@ class CEMStrategy(ZerothOrderStrategy):
 
     name = "cem"
     config_key = "cem"
+    splits_batch = False
 
     def __init__(self, cfg: CEMConfig, params: list[tuple[str, nn.Parameter]],
                  total_steps: int, seed: int) -> None:
         super().__init__(cfg, params, total_steps, seed)
-        self.noise.std = [torch.full(p.shape, cfg.sigma, dtype=p.dtype) for _, p in self.params]
+        self.noise.std = [torch.full(p.shape, cfg.sigma, dtype=p.dtype, device=p.device)
+                          for _, p in self.params]
 
     def step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
              step: int) -> dict[str, float]:
         cfg = self.cfg
+        batch = self.dist.to_device(batch)
         rng = torch.get_rng_state()
-        losses = []
+        losses = [0.0] * cfg.population
         with self.reuse(model).active():
             for k in range(cfg.population):
-                torch.set_rng_state(rng)  # every sample sees the same dropout masks
-                losses.append(self.perturbed_loss(model, batch, loss_fn,
-                                                  self.sample_seed(step, k), 1.0))
+                if self.dist.mine(k):  # ranks split the population
+                    torch.set_rng_state(rng)  # every sample sees the same dropout masks
+                    losses[k] = self.perturbed_loss(model, batch, loss_fn,
+                                                    self.sample_seed(step, k), 1.0)
+        losses = self.population_losses(losses)
         if any_nonfinite(*losses):
             return {"loss": float("nan")}
         # Ties broken by sample index, so the elite is a pure function of the losses.

@@ -103,9 +103,12 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, state: dict[s
     """Write `root/step-NNNNNNN` atomically, then drop all but the newest `keep`."""
     path = Path(root) / f"step-{step:07d}"
     with atomic_dir(path) as tmp:
-        save_file(trainable_state(model), str(tmp / "weights.safetensors"))
+        # CPU tensors: a checkpoint made on a GPU resumes anywhere (load_trainable copies
+        # the values onto the model's device).
+        save_file({n: t.cpu() for n, t in trainable_state(model).items()},
+                  str(tmp / "weights.safetensors"))
         if best is not None:
-            save_file(best, str(tmp / "best.safetensors"))
+            save_file({n: t.cpu() for n, t in best.items()}, str(tmp / "best.safetensors"))
         tensors: dict[str, torch.Tensor] = {}
         flat = flatten_state(state, tensors)
         save_file(tensors, str(tmp / "state.safetensors"))

@@ -88,22 +88,43 @@ class AdamWStrategy(Strategy):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: warmup_linear(s, total_steps, warmup))
         self.ema = ([p.detach().clone() for _, p in params] if cfg.ema_decay > 0 else None)
+        self.scaler: torch.amp.GradScaler | None = None
+
+    def on_dist(self) -> None:
+        if self.dist.precision == "fp16" and self.dist.device.type == "cuda":
+            # fp16 gradients underflow without loss scaling; bf16 has fp32's range.
+            self.scaler = torch.amp.GradScaler("cuda")
 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor], loss_fn: LossFn,
              step: int) -> dict[str, float]:
+        """`model` is wrapped in DDP when there are several ranks (gradients all-reduced)."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model, batch)
+        part, share = self.dist.shard(batch)
+        loss = loss_fn(model, part)
         value = float(loss.detach())
+        if self.dist.active:
+            # The global batch's mean loss, identical on every rank (so is the NaN check).
+            value = self.dist.all_reduce_sum([value * share])[0]
+            # DDP averages gradients over ranks; weighting by share * world makes that
+            # average the gradient of the global mean even when slices differ in size.
+            loss = loss * (share * self.dist.world)
         if not math.isfinite(value):
             # Never apply an update computed from a NaN/inf loss; the loop stops the run.
             return {"loss": value}
-        loss.backward()
         grads = [p for _, p in self.params]
-        # max_grad_norm 0 = no clipping; the norm is still reported.
-        norm = torch.nn.utils.clip_grad_norm_(grads, self.cfg.max_grad_norm or float("inf"))
+        clip = self.cfg.max_grad_norm or float("inf")  # 0 = no clipping; norm still reported
         first = self.optimizer.param_groups[0]
         lr = self.cfg.lr * first["lr"] / first["initial_lr"]  # the top layers' lr
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(grads, clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(grads, clip)
+            self.optimizer.step()
         self.scheduler.step()
         self._update_ema()
         return {"loss": value, "lr": lr, "grad_norm": float(norm)}
@@ -136,6 +157,8 @@ class AdamWStrategy(Strategy):
     def state_dict(self) -> dict[str, Any]:
         state = {"optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict()}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
         if self.ema is not None:
             state["ema"] = list(self.ema)
         return state
@@ -143,6 +166,8 @@ class AdamWStrategy(Strategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             if "ema" not in state:
                 raise ValueError("adamw: the checkpoint has no weight average (ema_decay was 0)")

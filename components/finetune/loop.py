@@ -6,11 +6,16 @@ progress bar and the metrics logger.
 Resuming is exact: a checkpoint holds the trainable weights, the strategy's state, the
 loader position, the early-stopping state and every RNG state, so a killed-and-resumed run
 produces the same weights as an uninterrupted one.
+
+Under torchrun (distributed.py) every rank runs this loop on its share of each global
+batch; rank 0 alone evaluates, logs, checkpoints (with every rank's RNG state) and saves,
+and the other ranks follow its early-stopping decision.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import random
@@ -27,6 +32,7 @@ from tqdm.auto import tqdm
 from components.config import Params
 from components.data_io import data_version, load_label_map, load_split
 from components.finetune import checkpoint as ckpt
+from components.finetune import distributed
 from components.finetune.base import LossFn, Strategy, build_strategy
 from components.finetune.batching import (
     Encoded,
@@ -35,8 +41,10 @@ from components.finetune.batching import (
     encode_tagged,
     sequential_batches,
 )
+from components.finetune.distributed import Dist
 from components.finetune.loggers import MetricsLogger, null_logger
 from components.finetune.validation import EarlyStopper, classification_loss, evaluate_split
+from components.finetune.zo_noise import mix_seed
 from components.modeling import build_classifier, save_trained, trainable_parameters
 
 progress_log = logging.getLogger("tuneline.train")
@@ -81,7 +89,7 @@ class Prebuilt:
 def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
           init_dir: str | Path | None = None, checkpoint_dir: str | Path | None = None,
           resume: bool = False, logger: MetricsLogger | None = None,
-          prebuilt: Prebuilt | None = None) -> dict[str, Any]:
+          prebuilt: Prebuilt | None = None, dist: Dist | None = None) -> dict[str, Any]:
     """Fine-tune a classifier on `prepared_dir` and save it to `out_dir`.
 
     Args:
@@ -94,6 +102,8 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
         logger: called as `logger(metrics, step)` for train and validation metrics.
         prebuilt: train this model on these rows with this loss instead of building the
             classifier from params (validation is still the prepared validation split).
+        dist: this process's rank, device and precision (default: from torchrun's
+            environment, one CPU/GPU process when not under torchrun).
 
     Returns:
         Final metrics: val_loss / val_accuracy / val_macro_f1 (of the best evaluation, whose
@@ -102,9 +112,25 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
     Raises:
         TrainingDiverged: a NaN/inf loss or weight; the message names the restored checkpoint.
     """
+    own = dist is None
+    d = distributed.init(params) if own else dist
+    try:
+        return _train(params, prepared_dir, out_dir, init_dir, checkpoint_dir, resume,
+                      logger if d.is_main else None, prebuilt, d)
+    finally:
+        if own:
+            distributed.shutdown(d)
+
+
+def _train(params: Params, prepared_dir: str | Path, out_dir: str | Path,
+           init_dir: str | Path | None, checkpoint_dir: str | Path | None, resume: bool,
+           logger: MetricsLogger | None, prebuilt: Prebuilt | None, d: Dist) -> dict[str, Any]:
     cfg = params.finetune
     log = logger or null_logger
-    torch.set_num_threads(params.model.num_threads)
+    # The ranks of one machine share its cores.
+    threads = params.model.num_threads
+    torch.set_num_threads(max(1, threads // d.local_world) if d.device.type == "cpu"
+                          else threads)
     seed_everything(cfg.seed)
     labels = load_label_map(prepared_dir)
     if prebuilt is None:
@@ -114,27 +140,39 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
     else:
         model, tokenizer, train_data = prebuilt.model, prebuilt.tokenizer, prebuilt.train_data
     val_data = _encode_split(tokenizer, prepared_dir, "validation", params)
-    strategy = build_strategy(cfg, trainable_parameters(model), cfg.max_steps)
-    loader = ShuffledLoader(train_data, cfg.batch_size, cfg.seed, cfg.sort_window)
+    model.to(d.device)
+    strategy = build_strategy(cfg, trainable_parameters(model), cfg.max_steps, d)
+    # Every rank draws the same global batch (per-rank batch x ranks) and takes its share.
+    loader = ShuffledLoader(train_data, cfg.batch_size * d.world, cfg.seed, cfg.sort_window)
     stopper = EarlyStopper.from_config(cfg.early_stopping)
     run, best = RunState(), None
     root = Path(checkpoint_dir or params.paths.checkpoints)
-    latest = ckpt.latest_checkpoint(root) if resume else None
+    latest = d.broadcast(ckpt.latest_checkpoint(root) if resume and d.is_main else None)
     if latest is not None:
-        best = _restore(latest, params, model, strategy, loader, stopper, run)
+        best = _restore(latest, params, model, strategy, loader, stopper, run, d)
     else:
-        ckpt.clear_checkpoints(root)
+        if d.is_main:
+            ckpt.clear_checkpoints(root)
         if cfg.head_init == "linear_probe":
-            _init_head_linear_probe(model, train_data, params, log)
+            _init_head_linear_probe(model, train_data, params, log, d)
+        if d.active:
+            # Dropout masks differ between ranks as they would between rows of one batch.
+            torch.manual_seed(mix_seed(cfg.seed, d.rank))
+    _same_start(model, d)
     model.train(strategy.uses_grad)  # forward-only strategies run without dropout noise
+    # Gradient strategies run forwards through DDP (gradients averaged over the ranks);
+    # zeroth-order ones through the model itself (they exchange losses only).
+    forward_model = d.wrap(model) if strategy.uses_grad else model
 
     n_classes = len(labels)
     loss_fn = prebuilt.loss_fn if prebuilt is not None else functools.partial(
         classification_loss, label_smoothing=cfg.label_smoothing)
-    bar = tqdm(total=cfg.max_steps, initial=run.step, desc="finetune", disable=None)
+    loss_fn = _with_precision(loss_fn, d)
+    bar = tqdm(total=cfg.max_steps, initial=run.step, desc="finetune",
+               disable=None if d.is_main else True)
     while run.step < cfg.max_steps and not run.stopped_early:
         t0, cpu0 = time.perf_counter(), time.process_time()
-        out = _one_step(model, strategy, loader.next_batch(), run.step, loss_fn)
+        out = _one_step(forward_model, strategy, loader.next_batch(), run.step, loss_fn)
         run.train_seconds += time.perf_counter() - t0
         run.train_cpu_seconds += time.process_time() - cpu0
         _guard_finite(out["loss"], run.step, model, root, strategy)
@@ -145,18 +183,71 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
         bar.update(1)
         bar.set_postfix(loss=f"{out['loss']:.4f}")
         if run.step % cfg.eval_every == 0 or run.step == cfg.max_steps:
-            with strategy.evaluation_weights():
-                best = _validate(model, val_data, params, n_classes, stopper, run, best, log)
+            if d.is_main:
+                with strategy.evaluation_weights():
+                    best = _validate(model, val_data, params, n_classes, stopper, run, best,
+                                     log, d.device)
+            run.stopped_early = d.broadcast(run.stopped_early)
         if run.step % cfg.checkpoint_every == 0 and run.step < cfg.max_steps:
             _guard_weights(model, run.step, root, strategy)
-            state = {"run": {k: v for k, v in vars(run).items() if k != "started_at"},
-                     "strategy": strategy.state_dict(),
-                     "loader": loader.state_dict(), "stopper": stopper.state_dict(),
-                     "rng": ckpt.rng_state(), "params_hash": params.hash()}
-            ckpt.save_checkpoint(root, run.step, model, state, best, cfg.keep_checkpoints)
+            rngs = d.gather(ckpt.rng_state())
+            if d.is_main:
+                state = {"run": {k: v for k, v in vars(run).items() if k != "started_at"},
+                         "strategy": strategy.state_dict(),
+                         "loader": loader.state_dict(), "stopper": stopper.state_dict(),
+                         "rng": rngs[0], "rng_ranks": rngs[1:], "params_hash": params.hash()}
+                ckpt.save_checkpoint(root, run.step, model, state, best, cfg.keep_checkpoints)
     bar.close()
-    return _finish(model, tokenizer, labels, params, out_dir, run, best, stopper,
-                   prepared_dir, init_dir)
+    # Every rank must end with the same weights; the digests show it (32 bytes a rank).
+    digests = d.gather(weights_digest(model)) if d.active else None
+    metrics = _finish(model, tokenizer, labels, params, out_dir, run, best, stopper,
+                      prepared_dir, init_dir, save=d.is_main)
+    if digests is not None:
+        metrics.update(ranks=d.world, ranks_agree=len(set(digests)) == 1,
+                       rank_weight_digests=digests)
+    return metrics
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of the trainable weights' bytes, in parameter order."""
+    h = hashlib.sha256()
+    for name, p in trainable_parameters(model):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _with_precision(loss_fn: LossFn, d: Dist) -> LossFn:
+    """`loss_fn` with its forward under autocast (bf16 / fp16), the loss back in fp32."""
+    if d.precision == "fp32":
+        return loss_fn
+
+    def autocast_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+        with d.autocast():
+            loss = loss_fn(model, batch)
+        return loss.float()
+
+    return autocast_loss
+
+
+def _same_start(model: nn.Module, d: Dist) -> None:
+    """Make sure every rank starts from rank 0's trainable weights.
+
+    The ranks build and initialise the model identically, so normally only one checksum
+    per rank is exchanged; weights are sent only if they differ.
+    """
+    if not d.active:
+        return
+    with torch.no_grad():
+        sums = [float(p.double().sum()) + float(p.double().abs().sum())
+                for _, p in trainable_parameters(model)]
+    if len(set(map(tuple, d.gather(sums)))) > 1:
+        import torch.distributed as tdist
+
+        progress_log.warning("ranks built different starting weights; using rank 0's")
+        with torch.no_grad():
+            for _, p in trainable_parameters(model):
+                tdist.broadcast(p.data, src=0)
 
 
 def _encode_split(tokenizer: Any, prepared_dir: str | Path, split: str,
@@ -182,11 +273,11 @@ def _one_step(model: nn.Module, strategy: Strategy, batch: dict, step: int,
 
 def _validate(model: nn.Module, val_data: Encoded, params: Params, n_classes: int,
               stopper: EarlyStopper, run: RunState, best: dict | None,
-              log: MetricsLogger) -> dict | None:
+              log: MetricsLogger, device: torch.device | None = None) -> dict | None:
     """Evaluate, log, update early stopping; returns the (possibly new) best weights."""
     cfg = params.finetune
     metrics = evaluate_split(model, val_data, cfg.eval_batch_size, n_classes,
-                             cfg.eval_max_batches)
+                             cfg.eval_max_batches, device)
     run.last_eval = metrics
     log({f"val/{k}": v for k, v in metrics.items()}, run.step)
     _progress_line(run, cfg.max_steps, cfg.early_stopping.metric, metrics)
@@ -240,7 +331,8 @@ def _diverged(reason: str, model: nn.Module, root: Path, strategy: Strategy) -> 
 
 
 def _restore(path: Path, params: Params, model: nn.Module, strategy: Strategy,
-             loader: ShuffledLoader, stopper: EarlyStopper, run: RunState) -> dict | None:
+             loader: ShuffledLoader, stopper: EarlyStopper, run: RunState,
+             d: Dist | None = None) -> dict | None:
     weights, state, best = ckpt.load_checkpoint(path)
     if state["params_hash"] != params.hash():
         raise ValueError(f"checkpoint {path} was made with different params "
@@ -253,26 +345,32 @@ def _restore(path: Path, params: Params, model: nn.Module, strategy: Strategy,
     for key, value in state["run"].items():
         setattr(run, key, value)
     run.resumed_from = run.step
-    ckpt.set_rng_state(state["rng"])
+    ranks = state.get("rng_ranks") or []
+    rank = d.rank if d is not None else 0
+    ckpt.set_rng_state(ranks[rank - 1] if 0 < rank <= len(ranks) else state["rng"])
     return best
 
 
 def _init_head_linear_probe(model: nn.Module, data: Encoded, params: Params,
-                            log: MetricsLogger) -> None:
+                            log: MetricsLogger, d: Dist | None = None) -> None:
     # Imported lazily: the probe belongs to the zeroth-order strategies' module set.
     from components.finetune.linear_probe import fit_linear_probe
 
     batches = list(sequential_batches(data, params.finetune.batch_size, by_length=True))
+    if d is not None:
+        batches = [d.to_device(b) for b in batches]
     metrics = fit_linear_probe(model, batches, params.finetune.linear_probe)
     log({f"probe/{k}": float(v) for k, v in metrics.items()}, 0)
 
 
 def _finish(model: nn.Module, tokenizer: Any, labels: list[str], params: Params,
             out_dir: str | Path, run: RunState, best: dict | None, stopper: EarlyStopper,
-            prepared_dir: str | Path, init_dir: str | Path | None) -> dict[str, Any]:
+            prepared_dir: str | Path, init_dir: str | Path | None,
+            save: bool = True) -> dict[str, Any]:
     if best is not None:
         ckpt.load_trainable(model, best)  # ship the best-validated weights, not the last
     model.eval()
+    model.to("cpu")  # the saved model loads on any device
     window = max(1, min(10, len(run.losses) // 2))
     n_total = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for _, p in trainable_parameters(model))
@@ -285,7 +383,8 @@ def _finish(model: nn.Module, tokenizer: Any, labels: list[str], params: Params,
         "train_loss_final": float(np.mean(run.losses[-window:])),
         "trainable_params": n_train, "total_params": n_total,
         "strategy": params.finetune.strategy, "peft_method": params.peft.method}
-    save_trained(model, tokenizer, labels, params, out_dir,
-                 extra={"metrics": metrics, "data_version": data_version(prepared_dir),
-                        "init_dir": str(init_dir) if init_dir else None})
+    if save:  # rank 0 only
+        save_trained(model, tokenizer, labels, params, out_dir,
+                     extra={"metrics": metrics, "data_version": data_version(prepared_dir),
+                            "init_dir": str(init_dir) if init_dir else None})
     return metrics

@@ -44,7 +44,8 @@ def macro_f1(preds: torch.Tensor, labels: torch.Tensor, n_classes: int) -> float
 
 
 def evaluate_split(model: nn.Module, data: Encoded, batch_size: int, n_classes: int,
-                   max_batches: int = 0) -> dict[str, float]:
+                   max_batches: int = 0, device: torch.device | None = None,
+                   ) -> dict[str, float]:
     """{"loss", "accuracy", "macro_f1"} of `model` on `data` (per token for token
     classification); leaves the model's mode as it was."""
     was_training = model.training
@@ -53,6 +54,8 @@ def evaluate_split(model: nn.Module, data: Encoded, batch_size: int, n_classes: 
     with torch.inference_mode():
         # Sorted by length: the metrics do not depend on row order, padding does cost time.
         for batch in sequential_batches(data, batch_size, max_batches, by_length=True):
+            if device is not None and device.type != "cpu":
+                batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(input_ids=batch["input_ids"],
                            attention_mask=batch["attention_mask"]).logits
             logits, labels = scored(logits, batch["labels"])
@@ -62,7 +65,7 @@ def evaluate_split(model: nn.Module, data: Encoded, batch_size: int, n_classes: 
     model.train(was_training)
     if not preds:
         raise ValueError("the validation split is empty")
-    pred, gold = torch.cat(preds), torch.cat(golds)
+    pred, gold = torch.cat(preds).cpu(), torch.cat(golds).cpu()
     return {"loss": total_loss / len(gold), "accuracy": float((pred == gold).float().mean()),
             "macro_f1": macro_f1(pred, gold, n_classes)}
 

@@ -13,6 +13,12 @@ cost little more than its forward passes (see zo_noise.py and zo_perturb.py):
 - theta is perturbed on the fly inside each module's forward, never in place, so nothing
   needs restoring and "perturb then restore" is exact by construction.
 
+With several ranks (distributed.py) every rank draws the same seeds: mezo and zo_sign
+evaluate their slice of the global batch and all-reduce only the losses (a few float64s
+a step), es and cem split the population over the ranks and all-reduce the fitness
+values; every rank then applies the same scalar coefficients, so the weights stay
+bit-identical without a tensor of model size ever being sent.
+
 Seeds are a pure function of (run seed, step, sample): a resumed run is bit-identical to
 an uninterrupted one, and the seeds plus the scalar update coefficients in `history` are
 a compact log that replays the whole run from the starting weights (`replay_history`).
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -44,6 +50,9 @@ class ZerothOrderStrategy(Strategy):
     """
 
     uses_grad = False
+    # With several ranks: True = each evaluates its slice of the batch (mezo, zo_sign);
+    # False = each evaluates its share of the population on the whole batch (es, cem).
+    splits_batch: ClassVar[bool] = True
 
     def __init__(self, cfg: ZOSection, params: list[tuple[str, nn.Parameter]],
                  total_steps: int, seed: int) -> None:
@@ -60,6 +69,7 @@ class ZerothOrderStrategy(Strategy):
         self.noise = ParamNoise([p for _, p in chosen], self.table)
         self._perturbation: Perturbation | None = None
         self._reuse: FrozenReuse | None = None
+        self._rows_agree = False  # every rank used the same embedding rows this step
         # One entry per applied sample: [step, sample, update coefficient]; with the run
         # seed, the starting weights and the batches' rows this replays the run.
         self.history: list[list[float]] = []
@@ -78,6 +88,45 @@ class ZerothOrderStrategy(Strategy):
         if self._reuse is None or self._reuse.model is not model:
             self._reuse = FrozenReuse(model, [p for _, p in self.params])
         return self._reuse
+
+    def global_losses(self, local: list[float], share: float) -> list[float]:
+        """Losses of the global batch from this rank's slice losses (mean over ranks
+        weighted by slice size; one all-reduce of len(local) float64s).
+
+        When embeddings are perturbed row-sparsely, two more values per such matrix ride
+        along (count and hash-sum of the rows this rank used): if every rank used the same
+        rows (the usual case: slices share the batch's width and only position rows are
+        trained) nothing else is sent; otherwise `apply_update` merges the row sets.
+        """
+        if not self.dist.active:
+            return local
+        digest = self._rows_digest()
+        total = self.dist.all_reduce_sum([v * share for v in local] + digest)
+        self._rows_agree = all(t == v * self.dist.world
+                               for t, v in zip(total[len(local):], digest, strict=True))
+        return total[: len(local)]
+
+    def _rows_digest(self) -> list[float]:
+        pert = self._perturbation
+        if pert is None or not pert.has_sparse:
+            return []
+        out = []
+        for i in pert.sparse_indices:
+            rows = pert.rows.get(i)
+            if rows is None:
+                out += [0.0, 0.0]
+                continue
+            # Exact in float64: < 2^31 per row, far fewer than 2^22 rows.
+            mixed = (rows.to(torch.int64) * 2654435761 + 12345) % 2147483647
+            out += [float(len(rows)), float(mixed.sum())]
+        return out
+
+    def population_losses(self, local: list[float]) -> list[float]:
+        """Every rank's population losses: each slot is filled by the one rank that
+        evaluated it (zeros elsewhere), so the sum over ranks is exact."""
+        if not self.dist.active:
+            return local
+        return self.dist.all_reduce_sum(local)
 
     def sample_seed(self, step: int, sample: int) -> int:
         return mix_seed(self.seed, step, sample)
@@ -107,6 +156,10 @@ class ZerothOrderStrategy(Strategy):
             for _, p in self.params:
                 p.mul_(1.0 - lr * weight_decay)
         perturbation = self.perturbation(model)
+        if (self.dist.active and self.splits_batch and perturbation.has_sparse
+                and not self._rows_agree):
+            # Each rank looked up the rows of its own slice; the update touches them all.
+            perturbation.rows = self.dist.union_rows(perturbation.rows)
         for sample, coef in updates:
             perturbation.add_noise_(self.sample_seed(step, sample), coef)
             self.history.append([step, sample, coef])
@@ -169,12 +222,13 @@ class MeZOStrategy(ZerothOrderStrategy):
     def _spsa_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
                    step: int) -> dict[str, float]:
         cfg, n = self.cfg, self.cfg.n_samples
-        losses, grads = [], []
+        part, share = self.dist.shard(batch)
+        losses: list[float] = []
         for k in range(n):
-            plus, minus = self.sample_losses(model, batch, loss_fn, self.sample_seed(step, k),
-                                             cfg.eps)
-            losses += [plus, minus]
-            grads.append((plus - minus) / (2 * cfg.eps))
+            losses += self.sample_losses(model, part, loss_fn, self.sample_seed(step, k),
+                                         cfg.eps)
+        losses = self.global_losses(losses, share)
+        grads = [(losses[2 * k] - losses[2 * k + 1]) / (2 * cfg.eps) for k in range(n)]
         loss = sum(losses) / len(losses)
         if any_nonfinite(*losses):
             # Never apply an update computed from a NaN/inf loss; the loop stops the run.
@@ -186,14 +240,16 @@ class MeZOStrategy(ZerothOrderStrategy):
     def _fzoo_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
                    step: int) -> dict[str, float]:
         cfg, n = self.cfg, self.cfg.n_samples
+        part, share = self.dist.shard(batch)
         rng = torch.get_rng_state()
         with torch.inference_mode():
-            base = float(loss_fn(model, batch))
+            base = float(loss_fn(model, part))
         losses = []
         for k in range(n):
             torch.set_rng_state(rng)  # same dropout masks as the unperturbed forward
-            losses.append(self.perturbed_loss(model, batch, loss_fn, self.sample_seed(step, k),
+            losses.append(self.perturbed_loss(model, part, loss_fn, self.sample_seed(step, k),
                                               cfg.eps))
+        base, *losses = self.global_losses([base, *losses], share)
         if any_nonfinite(base, *losses):
             return {"loss": float("nan")}
         spread = statistics.pstdev(losses)
@@ -217,9 +273,10 @@ class ZOSignStrategy(ZerothOrderStrategy):
     def step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
              step: int) -> dict[str, float]:
         cfg = self.cfg
+        part, share = self.dist.shard(batch)
         with self.reuse(model).active():
-            plus, minus = self.sample_losses(model, batch, loss_fn, self.sample_seed(step, 0),
-                                             cfg.eps)
+            local = self.sample_losses(model, part, loss_fn, self.sample_seed(step, 0), cfg.eps)
+        plus, minus = self.global_losses(list(local), share)
         if any_nonfinite(plus, minus):
             return {"loss": float("nan")}
         g = (plus - minus) / (2 * cfg.eps)
@@ -256,15 +313,19 @@ class ESStrategy(ZerothOrderStrategy):
 
     name = "es"
     config_key = "es"
+    splits_batch = False
 
     def step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
              step: int) -> dict[str, float]:
         cfg, pop = self.cfg, self.cfg.population
-        losses: list[float] = []
+        batch = self.dist.to_device(batch)
+        losses = [0.0] * (2 * pop)
         with self.reuse(model).active():
             for k in range(pop):
-                losses += self.sample_losses(model, batch, loss_fn, self.sample_seed(step, k),
-                                             cfg.sigma)
+                if self.dist.mine(k):
+                    losses[2 * k: 2 * k + 2] = self.sample_losses(
+                        model, batch, loss_fn, self.sample_seed(step, k), cfg.sigma)
+        losses = self.population_losses(losses)
         loss = sum(losses) / len(losses)
         if any_nonfinite(*losses):
             return {"loss": float("nan")}

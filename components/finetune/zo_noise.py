@@ -80,6 +80,9 @@ class ParamNoise:
     def __init__(self, params: list[nn.Parameter], table: NoiseTable) -> None:
         self.params = params
         self.table = table
+        device = params[0].device if params else torch.device("cpu")
+        if table.values.device != device:  # directions are sliced where the weights live
+            table.values = table.values.to(device)
         # Chunks of a parameter with rows hold whole rows, so every row's direction is
         # one contiguous table slice (cheap to gather for sparse embedding updates).
         self.chunk_len = [_chunk_len(p, table.chunk) for p in params]
@@ -98,8 +101,9 @@ class ParamNoise:
             return
         gen = torch.Generator().manual_seed(seed)
         total = sum(self.n_chunks)
-        self._offsets_t = torch.randint(0, self.table.size, (total,), generator=gen)
-        self._offsets = self._offsets_t.tolist()
+        offsets = torch.randint(0, self.table.size, (total,), generator=gen)
+        self._offsets = offsets.tolist()
+        self._offsets_t = offsets.to(self.table.values.device)
         self._seed = seed
 
     def _slices(self, index: int, seed: int):

@@ -106,7 +106,7 @@ class Perturbation:
         buf = self._scratch.get(key)
         if buf is None:
             size = max(q.numel() for q in self._params_at(key))
-            buf = self._scratch[key] = torch.empty(size, dtype=p.dtype)
+            buf = self._scratch[key] = torch.empty(size, dtype=p.dtype, device=p.device)
         return buf[: p.numel()].view(p.shape)
 
     def _params_at(self, key: tuple) -> list[torch.Tensor]:
@@ -155,8 +155,19 @@ class Perturbation:
         key = ("rows", weight.dtype, weight.shape[1])
         buf = self._scratch.get(key)
         if buf is None or buf.shape[0] < 2 * n:
-            buf = self._scratch[key] = torch.empty(2 * n, weight.shape[1], dtype=weight.dtype)
+            buf = self._scratch[key] = torch.empty(2 * n, weight.shape[1], dtype=weight.dtype,
+                                                   device=weight.device)
         return buf[:n], buf[n: 2 * n]
+
+    @property
+    def sparse_indices(self) -> list[int]:
+        """Parameters perturbed only on the rows a forward used (by index)."""
+        return sorted(o.index for owners in self._targets.values() for o in owners
+                      if o.sparse_rows)
+
+    @property
+    def has_sparse(self) -> bool:
+        return bool(self.sparse_indices)
 
     def add_noise_(self, seed: int, scale: float) -> None:
         """In place: theta += scale * z(seed), on the rows of the last forward for sparse ones.

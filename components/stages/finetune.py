@@ -3,15 +3,22 @@
 The run carries the lineage of the model (git commit, params hash, the content hashes of
 the input bytes and of the prepared splits, strategy, PEFT method); later stages log their
 reports to the same run, found through this stage's record.
+
+With `finetune.nproc` > 1 the training runs as that many ranks under torchrun
+(components/finetune/distributed.py); this process keeps the MLflow run and the record,
+rank 0 logs to the run and saves the model. A rank that dies fails the stage: the model
+folder is left as it was, and `--resume` continues from the last checkpoint.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from components.config import Params
-from components.io import atomic_write_text
+from components.config import PROJECT_ROOT, Params
+from components.io import atomic_write_json, atomic_write_text, read_json
 from components.stages.base import StageResult, run_stage, stored_result
 from components.stages.pretrain import starting_backbone
 from components.stages.spec import fingerprint
@@ -46,9 +53,14 @@ def finetune(params: Params, *, resume: bool = False, force: bool = False,
         checkpoints.mkdir(parents=True, exist_ok=True)
         atomic_write_text(checkpoints / RUN_FILE, run_id)
         try:
-            metrics = train(params, params.paths.prepared, params.paths.model, init_dir=init,
-                            checkpoint_dir=checkpoints, resume=resume,
-                            logger=_with_extra(tracking.MlflowLogger(params, run_id), logger))
+            if params.finetune.nproc > 1 and "WORLD_SIZE" not in os.environ:
+                # The ranks log to MLflow themselves (rank 0); an extra logger stays unused.
+                metrics = train_distributed(params, init, checkpoints, resume, run_id)
+            else:
+                metrics = train(params, params.paths.prepared, params.paths.model,
+                                init_dir=init, checkpoint_dir=checkpoints, resume=resume,
+                                logger=_with_extra(tracking.MlflowLogger(params, run_id),
+                                                   logger))
         except BaseException:
             tracking.end_run(params, run_id, "FAILED")
             raise
@@ -68,6 +80,30 @@ def _with_extra(mlflow_logger: Any, extra: Any) -> Any:
         mlflow_logger(metrics, step)
         extra(metrics, step)
     return both
+
+
+def train_distributed(params: Params, init: Path | None, checkpoints: Path, resume: bool,
+                      run_id: str | None) -> dict[str, Any]:
+    """Train as `finetune.nproc` ranks under torchrun; returns rank 0's final metrics.
+
+    Raises:
+        DistributedRunFailed: a rank failed or was killed (nothing was saved).
+    """
+    from components.finetune.distributed import launch
+
+    with tempfile.TemporaryDirectory(prefix="tuneline-dist-") as tmp:
+        job, result = Path(tmp) / "job.json", Path(tmp) / "result.json"
+        atomic_write_json(job, {
+            "params": params.model_dump(mode="json"), "prepared": str(params.paths.prepared),
+            "model": str(params.paths.model), "init_dir": str(init) if init else None,
+            "checkpoints": str(checkpoints), "resume": resume, "run_id": run_id,
+            "result": str(result)})
+        # The ranks import this checkout's code whatever the working folder.
+        path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH"))
+                               if p)
+        launch(params.finetune.nproc, ["components.finetune.worker", str(job)],
+               log_dir=checkpoints, env={"PYTHONPATH": path})
+        return read_json(result)
 
 
 def _resumed_run(params: Params, checkpoints: Path) -> str | None:

@@ -102,8 +102,8 @@ SPECS: dict[str, StageSpec] = {s.name: s for s in [
         outs=("${paths.pretrained}",), switch="pretrain.enabled"),
     StageSpec(
         "finetune", "train the classifier; opens the MLflow run",
-        params=("task", "model.name_or_path", "model.max_length", "model.pooling", "peft",
-                "pretrain.enabled", "finetune"),
+        params=("task", "model.name_or_path", "model.max_length", "model.pooling",
+                "model.device", "peft", "pretrain.enabled", "finetune"),
         code=("components/stages/finetune.py", "components/finetune", *_MODEL_CODE),
         deps=(Dep(LABELED, "ingest", by_content=True), PREPARED,
               Dep("${paths.pretrained}", "pretrain")),

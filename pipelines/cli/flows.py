@@ -20,18 +20,22 @@ from pipelines.cli.app import (
 )
 
 StrategyOpt = Annotated[str | None, typer.Option(
-    "--strategy", help="adamw | mezo | zo_sign | es (default: finetune.strategy).")]
+    "--strategy", help="adamw | mezo | zo_sign | es | cem (default: finetune.strategy).")]
 PeftOpt = Annotated[str | None, typer.Option(
     "--peft", help="none | lora | ia3 | prompt_tuning | prefix_tuning (default: peft.method).")]
 PretrainOpt = Annotated[bool | None, typer.Option(
     "--pretrain/--no-pretrain", help="Domain pretraining first (default: pretrain.enabled).")]
 StepsOpt = Annotated[int | None, typer.Option(
     "--max-steps", help="Training steps (default: finetune.max_steps).")]
+NprocOpt = Annotated[int | None, typer.Option(
+    "--nproc", min=1, help="Fine-tune as this many ranks under torchrun "
+    "(default: finetune.nproc).")]
 
 
 @app.command("run")
 def run(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt = None,
-        pretrain: PretrainOpt = None, max_steps: StepsOpt = None, params: ParamsOpt = None,
+        pretrain: PretrainOpt = None, max_steps: StepsOpt = None, nproc: NprocOpt = None,
+        params: ParamsOpt = None,
         set_: SetOpt = None,
         json_out: Annotated[Path | None, typer.Option(
             "--json", help="Also write the run summary (with stage timings) here.")] = None
@@ -45,7 +49,7 @@ def run(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt = N
 
     data_path = str(input_.resolve()) if input_ else None
     named = {"data_path": data_path, "strategy": strategy, "peft_method": peft,
-             "pretrain": pretrain, "max_steps": max_steps}
+             "pretrain": pretrain, "max_steps": max_steps, "nproc": nproc}
     p = params_or_exit(params, set_, **named)
     with user_errors():
         check_inputs(p)

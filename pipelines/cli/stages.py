@@ -89,9 +89,12 @@ def pretrain(force: ForceOpt = False, params: ParamsOpt = None, set_: SetOpt = N
 @app.command("finetune")
 def finetune(resume: Annotated[bool, typer.Option(
                  "--resume", help="Continue from the latest checkpoint.")] = False,
+             nproc: Annotated[int | None, typer.Option(
+                 "--nproc", min=1, help="Train as this many ranks under torchrun "
+                 "(default: finetune.nproc).")] = None,
              force: ForceOpt = False, params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Fine-tune with finetune.strategy and peft.method; opens the model's MLflow run."""
-    _run("finetune", params, set_, force, resume=resume)
+    _run("finetune", params, set_, force, resume=resume, named={"nproc": nproc})
 
 
 @app.command("compress")
