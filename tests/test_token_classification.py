@@ -268,8 +268,11 @@ def test_tuneline_run_token_classification_on_the_demo_corpus(tmp_path, tiny_bac
     from tests.project_support import clone_project, run_summary, tiny_sets
 
     repo = clone_project(tmp_path / "repo")
+    # An absolute store: MLflow caches its stores by URI, and this process may already hold
+    # one for the relative `sqlite:///mlflow.db`, opened from another folder.
     sets = [*tiny_sets(tiny_backbone_dir), "task.type=token_classification",
-            "gate.min_metrics.entity_f1=0.0"]
+            "gate.min_metrics.entity_f1=0.0",
+            f"registry.tracking_uri=sqlite:///{repo / 'mlflow.db'}"]
     summary = run_summary(repo, *[a for s in sets for a in ("--set", s)])
     assert summary["version"] == "1", summary
     monkeypatch.chdir(repo)
