@@ -17,6 +17,7 @@ import json
 import math
 import unicodedata
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,17 +243,32 @@ def prepare_dataset(input_path: str | Path, out_dir: str | Path, cfg: DataConfig
     Raises:
         DataValidationError: see `check_dataset`; also an empty train split.
     """
-    from components.near_dup import cross_split_near_duplicates
-
     if task == "token_classification":
         from components.token_data import prepare_token_dataset
 
         return prepare_token_dataset(input_path, out_dir, cfg)
     checked = check_dataset(input_path, cfg)
+    return split_and_write(input_path, out_dir, checked, cfg, {
+        "class_counts": lambda rows: dict(sorted(Counter(r["label"] for r in rows).items()))})
+
+
+def split_and_write(input_path: str | Path, out_dir: str | Path, checked: CheckedDataset,
+                    cfg: DataConfig, per_split: dict[str, Callable[[list[dict]], Any]],
+                    task: str | None = None) -> dict[str, Any]:
+    """Split checked rows and write the prepared folder in one rename; return the report.
+
+    `per_split` adds the task's own counts: report[key][split] = fn(rows of that split).
+
+    Raises:
+        DataValidationError: the train split is empty.
+    """
+    from components.near_dup import cross_split_near_duplicates
+
     splits = split_stable(checked.accepted, cfg)
     if not splits["train"]:
         raise DataValidationError(f"{input_path}: the train split is empty")
     report = {
+        **({"task": task} if task else {}),
         "input": Path(input_path).name,
         "input_md5": md5_file(Path(input_path)),
         "rows_in": checked.rows_in,
@@ -261,8 +277,7 @@ def prepare_dataset(input_path: str | Path, out_dir: str | Path, cfg: DataConfig
         "bad_fraction": round(len(checked.quarantined) / checked.rows_in, 6),
         "labels": checked.labels,
         "split_sizes": {s: len(splits[s]) for s in SPLITS},
-        "class_counts": {s: dict(sorted(Counter(r["label"] for r in splits[s]).items()))
-                         for s in SPLITS},
+        **{key: {s: fn(splits[s]) for s in SPLITS} for key, fn in per_split.items()},
         "group_column": cfg.group_column,
         "groups": ({s: len({r["group"] for r in splits[s]}) for s in SPLITS}
                    if cfg.group_column else None),

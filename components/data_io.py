@@ -61,7 +61,8 @@ def read_rows(path: str | Path, cfg: DataConfig) -> Iterator[dict[str, Any]]:
     columns = [cfg.text_column, cfg.label_column] + ([cfg.group_column] if cfg.group_column
                                                      else [])
     if fmt == "jsonl":
-        yield from _read_jsonl(path, columns)
+        fields = dict(zip(("text", "label", "group"), columns, strict=False))
+        yield from read_jsonl_fields(path, fields, TEXT_COLUMNS)
         return
     if fmt == "conll":
         raise DataValidationError(f"{path}: a CoNLL file holds word tags; set "
@@ -93,7 +94,17 @@ def _require_text_dtype(path: Path, frame: Any, column: str) -> None:
                                   "set data.text_column to the column with the texts")
 
 
-def _read_jsonl(path: Path, columns: list[str]) -> Iterator[dict[str, Any]]:
+def read_jsonl_fields(path: Path, fields: dict[str, str], setting: str
+                      ) -> Iterator[dict[str, Any]]:
+    """Yield {key: obj[column] for key, column in fields} + "line" per JSONL object.
+
+    A line that is not a JSON object is yielded as {"malformed", "raw", "line"} and
+    quarantined later; blank lines are skipped.
+
+    Raises:
+        DataValidationError: the first object lacks one of the columns (`setting` names
+            the params keys that choose them).
+    """
     seen_columns = False
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -110,20 +121,21 @@ def _read_jsonl(path: Path, columns: list[str]) -> Iterator[dict[str, Any]]:
                        "line": lineno}
                 continue
             if not seen_columns:
-                _require_columns(path, list(obj), columns)
+                _require_columns(path, list(obj), list(fields.values()), setting)
                 seen_columns = True
-            row = {"text": obj.get(columns[0]), "label": obj.get(columns[1]), "line": lineno}
-            if len(columns) > 2:
-                row["group"] = obj.get(columns[2])
-            yield row
+            yield {**{key: obj.get(column) for key, column in fields.items()}, "line": lineno}
 
 
-def _require_columns(path: Path, found: list[str], columns: list[str]) -> None:
+TEXT_COLUMNS = "data.text_column / data.label_column / data.group_column"
+
+
+def _require_columns(path: Path, found: list[str], columns: list[str],
+                     setting: str = TEXT_COLUMNS) -> None:
     missing = [c for c in columns if c not in found]
     if missing:
         raise DataValidationError(
-            f"{path}: missing column(s) {missing}; found {found}. Set data.text_column / "
-            "data.label_column / data.group_column to the names your file uses.")
+            f"{path}: missing column(s) {missing}; found {found}. Set {setting} to the names "
+            "your file uses.")
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

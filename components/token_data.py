@@ -26,10 +26,9 @@ from components.data import (
     _blank,
     _group_key,
     _jsonable,
-    split_stable,
+    split_and_write,
 )
-from components.data_io import SPLITS, DataValidationError, input_format, md5_file, write_jsonl
-from components.io import atomic_dir
+from components.data_io import DataValidationError, input_format, read_jsonl_fields
 from components.tagging import OUTSIDE, bio_error, entity_types, is_bio_tag, tag_type
 
 # Quarantine reasons, in the order a sentence is checked.
@@ -60,36 +59,11 @@ def read_sentences(path: str | Path, cfg: DataConfig) -> Iterator[dict[str, Any]
 
 
 def _read_jsonl(path: Path, cfg: DataConfig) -> Iterator[dict[str, Any]]:
-    columns = [cfg.tokens_column, cfg.tags_column, *([cfg.group_column] if cfg.group_column
-                                                      else [])]
-    checked = False
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield {"malformed": f"invalid JSON ({exc.msg})", "raw": line.rstrip("\n"),
-                       "line": lineno}
-                continue
-            if not isinstance(obj, dict):
-                yield {"malformed": "not a JSON object", "raw": line.rstrip("\n"),
-                       "line": lineno}
-                continue
-            if not checked:
-                missing = [c for c in columns if c not in obj]
-                if missing:
-                    raise DataValidationError(
-                        f"{path}: missing column(s) {missing}; found {list(obj)}. Set "
-                        "data.tokens_column / data.tags_column / data.group_column to the "
-                        "names your file uses.")
-                checked = True
-            row = {"tokens": obj.get(cfg.tokens_column), "tags": obj.get(cfg.tags_column),
-                   "line": lineno}
-            if cfg.group_column:
-                row["group"] = obj.get(cfg.group_column)
-            yield row
+    fields = {"tokens": cfg.tokens_column, "tags": cfg.tags_column}
+    if cfg.group_column:
+        fields["group"] = cfg.group_column
+    return read_jsonl_fields(path, fields,
+                             "data.tokens_column / data.tags_column / data.group_column")
 
 
 def _read_conll(path: Path) -> Iterator[dict[str, Any]]:
@@ -225,39 +199,12 @@ def prepare_token_dataset(input_path: str | Path, out_dir: str | Path, cfg: Data
         The report (also report.json): sentences in / kept, quarantine reasons, the tag set,
         split sizes, entity counts per type and split, near-duplicates across splits.
     """
-    from components.near_dup import cross_split_near_duplicates
-
     checked = check_token_dataset(input_path, cfg)
-    splits = split_stable(checked.accepted, cfg)
-    if not splits["train"]:
-        raise DataValidationError(f"{input_path}: the train split is empty")
-    report = {
-        "task": "token_classification",
-        "input": Path(input_path).name,
-        "input_md5": md5_file(Path(input_path)),
-        "rows_in": checked.rows_in,
-        "rows_ok": len(checked.accepted),
-        "quarantined": checked.reasons,
-        "bad_fraction": round(len(checked.quarantined) / checked.rows_in, 6),
-        "labels": checked.labels,
-        "split_sizes": {s: len(splits[s]) for s in SPLITS},
-        "tokens": {s: sum(len(r["tokens"]) for r in splits[s]) for s in SPLITS},
-        "entity_counts": {s: dict(sorted(Counter(t[2:] for r in splits[s] for t in r["tags"]
-                                                 if t.startswith("B-")).items()))
-                          for s in SPLITS},
-        "group_column": cfg.group_column,
-        "groups": ({s: len({r["group"] for r in splits[s]}) for s in SPLITS}
-                   if cfg.group_column else None),
-        "near_duplicates": cross_split_near_duplicates(
-            {s: [r["text"] for r in splits[s]] for s in SPLITS}, cfg.near_duplicate_jaccard),
-    }
-    with atomic_dir(out_dir) as tmp:
-        for split in SPLITS:
-            write_jsonl(tmp / f"{split}.jsonl", splits[split])
-        write_jsonl(tmp / "quarantine.jsonl", checked.quarantined)
-        (tmp / "labels.json").write_text(json.dumps({"labels": checked.labels}, indent=2) + "\n")
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return split_and_write(input_path, out_dir, checked, cfg, {
+        "tokens": lambda rows: sum(len(r["tokens"]) for r in rows),
+        "entity_counts": lambda rows: dict(sorted(Counter(
+            t[2:] for r in rows for t in r["tags"] if t.startswith("B-")).items()))},
+        task="token_classification")
 
 
 def load_token_split(prepared_dir: str | Path, split: str

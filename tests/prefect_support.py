@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +217,29 @@ def start_tuneline_ui(tmp_path: Path, params_file: Path, env: dict[str, str],
                  str(prefect_port), "--mlflow-port", str(mlflow_port), *args],
                 env, tmp_path, tmp_path / "tuneline-ui.log")
     return proc, prefect_port, mlflow_port
+
+
+@dataclass
+class ProjectServer:
+    """A tiny project in tmp_path served by a real Prefect server."""
+
+    params_file: Path
+    env: dict[str, str]
+    server: Proc
+    api: PrefectAPI
+
+
+@contextlib.contextmanager
+def tiny_project_server(tmp_path: Path, backbone: Path) -> Iterator[ProjectServer]:
+    """Write the tiny project, start a Prefect server on a free port, yield once healthy."""
+    params_file = write_tiny_project(tmp_path, backbone)
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = base_env(tmp_path, PREFECT_API_URL=api_url)
+    server = Proc([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                   str(port)], env, tmp_path, tmp_path / "server.log")
+    api = PrefectAPI(api_url)
+    with running(server):
+        wait_for(lambda: answers(api.http, "/health"), SERVER_TIMEOUT_S, "the server",
+                 [server])
+        yield ProjectServer(params_file, env, server, api)

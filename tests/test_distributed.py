@@ -156,22 +156,29 @@ def _worker_of_rank(pid: int, rank: int) -> int | None:
     return None
 
 
-@pytest.mark.slow
-@pytest.mark.integration
-def test_a_killed_rank_fails_the_stage_and_a_rerun_resumes(tmp_path, still_backbone):
-    from mlflow import MlflowClient
-
+def _prepared_project(tmp_path: Path, params):
+    """params.yaml written for a CLI or worker, raw data ingested and prepared; its path."""
     from components import stages
 
-    params = _params(tmp_path / "run", still_backbone, "adamw", 2,
-                     "finetune.max_steps=150", "finetune.eval_every=150",
-                     "finetune.checkpoint_every=10")
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
     Path(params.paths.raw).parent.mkdir(parents=True, exist_ok=True)
     Path(params.paths.raw).write_text("".join(json.dumps(r) + "\n" for r in tiny_rows()))
     stages.ingest(params)
     stages.prepare(params)
+    return params_file
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_killed_rank_fails_the_stage_and_a_rerun_resumes(tmp_path, still_backbone):
+    from mlflow import MlflowClient
+
+
+    params = _params(tmp_path / "run", still_backbone, "adamw", 2,
+                     "finetune.max_steps=150", "finetune.eval_every=150",
+                     "finetune.checkpoint_every=10")
+    params_file = _prepared_project(tmp_path, params)
     cmd = [sys.executable, "-c", "from pipelines.cli import main; main()", "finetune",
            "--params", str(params_file)]
     ck, out = Path(params.paths.checkpoints), Path(params.paths.model)
@@ -222,18 +229,12 @@ def test_stage_mode_under_an_outside_torchrun(tmp_path, still_backbone):
     """What the Kubernetes Job runs: torchrun started from outside, rank 0 runs the stage."""
     from mlflow import MlflowClient
 
-    from components import stages
     from components.finetune.distributed import launch
     from components.stages.base import stored_result
     from components.stages.spec import fingerprint
 
     params = _params(tmp_path / "run", still_backbone, "mezo", 2)
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
-    Path(params.paths.raw).parent.mkdir(parents=True, exist_ok=True)
-    Path(params.paths.raw).write_text("".join(json.dumps(r) + "\n" for r in tiny_rows()))
-    stages.ingest(params)
-    stages.prepare(params)
+    params_file = _prepared_project(tmp_path, params)
     with pytest.raises(RuntimeError, match="failed"):  # nproc must equal the ranks started
         launch(2, ["components.finetune.worker", "--params", str(params_file),
                    "--set", "finetune.nproc=3"])

@@ -16,14 +16,10 @@ from components.config import load_params
 from tests.prefect_support import (
     BIN,
     SERVER_TIMEOUT_S,
-    PrefectAPI,
     Proc,
-    answers,
-    base_env,
-    free_port,
     running,
+    tiny_project_server,
     wait_for,
-    write_tiny_project,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,16 +28,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def test_two_retrains_at_once_never_interleave(tmp_path, tiny_backbone_dir):
     from components.registry import list_versions
 
-    params_file = write_tiny_project(tmp_path, tiny_backbone_dir)
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = base_env(tmp_path, PREFECT_API_URL=api_url)
-    server = Proc([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                   str(port)], env, tmp_path, tmp_path / "server.log")
-    api = PrefectAPI(api_url)
-    with running(server):
-        wait_for(lambda: answers(api.http, "/health"), SERVER_TIMEOUT_S, "the server",
-                 [server])
+    with tiny_project_server(tmp_path, tiny_backbone_dir) as project:
+        params_file, env, server, api = (project.params_file, project.env, project.server,
+                                         project.api)
         runner = Proc([str(BIN / "tuneline"), "deploy", "--params", str(params_file),
                        "--limit", "3"], env, tmp_path, tmp_path / "deploy.log")
         procs = [server, runner]

@@ -16,45 +16,28 @@ import time
 import pytest
 
 from tests.conftest import tiny_rows
-from tests.prefect_support import (
-    BIN,
-    SERVER_TIMEOUT_S,
-    PrefectAPI,
-    Proc,
-    answers,
-    base_env,
-    free_port,
-    running,
-    wait_for,
-    write_tiny_project,
-)
+from tests.prefect_support import BIN, base_env, tiny_project_server, wait_for, write_tiny_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_announced_data_starts_one_retrain_per_hash(tmp_path, tiny_backbone_dir):
-    params_file = write_tiny_project(tmp_path, tiny_backbone_dir)
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = base_env(tmp_path, PREFECT_API_URL=api_url)
-    server = Proc([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                   str(port)], env, tmp_path, tmp_path / "server.log")
-    api = PrefectAPI(api_url)
+    with tiny_project_server(tmp_path, tiny_backbone_dir) as project:
+        params_file, env, server, api = (project.params_file, project.env, project.server,
+                                         project.api)
 
-    def cli(*args: str) -> str:
-        proc = subprocess.run([str(BIN / "tuneline"), *args, "--params", str(params_file)],
-                              env=env, cwd=tmp_path, capture_output=True, text=True,
-                              timeout=600)
-        assert proc.returncode == 0, proc.stdout + proc.stderr + server.tail()
-        return proc.stdout
+        def cli(*args: str) -> str:
+            proc = subprocess.run([str(BIN / "tuneline"), *args, "--params", str(params_file)],
+                                  env=env, cwd=tmp_path, capture_output=True, text=True,
+                                  timeout=600)
+            assert proc.returncode == 0, proc.stdout + proc.stderr + server.tail()
+            return proc.stdout
 
-    def runs_on(path) -> list[dict]:
-        return [r for r in api.flow_runs("retrain")
-                if r["parameters"].get("data_path") == str(path)
-                and r["auto_scheduled"] is False]
+        def runs_on(path) -> list[dict]:
+            return [r for r in api.flow_runs("retrain")
+                    if r["parameters"].get("data_path") == str(path)
+                    and r["auto_scheduled"] is False]
 
-    with running(server):
-        wait_for(lambda: answers(api.http, "/health"), SERVER_TIMEOUT_S, "the server", [server])
         subprocess.run([str(BIN / "prefect"), "work-pool", "create", "idle", "--type",
                         "process"], env=env, check=True, capture_output=True, timeout=120)
         cli("deploy", "--pool", "idle")

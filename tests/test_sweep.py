@@ -55,24 +55,33 @@ def test_values_become_overrides_that_give_them_back_exactly():
     assert again.finetune.freeze_embeddings is False
 
 
+def _one_choice_sweep(tmp_path, backbone, n_trials: int):
+    """A prepared tiny project whose sweep space has one choice: every trial asks for the
+    same values. Returns the params as workers see them."""
+    from components import stages
+    from components.sweep import for_workers
+
+    (tmp_path / "raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tiny_rows(20)))
+    sets = tiny_overrides(tmp_path, backbone) + [
+        f"paths.sweep={tmp_path / 'sweep'}", "finetune.max_steps=6", "finetune.eval_every=3",
+        "sweep.space={finetune.adamw.lr: {choices: [3.0e-3]}}",
+        f"sweep.n_trials={n_trials}", "sweep.pruner.method=none"]
+    params = for_workers(load_params(overrides=sets))
+    stages.ingest(params)
+    stages.prepare(params)
+    return params
+
+
 @pytest.mark.slow
 def test_trials_reuse_a_repeated_record_and_an_interrupted_study_resumes(
         tmp_path, tiny_backbone_dir, monkeypatch):
     from mlflow import MlflowClient
 
     from components import stages
-    from components.sweep import TrialQueue, for_workers, load_study, open_sweep, run_trial
+    from components.sweep import TrialQueue, load_study, open_sweep, run_trial
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tiny_rows(20)))
-    sets = tiny_overrides(tmp_path, tiny_backbone_dir) + [
-        f"paths.sweep={tmp_path / 'sweep'}", "finetune.max_steps=6", "finetune.eval_every=3",
-        # One choice: every trial asks for the same values.
-        "sweep.space={finetune.adamw.lr: {choices: [3.0e-3]}}",
-        "sweep.n_trials=3", "sweep.pruner.method=none"]
-    params = for_workers(load_params(overrides=sets))
-    stages.ingest(params)
-    stages.prepare(params)
+    params = _one_choice_sweep(tmp_path, tiny_backbone_dir, n_trials=3)
 
     plan = open_sweep(params)
     assert (plan.finished, plan.to_run) == (0, 3)
@@ -117,19 +126,11 @@ def test_a_trial_that_crashes_mid_training_is_recorded_as_failed_and_the_next_on
         tmp_path, tiny_backbone_dir, monkeypatch):
     from mlflow import MlflowClient
 
-    from components import stages
-    from components.sweep import TrialQueue, for_workers, load_study, open_sweep, run_trial
+    from components.sweep import TrialQueue, load_study, open_sweep, run_trial
     from components.sweep import trial as trial_module
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tiny_rows(20)))
-    sets = tiny_overrides(tmp_path, tiny_backbone_dir) + [
-        f"paths.sweep={tmp_path / 'sweep'}", "finetune.max_steps=6", "finetune.eval_every=3",
-        "sweep.space={finetune.adamw.lr: {choices: [3.0e-3]}}",
-        "sweep.n_trials=2", "sweep.pruner.method=none"]
-    params = for_workers(load_params(overrides=sets))
-    stages.ingest(params)
-    stages.prepare(params)
+    params = _one_choice_sweep(tmp_path, tiny_backbone_dir, n_trials=2)
     plan = open_sweep(params)
     queue = TrialQueue(params, plan)
 
