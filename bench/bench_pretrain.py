@@ -131,7 +131,7 @@ def bench_compare(search: dict, fresh: bool) -> dict:
         row = {"setting": chosen[name][0], "overrides": chosen[name][1],
                **summarize_pretrain(res), "seeds": {}}
         for seed, ft in res["finetune"].items():
-            pred = np.asarray(ft.pop("test_pred"))
+            pred = np.asarray(ft["test_pred"])
             entry = {k: ft[k] for k in ("test_accuracy", "test_macro_f1", "val_accuracy",
                                         "best_step", "wall_seconds")}
             if name != "none":

@@ -142,12 +142,12 @@ class SimCSEConfig(Section):
 
 class PretrainConfig(Section):
     enabled: bool = False
-    objective: Literal["mlm", "simcse"] = "mlm"
-    max_steps: int = Field(200, ge=0)
+    objective: Literal["mlm", "simcse"] = "simcse"
+    max_steps: int = Field(75, ge=0)
     head_warmup_steps: int = Field(100, ge=0)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
-    encoder_lr: float = Field(2e-5, gt=0)
+    encoder_lr: float = Field(3e-5, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)

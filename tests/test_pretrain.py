@@ -69,7 +69,8 @@ def _trainable(model: torch.nn.Module) -> set[str]:
 
 
 def test_head_warmup_trains_only_the_new_head_then_unfreezes_the_encoder(tiny_params):
-    params = _with(tiny_params, **{"pretrain.objective": "mlm", "pretrain.lr": 2e-3})
+    params = _with(tiny_params, **{"pretrain.objective": "mlm", "pretrain.lr": 2e-3,
+                                   "pretrain.encoder_lr": 2e-5})
     mlm = OBJECTIVES["mlm"](params, resolve_backbone(params.model.name_or_path))
     names = {n for n, _ in mlm.model.named_parameters()}
     head = {n for n in names if n.startswith("cls.")}
