@@ -18,6 +18,8 @@ from components.config import DataConfig
 SPLITS = ("train", "validation", "test")
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet",
            ".pq": "parquet", ".conll": "conll"}
+# The params keys that name a labeled text file's columns (said when one is missing).
+TEXT_COLUMNS = "data.text_column / data.label_column / data.group_column"
 
 
 class DataValidationError(ValueError):
@@ -124,9 +126,6 @@ def read_jsonl_fields(path: Path, fields: dict[str, str], setting: str
                 _require_columns(path, list(obj), list(fields.values()), setting)
                 seen_columns = True
             yield {**{key: obj.get(column) for key, column in fields.items()}, "line": lineno}
-
-
-TEXT_COLUMNS = "data.text_column / data.label_column / data.group_column"
 
 
 def _require_columns(path: Path, found: list[str], columns: list[str],

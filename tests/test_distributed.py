@@ -174,7 +174,6 @@ def _prepared_project(tmp_path: Path, params):
 def test_a_killed_rank_fails_the_stage_and_a_rerun_resumes(tmp_path, still_backbone):
     from mlflow import MlflowClient
 
-
     params = _params(tmp_path / "run", still_backbone, "adamw", 2,
                      "finetune.max_steps=150", "finetune.eval_every=150",
                      "finetune.checkpoint_every=10")
