@@ -61,6 +61,7 @@ class PathsConfig(Section):
     gate: Path = Path("artifacts/gate")
     metrics: Path = Path("metrics")
     sweep: Path = Path("artifacts/sweep")
+    lock: Path = Path(".tuneline.lock")
 
 
 class TaskConfig(Section):

@@ -6,18 +6,33 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# Temp names carry the writer's pid, so a leftover of a killed process can be told from
+# a write in progress: `.NAME.PID.XXXXXXXX.tmp` (file or folder), `.NAME.old-PID`.
+_LEFTOVER = re.compile(r"^\..+\.(?:(\d+)\.[A-Za-z0-9_]+\.tmp|old-(\d+))$")
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def leftover_owner(name: str) -> int | None:
+    """The pid that wrote a temp file or folder named `name`, or None if it is not one."""
+    match = _LEFTOVER.match(name)
+    return int(match.group(1) or match.group(2)) if match else None
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to a temp file beside `path`, fsync it, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -47,7 +62,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
     except BaseException:

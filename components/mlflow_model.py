@@ -1,12 +1,14 @@
 """A registered version as an MLflow model: pyfunc over the int8 bundle, from code.
 
-The folder `build_pyfunc_model` writes (and registration logs as the version's source):
+The folder `build_pyfunc_model` writes; registration uploads it as a LoggedModel of its own
+(one per release, see `log_release_model`), whose artifact folder is the version's source:
 
     MLmodel                  pyfunc flavor, signature, input example, model config
     model.py                 deploy/pyfunc_model.py (models-from-code: no pickle)
     code/components/         the torch-free modules it imports (predictor, io)
     artifacts/bundle/        the served bundle files, manifest included
     prediction_reference.json  predicted-label / confidence shares on the test split
+    reports/                 the release's gate verdict and test report
     requirements.txt, python_env.yaml, conda.yaml, input_example.json, ...
 
 `mlflow.pyfunc.load_model("models:/NAME@champion")` and `mlflow models serve` use it as
@@ -16,6 +18,7 @@ Importable without torch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -27,10 +30,12 @@ from typing import Any
 from components.config import PROJECT_ROOT, Params
 from components.drift import REFERENCE_FILE
 from components.export import SERVED_FILES
+from components.io import sha256_file
 from components.predictor import INT8_MODEL, verify_bundle
 from components.tagging import is_token_bundle
 
 BUNDLE_SUBPATH = "artifacts/bundle"
+RELEASE_TAG = "release_fingerprint"
 MODEL_CODE = PROJECT_ROOT / "deploy" / "pyfunc_model.py"
 # The modules model.py imports, shipped in the model's code folder as the same package.
 CODE_MODULES = ("__init__.py", "io.py", "predictor.py", "tagging.py")
@@ -133,33 +138,75 @@ def test_reference(bundle_dir: str | Path, prepared_dir: str | Path, params: Par
     return prediction_distribution(logits, clf.labels, params.monitoring.confidence_bins), texts
 
 
-def log_version_model(client: Any, params: Params, run_id: str, bundle_dir: str | Path,
-                      prepared_dir: str | Path | None = None) -> dict[str, Any]:
-    """Log the bundle as an MLflow model under the run's `model/` artifact folder.
+def log_release_model(client: Any, params: Params, run_id: str, bundle_dir: str | Path,
+                      prepared_dir: str | Path | None = None, *, release: str,
+                      reports: dict[str, Path] | None = None) -> dict[str, Any]:
+    """The bundle as an MLflow 3 LoggedModel of its own: one per release, never rewritten.
+
+    Each release gets a new LoggedModel (its own artifact folder), so registering the same
+    training run again (another export or gate setting) can never change the files an
+    earlier version serves. A READY LoggedModel of the same release and int8 sha256 (left by
+    a registration that stopped before the version was created) is reused instead of
+    uploading the bundle again; one whose upload never finished is marked FAILED.
 
     The prediction reference is measured on the test split of `prepared_dir` (default
     `paths.prepared`); without a test split the version gets none and the server exports
-    the live distributions without a PSI.
+    the live distributions without a PSI. `reports` ({artifact folder: local folder}, e.g.
+    the gate's verdict and the test report) travel with the model under `reports/`.
 
     Returns:
-        {"source": artifact URI for the model version, "tags": version tags to add,
-         "reference": the reference or None}
+        {"source": artifact URI for the model version, "model_id", "tags": version tags to
+         add, "reference": the reference or None}
     """
+    from components.tracking import ensure_experiment
+
+    sha = sha256_file(Path(bundle_dir) / INT8_MODEL)
+    experiment = client.get_run(run_id).info.experiment_id
+    tags = {"mlflow_model": "pyfunc", "bundle_path": BUNDLE_SUBPATH}
+    reused = _ready_release_model(client, experiment, release, sha)
+    if reused is not None:
+        ref = reused.tags.get("prediction_reference", "none")
+        return {"source": reused.artifact_location, "model_id": reused.model_id,
+                "tags": {**tags, "prediction_reference": ref}, "reference": None}
     prepared = Path(prepared_dir) if prepared_dir is not None else Path(params.paths.prepared)
     reference, texts = test_reference(bundle_dir, prepared, params)
     if reference is None and not texts:
         log.warning(
             "%s has no test split: the version gets no prediction reference (no drift PSI)",
             prepared)
-    with tempfile.TemporaryDirectory(prefix="tuneline-model-") as tmp:
-        folder = build_pyfunc_model(bundle_dir, Path(tmp) / "model", params,
-                                    example_texts=texts[:3] or ["example text"],
-                                    reference=reference)
-        client.log_artifacts(run_id, str(folder), "model")
-    run = client.get_run(run_id)
-    tags = {"mlflow_model": "pyfunc", "bundle_path": BUNDLE_SUBPATH,
-            "prediction_reference": REFERENCE_FILE if reference else "none"}
-    return {"source": f"{run.info.artifact_uri}/model", "tags": tags, "reference": reference}
+    tags["prediction_reference"] = REFERENCE_FILE if reference else "none"
+    ensure_experiment(params, client)
+    model = client.create_logged_model(
+        experiment, name=params.registry.model_name, source_run_id=run_id,
+        model_type="tuneline-bundle",
+        tags={RELEASE_TAG: release, "sha256": sha, **tags})
+    try:
+        with tempfile.TemporaryDirectory(prefix="tuneline-model-") as tmp:
+            folder = build_pyfunc_model(bundle_dir, Path(tmp) / "model", params,
+                                        example_texts=texts[:3] or ["example text"],
+                                        reference=reference)
+            for name, src in (reports or {}).items():
+                if Path(src).is_dir():
+                    shutil.copytree(src, folder / "reports" / name)
+            client.log_model_artifacts(model.model_id, str(folder))
+    except BaseException:
+        with contextlib.suppress(Exception):  # best effort: the original error matters
+            client.finalize_logged_model(model.model_id, "FAILED")
+        raise
+    client.finalize_logged_model(model.model_id, "READY")
+    return {"source": model.artifact_location, "model_id": model.model_id, "tags": tags,
+            "reference": reference}
+
+
+def _ready_release_model(client: Any, experiment: str, release: str, sha: str) -> Any:
+    """A finished LoggedModel of this release and bundle, or None."""
+    found = client.search_logged_models(
+        [experiment], filter_string=f"tags.{RELEASE_TAG} = '{release}'")
+    for model in found:
+        status = str(getattr(model.status, "value", model.status))
+        if status == "READY" and model.tags.get("sha256") == sha:
+            return model
+    return None
 
 
 def download_version_files(model_version: Any, dst: str | Path, tracking_uri: str) -> Path:

@@ -3,11 +3,12 @@
 Importable without torch or transformers (the serving process uses it).
 
 A registered version is an MLflow model (pyfunc from code, see `components.mlflow_model`)
-logged under the training run's `model/` artifact folder: the served bundle files
+stored as a LoggedModel of its own, one per release: the served bundle files
 (model.int8.onnx, tokenizer.json, labels.json, export_config.json, parity.json,
 manifest.json) are its `artifacts/bundle/`, next to the prediction distribution measured
-on the test split. No pickle anywhere. The version tag `sha256` is the sha256 of
-model.int8.onnx; downloads verify it.
+on the test split and the release's reports. No later registration writes there, so a
+version's files never change. No pickle anywhere. The version tag `sha256` is the sha256
+of model.int8.onnx; downloads verify it.
 
 Aliases (promotion is an alias move, never a stage):
     @champion    the model in production
@@ -18,6 +19,7 @@ Aliases (promotion is an alias move, never a stage):
 from __future__ import annotations
 
 import getpass
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,10 @@ from components.tracking import get_client, tracking_uri
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 MAX_TAG_CHARS = 5000
 RUN_REGISTRATION_TAGS = ("registered_version", "gate_passed")
+# A version is created `registration=pending` with the alias moves it calls for
+# (`release_plan`); the mark turns `complete` only once those moves are made.
+REGISTRATION_TAG, PLAN_TAG = "registration", "release_plan"
+PENDING, COMPLETE = "pending", "complete"
 
 
 def _now() -> str:
@@ -80,58 +86,127 @@ def _verdict_tags(verdict: dict[str, Any]) -> dict[str, str]:
 
 def publish(params: Params, run_id: str, bundle_dir: str | Path,
             verdict: dict[str, Any], tags: dict[str, str] | None = None,
-            prepared_dir: str | Path | None = None) -> dict[str, Any]:
+            prepared_dir: str | Path | None = None,
+            reports: dict[str, Path] | None = None) -> dict[str, Any]:
     """Register the bundle as a new version of `registry.model_name` and move aliases.
 
     Gate passed: the old @champion becomes @previous, the new version @champion.
     Gate failed: the new version becomes @challenger, @champion is untouched, and the
     reasons are recorded on the version (tag `gate_reasons` and its description).
-    The version is an MLflow model; its prediction reference is measured on the test
-    split of `prepared_dir` (default `paths.prepared`).
+
+    The version's files are a LoggedModel of their own (`log_release_model`): no later
+    registration writes where they live. The alias moves the verdict calls for are written
+    on the version when it is created (tag `release_plan`) and the version is marked
+    `registration=complete` only after they are done, so a registration stopped at any
+    point is finished by `complete_registration` on the next run.
+
+    Args:
+        tags: version tags; `release_fingerprint` names the release (one LoggedModel each).
+        reports: {name: local folder} logged with the model under `reports/`.
 
     Returns:
-        {"version", "passed", "sha256", "aliases": {alias: version}, "moves": [text]}
+        {"version", "passed", "sha256", "model_id", "aliases": {alias: version},
+         "moves": [text]}
 
     Raises:
         BundleIntegrityError: a served file is missing or differs from the manifest.
     """
-    from mlflow.entities import RunTag
-
-    from components.mlflow_model import log_version_model
+    from components.mlflow_model import log_release_model
 
     bundle_dir = Path(bundle_dir)
     verify_bundle(bundle_dir, [f for f in SERVED_FILES if f != "manifest.json"])
+    tags = dict(tags or {})
     client = get_client(params)
     name = params.registry.model_name
     _ensure_registered_model(client, name)
-    model = log_version_model(client, params, run_id, bundle_dir, prepared_dir)
-    client.log_dict(run_id, verdict, "gate/verdict.json")
+    release = tags.get("release_fingerprint") or f"run-{run_id}-{_now()}"
+    model = log_release_model(client, params, run_id, bundle_dir, prepared_dir,
+                              release=release, reports=reports)
     sha = sha256_file(bundle_dir / INT8_MODEL)
     run = client.get_run(run_id)
     # The run's lineage, not what earlier registrations of the same run wrote on it.
     lineage = {k: v for k, v in run.data.tags.items()
                if not k.startswith("mlflow.") and k not in RUN_REGISTRATION_TAGS}
     passed = bool(verdict["passed"])
+    plan = {"passed": passed, "old_champion": get_alias_version(params, CHAMPION)}
     description = "gate passed" if passed else "gate rejected: " + "; ".join(verdict["reasons"])
     mv = client.create_model_version(
-        name, source=model["source"], run_id=run_id,
-        tags={**lineage, **(tags or {}), **_verdict_tags(verdict), **model["tags"],
-              "sha256": sha, "registered_at": _now()},
+        name, source=model["source"], run_id=run_id, model_id=model["model_id"],
+        tags={**lineage, **tags, **_verdict_tags(verdict), **model["tags"],
+              "sha256": sha, "model_id": model["model_id"], "registered_at": _now(),
+              PLAN_TAG: json.dumps(plan), REGISTRATION_TAG: PENDING},
         description=description[:MAX_TAG_CHARS])
-    version, moves = str(mv.version), []
+    version = str(mv.version)
+    done = complete_registration(params, version)
+    return {"version": version, "passed": passed, "sha256": sha,
+            "model_id": model["model_id"], "moves": done["moves"], "aliases": done["aliases"]}
+
+
+def complete_registration(params: Params, version: str) -> dict[str, Any]:
+    """Finish a registration: the alias moves its `release_plan` calls for, then the mark.
+
+    Safe to repeat at any point: each move is made only if it is not already in place, and
+    a move someone else made since (a manual promote of another version) is not undone.
+
+    Returns:
+        {"version", "passed", "moves": [what this version's plan moved], "aliases",
+         "note": why a planned move was not made, or ""}
+    """
+    from mlflow.entities import RunTag
+
+    client = get_client(params)
+    name = params.registry.model_name
+    mv = _get_version(client, name, version)
+    tags = dict(mv.tags or {})
+    plan = json.loads(tags.get(PLAN_TAG) or "{}")
+    passed = bool(plan.get("passed", tags.get("gate_passed") == "true"))
+    aliases = {a: str(v) for a, v in client.get_registered_model(name).aliases.items()}
+    moves, note = [], ""
     if passed:
-        moves = _make_champion(client, name, version)
+        old = plan.get("old_champion")
+        now = aliases.get(CHAMPION)
+        if now not in (None, old, version):
+            note = (f"@{CHAMPION} was moved to v{now} after v{version} was registered; "
+                    "left there")
+        else:
+            if old is not None and old != version:
+                if aliases.get(PREVIOUS) != old:
+                    client.set_registered_model_alias(name, PREVIOUS, old)
+                moves.append(f"@{PREVIOUS} -> v{old}")
+            if now != version:
+                client.set_registered_model_alias(name, CHAMPION, version)
+            moves.append(f"@{CHAMPION} -> v{version}")
+            if aliases.get(CHALLENGER) == version:
+                client.delete_registered_model_alias(name, CHALLENGER)
     else:
-        client.set_registered_model_alias(name, CHALLENGER, version)
-        moves.append(f"@{CHALLENGER} -> v{version}")
-    client.log_batch(run_id, tags=[RunTag("registered_version", version),
-                                   RunTag("gate_passed", str(passed).lower())])
-    return {"version": version, "passed": passed, "sha256": sha, "moves": moves,
+        held = aliases.get(CHALLENGER)
+        if held is not None and int(held) > int(version):
+            note = f"@{CHALLENGER} is already the newer v{held}; left there"
+        else:
+            if held != version:
+                client.set_registered_model_alias(name, CHALLENGER, version)
+            moves.append(f"@{CHALLENGER} -> v{version}")
+    if mv.run_id:
+        client.log_batch(mv.run_id, tags=[RunTag("registered_version", version),
+                                          RunTag("gate_passed", str(passed).lower())])
+    if note:
+        client.set_model_version_tag(name, version, "registration_note", note)
+    client.set_model_version_tag(name, version, REGISTRATION_TAG, COMPLETE)
+    return {"version": version, "passed": passed, "moves": moves, "note": note,
             "aliases": dict(client.get_registered_model(name).aliases)}
 
 
+def is_complete(tags: dict[str, str]) -> bool:
+    """A version's registration finished (versions older than the mark count as finished)."""
+    return tags.get(REGISTRATION_TAG, COMPLETE) == COMPLETE
+
+
 def _make_champion(client: Any, name: str, version: str) -> list[str]:
-    """@champion -> version; the old champion (if another version) becomes @previous."""
+    """@champion -> version; the old champion (if another version) becomes @previous.
+
+    Repeating it after a stop between the two moves finishes the job: @previous is only
+    set from a @champion that is not `version`.
+    """
     old = client.get_registered_model(name).aliases.get(CHAMPION)
     moves = []
     if old is not None and str(old) != version:
@@ -171,6 +246,8 @@ def rollback(params: Params, reason: str = "", by: str | None = None) -> dict[st
 
     Tags on the demoted version: `rolled_back_at`, `rolled_back_by`, `rollback_reason`.
     @previous is cleared afterwards, so a second rollback fails instead of flipping back.
+    The demoted version is tagged before any alias moves, and a rollback stopped between
+    its two moves (@champion already equal to @previous) is finished by the next one.
 
     Raises:
         LookupError: there is no @previous version.
@@ -180,13 +257,14 @@ def rollback(params: Params, reason: str = "", by: str | None = None) -> dict[st
     previous, current = get_alias_version(params, PREVIOUS), get_alias_version(params, CHAMPION)
     if previous is None:
         raise LookupError(f"{name} has no @{PREVIOUS} version to roll back to")
-    client.set_registered_model_alias(name, CHAMPION, previous)
-    client.delete_registered_model_alias(name, PREVIOUS)
-    if current is not None:
-        _tag(client, name, current, {"rolled_back_at": _now(),
+    demoted = current if current != previous else None
+    if demoted is not None:
+        _tag(client, name, demoted, {"rolled_back_at": _now(),
                                      "rolled_back_by": by or getpass.getuser(),
                                      "rollback_reason": reason or "-"})
-    return {"version": previous, "demoted": current,
+        client.set_registered_model_alias(name, CHAMPION, previous)
+    client.delete_registered_model_alias(name, PREVIOUS)
+    return {"version": previous, "demoted": demoted,
             "moves": [f"@{CHAMPION} -> v{previous}", f"@{PREVIOUS} cleared"],
             "aliases": dict(client.get_registered_model(name).aliases)}
 

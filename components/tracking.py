@@ -16,6 +16,7 @@ Typical use by the orchestration:
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +28,20 @@ from components.config import Params
 
 LOCAL_SCHEMES = ("sqlite:", "file:")
 MAX_PARAM_CHARS = 6000  # MLflow rejects longer param values
+# The user-info part of a URI (`scheme://user:password@host`): never logged.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(value: Any) -> Any:
+    """`value` with the user-info of every URI in it replaced by `***` (nested dicts and
+    lists too): what is logged to MLflow, printed or written beside a model."""
+    if isinstance(value, str):
+        return _USERINFO.sub(r"\g<scheme>***@", value)
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact(v) for v in value)
+    return value
 
 
 def tracking_uri(params: Params) -> str:
@@ -96,7 +111,7 @@ def start_run(params: Params, prepared_dir: str | Path | None = None, *,
     run = client.create_run(ensure_experiment(params, client), run_name=run_name,
                             tags=all_tags)
     run_id = run.info.run_id
-    items = [Param(k, v) for k, v in flatten(params.model_dump(mode="json")).items()]
+    items = [Param(k, v) for k, v in flatten(redact(params.model_dump(mode="json"))).items()]
     for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
         client.log_batch(run_id, params=items[i: i + 100])
     log_params_file(params, run_id, "config/params.yaml")
@@ -108,7 +123,7 @@ def log_params_file(params: Params, run_id: str, artifact: str) -> None:
     folder, _, name = artifact.rpartition("/")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
-        path.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+        path.write_text(yaml.safe_dump(redact(params.model_dump(mode="json")), sort_keys=False))
         get_client(params).log_artifact(run_id, str(path), folder or None)
 
 

@@ -11,19 +11,28 @@ from components.stages import StageResult
 def summarize(params: Params, done: dict[str, StageResult], *,
               unchanged: dict[str, Any] | None = None) -> dict[str, Any]:
     """One dict describing the run's outcome; the flow's return value."""
-    from components.tracking import tracking_uri
+    from components.tracking import redact, tracking_uri
 
     data = done["version"].result
-    base = {"model_name": params.registry.model_name, "tracking_uri": tracking_uri(params),
+    base = {"model_name": params.registry.model_name, "tracking_uri": redact(tracking_uri(params)),
             "data_version": data["data_version"], "input_version": data["input_version"],
             "dvc": data["dvc"], "dvc_lock": data.get("dvc_lock"),
             "near_duplicates": done["prepare"].get("near_duplicates", {}).get("rows", 0)}
     if unchanged is not None:
-        return {**base, "status": "unchanged", "version": unchanged["version"],
-                "aliases": {alias: unchanged["version"] for alias in unchanged["aliases"]},
+        version = unchanged["version"]
+        aliases = {alias: version for alias in unchanged["aliases"]}
+        repaired = done["register"].result if "register" in done else None
+        if repaired is not None:
+            aliases = {a: v for a, v in repaired["aliases"].items() if v == version}
+        return {**base, "status": "unchanged", "version": version, "aliases": aliases,
                 "run_id": unchanged["run_id"],
+                "gate_passed": unchanged["tags"].get("gate_passed") == "true",
+                "gate_reasons": [r for r in unchanged["tags"].get("gate_reasons", "").split("; ")
+                                 if r],
+                "moves": repaired["moves"] if repaired else [],
+                "repaired": repaired is not None,
                 "reused": ["pretrain", "finetune", "compress", "evaluate", "export", "gate",
-                           "register"]}
+                           *([] if repaired else ["register"])]}
     verdict, registered = done["gate"].result, done["register"].result
     metrics = TASK_METRICS[params.task.type]
     return {
@@ -70,7 +79,11 @@ def render_summary(result: dict[str, Any]) -> str:
         lines.append(f"- model version: v{result['version']} (aliases: "
                      f"{_aliases(result.get('aliases', {}))})")
     if result["status"] == "unchanged":
-        lines.append("- nothing to do: these data, params and code made this version already")
+        verdict = "passed" if result.get("gate_passed") else "rejected"
+        lines.append("- nothing to train: these data, params and code made this version "
+                     f"already (gate {verdict})")
+        if result.get("repaired"):
+            lines.append("- its registration had stopped half-way: finished now")
     challenger, champion = result.get("challenger"), result.get("champion")
     if challenger:
         side = (f"; champion v{result['champion_version']}: "

@@ -25,6 +25,8 @@ from components.config import (
     named_overrides,
     strategy_names,
 )
+from components.gate import GateRejected
+from components.registry import is_complete
 from pipelines import tasks
 from pipelines.limits import RetrainBusy, one_retrain_per_model
 from pipelines.quiet import quiet_libraries
@@ -106,12 +108,10 @@ def _run_stages(params: Params) -> dict[str, Any]:
             "version": tasks.version_data(params)}
     existing = tasks.find_registered(params)
     if existing is not None:
+        if not is_complete(existing["tags"]):  # finish a registration that stopped half-way
+            done["register"] = tasks.register(params)
         return {**summarize(params, done, unchanged=existing), "stage_seconds": timings}
     for name in ("pretrain", "finetune", "compress", "evaluate", "export", "gate", "register"):
         done[name] = getattr(tasks, name)(params)
     return {**summarize(params, done), "stage_seconds": timings,
             "verdict": done["gate"].result}
-
-
-class GateRejected(RuntimeError):
-    """The challenger failed the gate and params say a rejection fails the run."""

@@ -105,9 +105,10 @@ def tiny_overrides(tmp_path: Path, backbone_dir: Path) -> list[str]:
                  f"registry.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
                  f"registry.artifact_root={tmp_path}/mlartifacts",
                  f"paths.raw={tmp_path / 'raw.jsonl'}"]
-    for name in ("corpus", "input", "prepared", "pretrained", "model", "checkpoints", "eval",
-                 "export", "gate", "metrics"):
+    for name in ("corpus", "input", "prepared", "pretrained", "model", "compressed",
+                 "checkpoints", "eval", "export", "gate", "metrics"):
         overrides.append(f"paths.{name}={tmp_path / name}")
+    overrides.append(f"paths.lock={tmp_path / '.tuneline.lock'}")
     return overrides
 
 

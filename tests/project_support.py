@@ -86,7 +86,11 @@ def dvc_changed(repo: Path) -> set[str]:
 
 
 def run_summary(repo: Path, *args: str) -> dict:
-    """`tuneline run --json` in the copy; returns the run summary."""
-    out = repo / "run-summary.json"
-    run(repo, str(BIN / "tuneline"), "run", *args, "--json", str(out))
-    return json.loads(out.read_text())
+    """`tuneline run --json` in the copy; returns the run summary (its exit code too)."""
+    proc = run(repo, str(BIN / "tuneline"), "run", *args, "--json", ok=False)
+    assert proc.returncode in (0, 4), (f"tuneline run failed ({proc.returncode}):\n"
+                                      f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    summary = json.loads(proc.stdout)
+    # 4: the gate rejected the version, and only then
+    assert (proc.returncode == 4) == (summary.get("gate_passed") is False), proc.stderr[-2000:]
+    return {**summary, "exit_code": proc.returncode}

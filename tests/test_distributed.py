@@ -59,7 +59,8 @@ def _run(root: Path, backbone: Path, strategy: str, nproc: int) -> tuple[dict, d
     params = _params(root / f"{strategy}-{nproc}", backbone, strategy, nproc)
     write_prepared(Path(params.paths.prepared), tiny_rows())
     if nproc > 1:
-        metrics = train_distributed(params, None, Path(params.paths.checkpoints), False, None)
+        metrics = train_distributed(params, Path(params.paths.model), None,
+                                    Path(params.paths.checkpoints), False, None)
     else:
         metrics = train(params, params.paths.prepared, params.paths.model,
                         checkpoint_dir=params.paths.checkpoints)
@@ -216,7 +217,8 @@ def test_a_killed_rank_fails_the_stage_and_a_rerun_resumes(tmp_path, still_backb
     # The same training uninterrupted (other folders) ends with the same weights.
     ref = _with(params, **{"paths.model": tmp_path / "ref", "paths.checkpoints":
                            tmp_path / "ck-ref"})
-    reference = train_distributed(ref, None, tmp_path / "ck-ref", False, None)
+    reference = train_distributed(ref, tmp_path / "ref", None, tmp_path / "ck-ref", False,
+                                  None)
     assert reference["val_loss"] == resumed["val_loss"]
     assert _max_diff(load_file(str(tmp_path / "ref" / "model.safetensors")),
                      load_file(str(out / "model.safetensors"))) == 0.0
@@ -244,6 +246,28 @@ def test_stage_mode_under_an_outside_torchrun(tmp_path, still_backbone):
     run = client.get_run(record["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 6
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_every_rank_starts_from_the_backbone_the_pretrain_guard_kept(tmp_path, still_backbone):
+    """Pretraining on, its guard discarded the adaptation: the folder holds only a marker,
+    and rank 1 must start from the original backbone as rank 0 does."""
+    from components import stages
+    from components.finetune.distributed import launch
+    from components.stages.base import stored_result
+    from components.stages.pretrain import starting_backbone
+    from components.stages.spec import fingerprint
+    from tests.test_pretrain_stage import DAMAGE
+
+    params = _params(tmp_path / "run", still_backbone, "adamw", 2,
+                     *(f"{k}={v}" for k, v in DAMAGE.items()))
+    params_file = _prepared_project(tmp_path, params)
+    assert stages.pretrain(params)["backbone"] == "original"
+    assert starting_backbone(params) is None  # a marker, no weights in the folder
+    launch(2, ["components.finetune.worker", "--params", str(params_file)])
+    record = stored_result(Path(params.paths.model), fingerprint("finetune", params))
+    assert record is not None and record["ranks"] == 2 and record["ranks_agree"]
 
 
 def test_training_job_manifest_parses_and_runs_the_worker():
@@ -288,10 +312,10 @@ def test_distributed_mezo_resumes_exactly(tmp_path, still_backbone):
     params = _params(tmp_path / "resume", still_backbone, "mezo", 2)
     write_prepared(Path(params.paths.prepared), tiny_rows())
     ck = Path(params.paths.checkpoints)
-    first = train_distributed(params, None, ck, False, None)
+    first = train_distributed(params, Path(params.paths.model), None, ck, False, None)
     weights = load_file(str(Path(params.paths.model) / "model.safetensors"))
     assert ckpt.latest_checkpoint(ck).name == "step-0000003"  # left by the run above
-    again = train_distributed(params, None, ck, True, None)
+    again = train_distributed(params, Path(params.paths.model), None, ck, True, None)
     assert again["resumed_from"] == 3 and again["ranks_agree"]
     assert again["rank_weight_digests"] == first["rank_weight_digests"]
     assert _max_diff(weights, load_file(str(Path(params.paths.model) / "model.safetensors"))) == 0

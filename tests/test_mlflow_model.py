@@ -67,7 +67,8 @@ def test_champion_loads_without_torch_and_answers_like_the_server(registered):
     pyfunc = json.loads(proc.stdout.strip().splitlines()[-1])
     assert pyfunc["torch"] is False and pyfunc["transformers"] is False
     # the modules came with the model (its code folder), not from this checkout
-    assert "/artifacts/model/code/components/predictor.py" in pyfunc["predictor"]
+    assert "/models/m-" in pyfunc["predictor"]  # the version's own LoggedModel folder
+    assert pyfunc["predictor"].endswith("/artifacts/code/components/predictor.py")
 
     app = create_app(params, cache_dir=registered["root"] / "cache", api_token="")
     with running_server(app) as url:

@@ -76,6 +76,24 @@ def test_own_csv_is_trained_versioned_restored_and_traced(tmp_path, tiny_backbon
     assert (back / "input" / "unlabeled" / "unlabeled.txt").read_bytes() == notes.read_bytes()
     assert {p.name: p.read_bytes() for p in (back / "prepared").iterdir()} == prepared_before
 
+    # A folder that holds files is not replaced unless asked; nothing in it is lost.
+    refused = run(repo, str(BIN / "tuneline"), "data", "restore", "1", "--out", str(back),
+                  ok=False)
+    assert refused.returncode == 2 and "not an empty folder" in refused.stderr
+    assert (back / "input" / "labeled" / "labeled.csv").exists()
+    run(repo, str(BIN / "tuneline"), "data", "restore", "1", "--out", str(back), "--force")
+    # A registry tag is data, never a path.
+    from components.registry import get_client
+
+    get_client(params).set_model_version_tag(params.registry.model_name, "1",
+                                             "input_version", "../../../etc")
+    tampered = run(repo, str(BIN / "tuneline"), "data", "restore", "1", "--out",
+                   str(tmp_path / "back2"), ok=False)
+    assert tampered.returncode == 2 and "not a DVC md5 hash" in tampered.stderr
+    assert not (tmp_path / "back2").exists()
+    get_client(params).set_model_version_tag(params.registry.model_name, "1",
+                                             "input_version", flow_tags["input_version"])
+
     # The same model judged by other export settings, registered from the CLI verbs.
     cli_sets = set_args + ["--set", f"paths.raw={data}", "--set", "export.latency_repeats=4"]
     for verb in ("ingest", "prepare", "pretrain", "finetune", "evaluate", "export", "gate",
@@ -99,3 +117,23 @@ def test_own_csv_is_trained_versioned_restored_and_traced(tmp_path, tiny_backbon
     state = data_changed(overrides=sets + [f"paths.raw={data}"])
     assert state["changed"] is True and state["champion"] == "2"
     assert json.loads((repo / "metrics" / "register.json").read_text())["version"] == "2"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_an_unreachable_dvc_remote_fails_the_run_before_anything_is_registered(
+        tmp_path, tiny_backbone_dir, monkeypatch):
+    from components.config import load_params
+    from components.registry import list_versions
+
+    repo = clone_project(tmp_path / "repo")
+    (repo / "not-a-folder").write_text("a file where the remote's folder should be\n")
+    run(repo, "dvc", "remote", "modify", "local", "url", "../not-a-folder/store")
+    sets = tiny_sets(tiny_backbone_dir)
+    failed = run(repo, str(BIN / "tuneline"), "run",
+                 *[a for s in sets for a in ("--set", s)], ok=False)
+    assert failed.returncode == 6, failed.stderr[-3000:]
+    assert "DVC push failed" in failed.stderr and "Traceback" not in failed.stderr
+    monkeypatch.chdir(repo)
+    assert list_versions(load_params(overrides=sets)) == []   # nothing registered
+    assert not (repo / "artifacts" / "model").exists()         # nothing trained

@@ -30,7 +30,7 @@ def test_dvc_yaml_is_the_rendered_stage_table():
     lock_free = yaml.safe_load(render_dvc_yaml())["stages"]
     assert list(lock_free) == list(ORDER)
     for name, stage in lock_free.items():
-        assert stage["cmd"] == f"tuneline {name}"   # DVC calls the same stage functions
+        assert stage["cmd"].split()[:2] == ["tuneline", name]  # the same stage functions
         assert not any(p.startswith("paths") for p in stage.get("params", []))
 
 

@@ -171,3 +171,24 @@ def test_cli_models_promote_and_errors(bundles, tmp_path, tiny_backbone_dir):
     assert missing.exit_code != 0 and "no version 9" in missing.output
     no_previous = runner.invoke(app, ["rollback", *sets])
     assert no_previous.exit_code != 0 and "no @previous" in no_previous.output
+
+
+def test_credentials_in_a_uri_never_reach_mlflow(tmp_path, tiny_backbone_dir, monkeypatch):
+    """A tracking URI with user:password (or any URI param) is logged with `***` instead."""
+    import mlflow
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)  # the store in use; params name another
+    secret = "https://alice:s3cret@mlflow.example.com"
+    params = tiny_test_params(tmp_path, tiny_backbone_dir, [
+        f"registry.tracking_uri={secret}", "sweep.dask_address=tcp://bob:hunter2@dask:8786"])
+    run_id = tracking.start_run(params)
+    logged = tracking.get_client(params).get_run(run_id).data.params
+    assert logged["registry.tracking_uri"] == "https://***@mlflow.example.com"
+    assert logged["sweep.dask_address"] == "tcp://***@dask:8786"
+    config = Path(mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="config/params.yaml", dst_path=str(tmp_path / "dl"),
+        tracking_uri=store)).read_text()
+    assert "s3cret" not in config and "hunter2" not in config and "***@" in config
+    assert tracking.redact({"a": [secret], "b": "sqlite:///x.db"}) == {
+        "a": ["https://***@mlflow.example.com"], "b": "sqlite:///x.db"}

@@ -49,6 +49,7 @@ def stage_rank(params_file: str | None, overrides: list[str], resume: bool) -> N
     from components.config import load_params
     from components.finetune import distributed, train
     from components.stages.base import stored_result
+    from components.stages.pretrain import starting_backbone
     from components.stages.spec import fingerprint
 
     params = load_params(params_file, overrides)
@@ -67,7 +68,9 @@ def stage_rank(params_file: str | None, overrides: list[str], resume: bool) -> N
         if d.is_main:
             stages.finetune(params, resume=resume, force=True)
         else:
-            init = Path(params.paths.pretrained) if params.pretrain.enabled else None
+            # The same rule as rank 0's stage: the adapted backbone, or the original when
+            # pretraining is off or its guard kept the original.
+            init = starting_backbone(params)
             train(params, params.paths.prepared, params.paths.model, init_dir=init,
                   checkpoint_dir=params.paths.checkpoints, resume=resume, dist=d)
     finally:

@@ -18,9 +18,15 @@ from components.stages.prepare import prepare
 from components.stages.pretrain import PretrainMissingError, pretrain
 from components.stages.register import find_registered, register
 from components.stages.spec import ORDER, SPECS, fingerprint, release_fingerprint
-from components.stages.version import DataVersionError, restore_data, version_data
+from components.stages.version import (
+    DataRemoteError,
+    DataVersionError,
+    restore_data,
+    version_data,
+)
 
-__all__ = ["ORDER", "SPECS", "DataVersionError", "PretrainMissingError", "StageResult",
+__all__ = ["ORDER", "SPECS", "DataRemoteError", "DataVersionError", "PretrainMissingError",
+           "StageResult",
            "StaleInputError", "check_inputs", "compress", "evaluate", "export", "find_registered",
            "fingerprint", "finetune", "gate", "ingest", "prepare", "pretrain", "register",
            "release_fingerprint", "restore_data", "version_data"]

@@ -1,10 +1,12 @@
-"""The skeleton every stage function shares: skip when current, record, report.
+"""The skeleton every stage function shares: lock, skip when current, record, report.
 
-A stage function computes its fingerprint (components/stages/spec.py); when its output
-folder already holds a record with that fingerprint, the stored result is returned and
-nothing runs. Otherwise it runs, and the record (fingerprint + result) is written into the
-output folder after the output itself, so a crash in between only means a rerun. Every
-call also writes the result to `<paths.metrics>/<stage>.json` for `dvc metrics show`.
+A stage function takes the project lock (components/stages/lock.py) and computes its
+fingerprint (components/stages/spec.py); when its output folder already holds a record
+with that fingerprint, the stored result is returned and nothing runs. Otherwise it writes
+its output into a temp folder beside the output, the record (fingerprint + result) into
+the same temp folder, and the temp folder replaces the output in one rename: output and
+record appear together or not at all. Every call also writes the result to
+`<paths.metrics>/<stage>.json` for `dvc metrics show`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Params
-from components.io import atomic_write_json, read_json
+from components.io import atomic_dir, atomic_write_json, read_json
+from components.stages.lock import project_lock
 from components.stages.spec import FINGERPRINT_FILE, SPECS, fingerprint, output_dir, resolve
 
 log = logging.getLogger("tuneline.stages")
@@ -80,30 +83,36 @@ def write_metrics(name: str, params: Params, result: dict[str, Any]) -> None:
     atomic_write_json(Path(params.paths.metrics) / f"{name}.json", result)
 
 
-def run_stage(name: str, params: Params, compute: Callable[[], dict[str, Any]],
+def run_stage(name: str, params: Params, compute: Callable[[Path], dict[str, Any]],
               describe: Callable[[dict[str, Any]], str], *, force: bool = False,
-              runtime: dict[str, Any] | None = None, out: Path | None = None) -> StageResult:
+              runtime: dict[str, Any] | None = None) -> StageResult:
     """Run `compute` unless the stage's output already holds this fingerprint's result.
 
     Args:
         name: the stage (a key of SPECS).
-        compute: does the work, writes the output folder, returns the result dict.
+        compute: writes the stage's output into the folder it is given (a temp folder that
+            then replaces the output folder) and returns the result dict.
         describe: result -> one line for people.
         force: run even when current.
         runtime: inputs only the caller knows (see `spec.fingerprint`).
-        out: where the record lives (default: the stage's first output folder).
+
+    Raises:
+        ProjectBusy: another process holds the project lock.
     """
     started = time.perf_counter()
-    check_inputs_current(name, params)
-    fp = fingerprint(name, params, runtime)
-    out = out if out is not None else output_dir(name, params)
-    stored = None if force else stored_result(out, fp)
-    if stored is not None:
-        result, reused = stored, True
-    else:
-        result, reused = compute(), False
-        record(out, fp, result)
-    write_metrics(name, params, result)
+    with project_lock(params):
+        check_inputs_current(name, params)
+        fp = fingerprint(name, params, runtime)
+        out = output_dir(name, params)
+        stored = None if force else stored_result(out, fp)
+        if stored is not None:
+            result, reused = stored, True
+        else:
+            with atomic_dir(out) as staging:
+                result = compute(staging)
+                record(staging, fp, result)
+            reused = False
+        write_metrics(name, params, result)
     summary = describe(result)
     log.info("%s: %s%s", name, f"up to date in {out} ({fp}): " if reused else "", summary)
     return StageResult(name, fp, reused, out, result, summary, time.perf_counter() - started)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Params
-from components.io import atomic_dir, atomic_write_json
+from components.io import atomic_write_json
 from components.stages.base import StageResult, run_stage
 
 MARKER = "compress.json"
@@ -21,10 +21,9 @@ def shipped_model_dir(params: Params) -> Path:
 def compress(params: Params, *, force: bool = False) -> StageResult:
     """Write the distilled student to `paths.compressed` (its numbers go to the model's run)."""
 
-    def compute() -> dict[str, Any]:
+    def compute(out: Path) -> dict[str, Any]:
         if not params.compress.enabled:
-            with atomic_dir(params.paths.compressed) as tmp:
-                atomic_write_json(tmp / MARKER, {"enabled": False})
+            atomic_write_json(out / MARKER, {"enabled": False})
             return {"enabled": False}
         from components import tracking
         from components.compress import distill
@@ -35,8 +34,7 @@ def compress(params: Params, *, force: bool = False) -> StageResult:
         unlabeled = [] if source == "the prepared train split" else unlabeled
         run_id = model_run_id(params)
         mlflow = tracking.MlflowLogger(params, run_id) if run_id else None
-        result = distill(params, params.paths.model, params.paths.prepared,
-                         params.paths.compressed, unlabeled,
+        result = distill(params, params.paths.model, params.paths.prepared, out, unlabeled,
                          checkpoint_dir=Path(params.paths.checkpoints) / "compress",
                          logger=(lambda m, step: mlflow({f"compress/{k}": v
                                                          for k, v in m.items()}, step))

@@ -13,9 +13,8 @@ def evaluate(params: Params, *, force: bool = False) -> StageResult:
     """Write `paths.eval` (report.json / .md, confusion matrix) for `paths.model`."""
     from components.evaluate import evaluate_model
 
-    return run_stage("evaluate", params, lambda: evaluate_model(
-        shipped_model_dir(params), params.paths.prepared, params.paths.eval, params), describe,
-        force=force)
+    return run_stage("evaluate", params, lambda out: evaluate_model(
+        shipped_model_dir(params), params.paths.prepared, out, params), describe, force=force)
 
 
 def describe(m: dict[str, Any]) -> str:

@@ -13,9 +13,8 @@ def export(params: Params, *, force: bool = False) -> StageResult:
     """Write the bundle to `paths.export`; parity, size and latency are its result."""
     from components.export import export_bundle
 
-    return run_stage("export", params, lambda: export_bundle(
-        shipped_model_dir(params), params.paths.prepared, params.paths.export, params), describe,
-        force=force)
+    return run_stage("export", params, lambda out: export_bundle(
+        shipped_model_dir(params), params.paths.prepared, out, params), describe, force=force)
 
 
 def describe(r: dict[str, Any]) -> str:

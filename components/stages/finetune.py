@@ -45,7 +45,7 @@ def finetune(params: Params, *, resume: bool = False, force: bool = False,
     fp = fingerprint("finetune", params)
     checkpoints = Path(checkpoint_dir or params.paths.checkpoints)
 
-    def compute() -> dict[str, Any]:
+    def compute(out: Path) -> dict[str, Any]:
         init = starting_backbone(params)  # None: the original (pretraining off or discarded)
         run_id = _resumed_run(params, checkpoints) if resume else None
         run_id = run_id or tracking.start_run(params, params.paths.prepared, run_name=run_name,
@@ -55,9 +55,9 @@ def finetune(params: Params, *, resume: bool = False, force: bool = False,
         try:
             if params.finetune.nproc > 1 and "WORLD_SIZE" not in os.environ:
                 # The ranks log to MLflow themselves (rank 0); an extra logger stays unused.
-                metrics = train_distributed(params, init, checkpoints, resume, run_id)
+                metrics = train_distributed(params, out, init, checkpoints, resume, run_id)
             else:
-                metrics = train(params, params.paths.prepared, params.paths.model,
+                metrics = train(params, params.paths.prepared, out,
                                 init_dir=init, checkpoint_dir=checkpoints, resume=resume,
                                 logger=_with_extra(tracking.MlflowLogger(params, run_id),
                                                    logger))
@@ -82,9 +82,10 @@ def _with_extra(mlflow_logger: Any, extra: Any) -> Any:
     return both
 
 
-def train_distributed(params: Params, init: Path | None, checkpoints: Path, resume: bool,
-                      run_id: str | None) -> dict[str, Any]:
-    """Train as `finetune.nproc` ranks under torchrun; returns rank 0's final metrics.
+def train_distributed(params: Params, out: Path, init: Path | None, checkpoints: Path,
+                      resume: bool, run_id: str | None) -> dict[str, Any]:
+    """Train as `finetune.nproc` ranks under torchrun (rank 0 saves the model to `out`);
+    returns rank 0's final metrics.
 
     Raises:
         DistributedRunFailed: a rank failed or was killed (nothing was saved).
@@ -95,7 +96,7 @@ def train_distributed(params: Params, init: Path | None, checkpoints: Path, resu
         job, result = Path(tmp) / "job.json", Path(tmp) / "result.json"
         atomic_write_json(job, {
             "params": params.model_dump(mode="json"), "prepared": str(params.paths.prepared),
-            "model": str(params.paths.model), "init_dir": str(init) if init else None,
+            "model": str(out), "init_dir": str(init) if init else None,
             "checkpoints": str(checkpoints), "resume": resume, "run_id": run_id,
             "result": str(result)})
         # The ranks import this checkout's code whatever the working folder.

@@ -22,12 +22,12 @@ def gate(params: Params, *, force: bool = False) -> StageResult:
 
     champion = champion_ref(params)
 
-    def compute() -> dict[str, Any]:
+    def compute(out: Path) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="tuneline-champion-") as tmp:
             bundle = (download_bundle(params, champion["version"], Path(tmp) / "champion")[1]
                       if champion else None)
             verdict = run_gate(params.paths.export, params.paths.prepared, params, bundle,
-                               out_dir=params.paths.gate)
+                               out_dir=out)
         return {**verdict, "champion_version": champion["version"] if champion else None}
 
     return run_stage("gate", params, compute, describe, force=force,

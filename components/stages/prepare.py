@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from components.config import Params
@@ -19,12 +20,12 @@ def prepare(params: Params, *, force: bool = False) -> StageResult:
     """
     from components.data import prepare_dataset
 
-    def compute() -> dict[str, Any]:
+    def compute(out: Path) -> dict[str, Any]:
         source = snapshot_file(resolve(LABELED, params))
         if source is None:
             raise DataValidationError(f"{resolve(LABELED, params)} holds no input: run "
                                       "`tuneline ingest` (or `tuneline run`) first")
-        return prepare_dataset(source, params.paths.prepared, params.data, params.task.type)
+        return prepare_dataset(source, out, params.data, params.task.type)
 
     return run_stage("prepare", params, compute, describe, force=force)
 

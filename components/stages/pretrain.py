@@ -35,19 +35,19 @@ class PretrainMissingError(FileNotFoundError):
 def pretrain(params: Params, *, force: bool = False, logger: Any = None) -> StageResult:
     """Adapt the backbone on unlabeled text, keep it only if the probe says it helps."""
 
-    def compute() -> dict[str, Any]:
+    def compute(out: Path) -> dict[str, Any]:
         if not params.pretrain.enabled:
-            _write_marker(params, {"enabled": False})
+            _write_marker(out, {"enabled": False})
             return {"enabled": False}
-        return _adapt_and_guard(params, logger)
+        return _adapt_and_guard(params, out, logger)
 
     return run_stage("pretrain", params, compute, describe, force=force)
 
 
-def _adapt_and_guard(params: Params, logger: Any) -> dict[str, Any]:
+def _adapt_and_guard(params: Params, out: Path, logger: Any) -> dict[str, Any]:
     from components.pretrain import PretrainDiverged, adapt_backbone, judge, probe_backbone
 
-    out, prepared = Path(params.paths.pretrained), params.paths.prepared
+    prepared = params.paths.prepared
     texts, source, n_dropped = pretraining_texts(params)
     probe_before = probe_backbone(params, None, prepared)
     log.info("pretrain: linear probe on the original backbone: validation accuracy %.4f",
@@ -59,28 +59,28 @@ def _adapt_and_guard(params: Params, logger: Any) -> dict[str, Any]:
     except PretrainDiverged as exc:
         if not params.pretrain.keep_if_better:
             raise
-        return _keep_original(params, {**base, "reason": f"{exc}; fine-tuning starts from "
+        return _keep_original(out, {**base, "reason": f"{exc}; fine-tuning starts from "
                                                          "the original backbone"})
     probe_after = probe_backbone(params, out, prepared)
     keep, reason = judge(probe_before, probe_after, params.pretrain.keep_if_better)
     result = {**base, **adapted, "probe_after": probe_after, "reason": reason}
     if not keep:
-        return _keep_original(params, result)
+        return _keep_original(out, result)
     log.info("pretrain: %s", reason)
     result["backbone"] = "adapted"
     atomic_write_json(out / MARKER, result)
     return result
 
 
-def _keep_original(params: Params, result: dict[str, Any]) -> dict[str, Any]:
+def _keep_original(out: Path, result: dict[str, Any]) -> dict[str, Any]:
     log.warning("pretrain: %s", result["reason"])
     result = {**result, "backbone": "original"}
-    _write_marker(params, result)  # replaces the adapted weights: nothing can load them
+    _write_marker(out, result)  # replaces the adapted weights: nothing can load them
     return result
 
 
-def _write_marker(params: Params, content: dict[str, Any]) -> None:
-    with atomic_dir(params.paths.pretrained) as tmp:
+def _write_marker(out: Path, content: dict[str, Any]) -> None:
+    with atomic_dir(out) as tmp:
         atomic_write_json(tmp / MARKER, content)
 
 

@@ -32,23 +32,37 @@ def find_registered(params: Params) -> dict[str, Any] | None:
 def register(params: Params, *, force: bool = False) -> StageResult:
     """Register `paths.export` with its verdict; the verdict decides the alias moves.
 
+    A version of this release whose registration stopped half-way (a crash or an MLflow
+    outage between creating it and moving its aliases) is finished instead: the alias moves
+    its verdict called for are made, then it is marked complete.
+
     Returns:
         result: {"version", "passed", "moves", "aliases", "run_id", "release_fingerprint",
-        "unchanged"}.
+        "unchanged", "repaired"}.
     """
+    from components.registry import complete_registration, is_complete
+
     started = time.perf_counter()
     release = release_fingerprint(params)
     found = None if force else find_registered(params)
-    if found is not None:
+    if found is not None and is_complete(found["tags"]):
         result = {"version": found["version"], "passed": found["tags"].get("gate_passed") == "true",
                   "moves": [], "aliases": {a: found["version"] for a in found["aliases"]},
-                  "run_id": found["run_id"], "release_fingerprint": release, "unchanged": True}
+                  "run_id": found["run_id"], "release_fingerprint": release, "unchanged": True,
+                  "repaired": False}
+    elif found is not None:
+        done = complete_registration(params, found["version"])
+        log.warning("register: v%s was registered but its alias moves were not finished; "
+                    "finished them now", found["version"])
+        result = {**done, "aliases": {a: str(v) for a, v in done["aliases"].items()},
+                  "run_id": found["run_id"], "release_fingerprint": release,
+                  "unchanged": False, "repaired": True}
     else:
         result = _register_new(params, release)
     write_metrics("register", params, result)
     summary = describe(result)
     log.info("register: %s", summary)
-    return StageResult("register", release, found is not None, None, result, summary,
+    return StageResult("register", release, result["unchanged"], None, result, summary,
                        time.perf_counter() - started)
 
 
@@ -60,7 +74,7 @@ def _register_new(params: Params, release: str) -> dict[str, Any]:
     check_inputs_current("register", params)
     verdict = gate(params).result  # reused unless the champion moved since it ran
     run_id = _model_run(params)
-    _log_reports(params, run_id)
+    _log_metrics(params, run_id)
     # A run can be registered more than once (same model, other export or gate settings):
     # each version keeps the params it was released with.
     config = f"release/{release}/params.yaml"
@@ -68,8 +82,11 @@ def _register_new(params: Params, release: str) -> dict[str, Any]:
     published = publish(params, run_id, params.paths.export, verdict,
                         tags={"release_fingerprint": release, "params_hash": params.hash(),
                               "params_artifact": config, **_shipped_tags(params),
-                              "gate_decision": verdict_decision(verdict)})
-    return {**published, "run_id": run_id, "release_fingerprint": release, "unchanged": False}
+                              "gate_decision": verdict_decision(verdict)},
+                        reports={"eval": Path(params.paths.eval),
+                                 "gate": Path(params.paths.gate)})
+    return {**published, "run_id": run_id, "release_fingerprint": release, "unchanged": False,
+            "repaired": False}
 
 
 def _shipped_tags(params: Params) -> dict[str, str]:
@@ -94,23 +111,23 @@ def _model_run(params: Params) -> str:
             return run_id
         except MlflowException:
             log.warning("MLflow run %s of the model is not in %s: starting a new run",
-                        run_id, tracking.tracking_uri(params))
+                        run_id, tracking.redact(tracking.tracking_uri(params)))
     run_id = tracking.start_run(params, params.paths.prepared,
                                 tags=run_tags(params, fingerprint("finetune", params)))
     tracking.end_run(params, run_id)
     return run_id
 
 
-def _log_reports(params: Params, run_id: str) -> None:
-    """Test report, export parity and the gate's files on the model's run."""
+def _log_metrics(params: Params, run_id: str) -> None:
+    """Test and export-parity numbers on the model's run (the files go with the release's
+    own LoggedModel: another release of the same run must not replace them)."""
     from components import tracking
     from components.export import PARITY_FILE
 
     report = read_json(Path(params.paths.eval) / "report.json")
-    tracking.log_stage(params, run_id, "test", _scalars(report), params.paths.eval)
+    tracking.log_stage(params, run_id, "test", _scalars(report))
     tracking.log_stage(params, run_id, "export",
                        _scalars(read_json(Path(params.paths.export) / PARITY_FILE)))
-    tracking.log_stage(params, run_id, "gate", None, params.paths.gate)
 
 
 def _scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -134,5 +151,9 @@ def describe(result: dict[str, Any]) -> str:
         aliases = " ".join("@" + a for a in result["aliases"]) or "no alias"
         return (f"unchanged: v{result['version']} ({aliases}) was made from these exact data, "
                 "params and code")
+    if result.get("repaired"):
+        moves = ", ".join(result["moves"]) or "none"
+        note = f" ({result['note']})" if result.get("note") else ""
+        return f"v{result['version']}: finished its registration, alias moves: {moves}{note}"
     verdict = "passed" if result["passed"] else "rejected"
     return f"v{result['version']} (gate {verdict}): {', '.join(result['moves'])}"

@@ -62,6 +62,7 @@ class StageSpec:
     always_changed: bool = False
     persist: bool = False
     switch: str | None = None  # a boolean param; when false the stage only writes a marker
+    cmd_options: tuple[str, ...] = ()  # options of the `tuneline` verb dvc.yaml runs
 
     def is_off(self, params: Params) -> bool:
         return self.switch is not None and not param_values((self.switch,), params)[self.switch]
@@ -135,7 +136,8 @@ SPECS: dict[str, StageSpec] = {s.name: s for s in [
         code=("components/stages/gate.py", "components/gate.py", "components/predictor.py",
               "components/evaluate.py", "components/token_gate.py", "components/tagging.py"),
         deps=(Dep("${paths.export}", "export"), PREPARED),
-        outs=("${paths.gate}",), always_changed=True, persist=True),
+        outs=("${paths.gate}",), always_changed=True, persist=True,
+        cmd_options=("--allow-reject",)),  # a rejected model is still registered
     # One registry version is one model judged by one set of rules: which champion the
     # verdict was measured against is not part of its identity (a rollback does not make
     # the same model a new version).
@@ -250,7 +252,7 @@ def render_dvc_yaml() -> str:
 
     stages = {}
     for spec in SPECS.values():
-        stage: dict[str, Any] = {"cmd": f"tuneline {spec.name}"}
+        stage: dict[str, Any] = {"cmd": " ".join(("tuneline", spec.name, *spec.cmd_options))}
         deps = [*spec.code, *(d.path for d in spec.deps)]
         if deps:
             stage["deps"] = deps

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,10 +33,15 @@ log = logging.getLogger("tuneline.stages")
 VERSIONED = (("input_version", LABELED), ("unlabeled_version", UNLABELED),
              ("data_version", "${paths.prepared}"))
 LOCKED_STAGES = ("ingest", "prepare")
+DVC_HASH = re.compile(r"[0-9a-f]{32}(\.dir)?")
 
 
 class DataVersionError(RuntimeError):
     """Data could not be stored in or fetched from DVC; the message says what is missing."""
+
+
+class DataRemoteError(DataVersionError):
+    """The DVC remote could not be reached or refused (push or pull)."""
 
 
 def dvc_root(start: Path) -> Path | None:
@@ -100,12 +106,18 @@ def _store(root: Path, params: Params, folders: list[Path], push: bool) -> dict[
         out = {"dvc_lock": "recorded" if reason is None else f"not recorded: {reason}"}
         if not push:
             return {**out, "dvc": "stored in the DVC cache", "pushed": 0}
+        # A model is only registered with data that the remote holds: a version whose data
+        # exists in one machine's cache alone could not be restored anywhere else.
         try:
             sent = repo.cloud.push(objects)
-        except Exception as exc:  # noqa: BLE001 — no remote, unreachable remote: say so
-            return {**out, "dvc": f"stored in the DVC cache; not pushed ({exc})", "pushed": 0}
+        except Exception as exc:  # noqa: BLE001 — no remote, unreachable remote: say which
+            raise DataRemoteError(
+                f"DVC push failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); the data "
+                "is in the local DVC cache only. Fix the remote (`dvc remote list`) and rerun"
+            ) from exc
         if sent.failed:
-            raise DataVersionError(f"DVC push failed for {len(sent.failed)} object(s)")
+            raise DataRemoteError(f"DVC push failed for {len(sent.failed)} object(s); the "
+                                  "data is in the local DVC cache only")
         return {**out, "dvc": "stored and pushed to the default remote",
                 "pushed": len(sent.transferred)}
 
@@ -143,7 +155,8 @@ def lock_mismatch(params: Params, root: Path) -> str | None:
     return None
 
 
-def restore_data(params: Params, tags: dict[str, str], out_dir: str | Path) -> dict[str, Any]:
+def restore_data(params: Params, tags: dict[str, str], out_dir: str | Path, *,
+                 force: bool = False) -> dict[str, Any]:
     """Fetch the folders a model version was made from into `out_dir`, from DVC alone.
 
     Writes `out_dir/input/labeled`, `out_dir/input/unlabeled` and `out_dir/prepared`
@@ -151,9 +164,11 @@ def restore_data(params: Params, tags: dict[str, str], out_dir: str | Path) -> d
 
     Args:
         tags: the version's tags (input_version, unlabeled_version, data_version).
+        force: replace `out_dir` even when it holds files (they are lost).
 
     Raises:
-        DataVersionError: a hash tag is missing, or the remote lacks an object.
+        DataVersionError: a hash tag is missing or not a DVC hash, `out_dir` holds files
+            (without `force`), or the remote lacks an object.
     """
     from dvc.repo import Repo
 
@@ -161,6 +176,14 @@ def restore_data(params: Params, tags: dict[str, str], out_dir: str | Path) -> d
     if missing:
         raise DataVersionError(f"the version has no {', '.join(missing)} tag: it was "
                                "registered before data versioning, nothing to restore")
+    for tag, _ in VERSIONED:  # registry tags are data: never let one name a path
+        if not DVC_HASH.fullmatch(tags[tag]):
+            raise DataVersionError(f"the version's {tag} tag {tags[tag][:80]!r} is not a DVC "
+                                   "md5 hash; refusing to use it")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise DataVersionError(f"{out} is not an empty folder: restoring would replace what "
+                               "it holds; pick a new folder, or pass --force")
     root = dvc_root(Path.cwd()) or dvc_root(resolve("${paths.prepared}", params).parent)
     if root is None:
         raise DataVersionError("not inside a DVC project: run this in the project folder")
@@ -196,7 +219,11 @@ def _checkout(repo: Any, value: str, dst: Path) -> None:
 def _pull(repo: Any, objects: set[Any]) -> None:
     if not objects:
         return
-    result = repo.cloud.pull(objects)
+    try:
+        result = repo.cloud.pull(objects)
+    except Exception as exc:  # noqa: BLE001 — no remote, unreachable remote: say which
+        raise DataRemoteError(f"DVC pull failed ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0]})") from exc
     if result.failed:
-        raise DataVersionError(f"the DVC remote lacks {len(result.failed)} object(s) "
+        raise DataRemoteError(f"the DVC remote lacks {len(result.failed)} object(s) "
                                f"(e.g. {next(iter(result.failed)).value}): was it pushed?")

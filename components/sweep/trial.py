@@ -58,8 +58,10 @@ def trial_params(params: Params, plan: SweepPlan, values: dict[str, Any],
 
     folder = plan.folder / "trials" / f"{number:04d}"
     threads = {"model.num_threads": params.sweep.threads_per_worker}
+    # A trial writes only its own folders, beside other trials: it locks its own folder,
+    # not the project the sweep's driver holds.
     p = with_values(params, {**values, **threads}, checkpoints=folder / "checkpoints",
-                    metrics=folder / "metrics")
+                    metrics=folder / "metrics", lock=folder / ".lock")
     return with_values(p, {}, model=plan.folder / "models" / fingerprint("finetune", p))
 
 

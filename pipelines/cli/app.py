@@ -3,20 +3,48 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 from collections.abc import Iterator
+from enum import IntEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 import pipelines  # noqa: F401  (environment defaults before any library import)
 from components.config import ConfigError, Params, load_params, named_overrides
 
+
+class ExitCode(IntEnum):
+    """What a `tuneline` command's exit status means; scripts can branch on it."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    DIVERGED = 3
+    REJECTED = 4
+    BUSY = 5
+    SERVICE = 6
+
+
+EXIT_MEANINGS = {
+    ExitCode.OK: "done; a model it involved passed the gate (now or when registered)",
+    ExitCode.ERROR: "an unexpected error (a bug): the traceback is printed",
+    ExitCode.USAGE: "bad input or params, an unknown version, a stage input missing or stale",
+    ExitCode.DIVERGED: "training diverged (a non-finite loss); nothing was registered",
+    ExitCode.REJECTED: "the gate rejected the model: it is @challenger, @champion did not move",
+    ExitCode.BUSY: "another run holds this model or project folder: nothing was done",
+    ExitCode.SERVICE: "MLflow, the DVC remote or the Prefect server failed or refused",
+}
+EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{c.value} {text}" for c, text in
+                                              EXIT_MEANINGS.items()) + "."
+
 app = typer.Typer(
     name="tuneline",
     help="Retrain, gate, export, promote and serve a transformer text classifier.",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -33,15 +61,41 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a param: --set finetune.strategy=mezo (repeatable)."),
 ]
+JsonOpt = Annotated[bool, typer.Option(
+    "--json", help="Print the result as JSON on stdout (people's text goes to stderr).")]
+OutputOpt = Annotated[Path | None, typer.Option(
+    "--output", "-o", help="Also write the result as JSON to this file.")]
 InputOpt = Annotated[Path | None, typer.Option(
     "--input", help="Labeled CSV / JSONL / Parquet, anywhere on disk: the same as "
                     "--set paths.raw=FILE (default: paths.raw, the demo corpus).")]
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = ExitCode.USAGE) -> None:
     """Print a clear one-line error to stderr and exit non-zero."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
+    raise typer.Exit(int(code))
+
+
+def emit(result: dict[str, Any], text: str, *, as_json: bool, output: Path | None) -> None:
+    """Report a result: JSON on stdout with --json (the text then goes to stderr), else the
+    text on stdout; with -o FILE the JSON is also written there (atomically)."""
+    if output is not None:
+        from components.io import atomic_write_json
+
+        atomic_write_json(output, result)
+    if text:
+        typer.echo(text, err=as_json)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+
+
+def exit_for_verdict(passed: bool | None, reasons: list[str] | str = ()) -> None:
+    """Exit with REJECTED (and one line on stderr) when a gate verdict rejected the model."""
+    if passed is False:
+        why = reasons if isinstance(reasons, str) else "; ".join(reasons)
+        typer.secho(f"rejected: {why or 'the gate rejected the model'}", err=True,
+                    fg=typer.colors.YELLOW)
+        raise typer.Exit(int(ExitCode.REJECTED))
 
 
 def params_or_exit(params: Path | None, overrides: list[str] | None, **named: object) -> Params:
@@ -55,28 +109,40 @@ def params_or_exit(params: Path | None, overrides: list[str] | None, **named: ob
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the errors a user can fix (bad input, stale or missing outputs, an unknown
-    version) into one line on stderr and exit code 2; a diverged run exits 3."""
+    """Turn the errors a user can fix into one line on stderr and an ExitCode: bad input,
+    stale or missing outputs, an unknown version (USAGE); a diverged run (DIVERGED); a
+    rejection that params turn into a failed run (REJECTED); a busy project (BUSY); MLflow
+    or the DVC remote failing (SERVICE)."""
     from components.data_io import DataValidationError
-    from components.stages import DataVersionError, StaleInputError
+    from components.gate import GateRejected
+    from components.stages import DataRemoteError, DataVersionError, StaleInputError
+    from components.stages.lock import ProjectBusy
 
     try:
         yield
     except typer.Exit:
         raise
+    except ProjectBusy as exc:
+        fail(str(exc), code=ExitCode.BUSY)
+    except DataRemoteError as exc:
+        fail(str(exc), code=ExitCode.SERVICE)
     except (DataValidationError, StaleInputError, DataVersionError, ConfigError,
             FileNotFoundError, LookupError) as exc:
         fail(str(exc).strip("'\""))
     except (ValueError, RuntimeError) as exc:
+        if isinstance(exc, GateRejected):  # gate.fail_run_on_reject: failed on purpose
+            exit_for_verdict(False, str(exc))
         # The components' own errors name the problem; anything else is a bug: traceback.
         if not type(exc).__module__.startswith("components"):
             raise
-        fail(str(exc), code=3 if type(exc).__name__ == "TrainingDiverged" else 2)
+        diverged = type(exc).__name__ == "TrainingDiverged"
+        fail(str(exc), code=ExitCode.DIVERGED if diverged else ExitCode.USAGE)
     except Exception as exc:
         # MLflow refusing (401: set MLFLOW_TRACKING_USERNAME/PASSWORD) or unreachable.
         if not type(exc).__module__.startswith("mlflow"):
             raise
-        fail(f"MLflow ({type(exc).__name__}): {str(exc).splitlines()[0]}")
+        fail(f"MLflow ({type(exc).__name__}): {str(exc).splitlines()[0]}",
+             code=ExitCode.SERVICE)
 
 
 def log_to_console() -> None:

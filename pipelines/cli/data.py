@@ -45,7 +45,10 @@ def version(no_push: Annotated[bool, typer.Option(
 @data_app.command("restore")
 def restore(
     version: Annotated[str, typer.Argument(help="Model version number or alias (champion).")],
-    out: Annotated[Path, typer.Option(help="Folder to write input/ and prepared/ into.")],
+    out: Annotated[Path, typer.Option(
+        help="New or empty folder to write input/ and prepared/ into.")],
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace OUT even when it holds files (they are deleted).")] = False,
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -56,7 +59,7 @@ def restore(
     p = params_or_exit(params, set_)
     with user_errors():
         number, tags = version_tags(p, version)
-        restored = restore_data(p, tags, out)
+        restored = restore_data(p, tags, out, force=force)
     typer.echo(f"restored the data of {p.registry.model_name} v{number} into {out}:")
     for tag, item in restored.items():
         typer.echo(f"  {item['path']:<40} {tag} {item['hash']} (verified)")

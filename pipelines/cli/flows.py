@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from pipelines.cli.app import (
+    ExitCode,
     InputOpt,
+    JsonOpt,
+    OutputOpt,
     ParamsOpt,
     SetOpt,
     app,
+    emit,
+    exit_for_verdict,
     fail,
     params_or_exit,
     user_errors,
@@ -35,14 +39,13 @@ NprocOpt = Annotated[int | None, typer.Option(
 @app.command("run")
 def run(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt = None,
         pretrain: PretrainOpt = None, max_steps: StepsOpt = None, nproc: NprocOpt = None,
-        params: ParamsOpt = None,
-        set_: SetOpt = None,
-        json_out: Annotated[Path | None, typer.Option(
-            "--json", help="Also write the run summary (with stage timings) here.")] = None
-        ) -> None:
+        params: ParamsOpt = None, set_: SetOpt = None, as_json: JsonOpt = False,
+        output: OutputOpt = None) -> None:
     """The main job: ingest -> ... -> gate -> register, as a Prefect flow run.
 
-    Bad input and bad params fail here, in one line, before any server starts.
+    Bad input and bad params fail here, in one line, before any server starts. Exits 0
+    when the version passed the gate, 4 when the gate rejected it (it is @challenger and
+    @champion did not move), 5 when another run of the model holds its slot.
     """
     from components.stages import check_inputs
     from pipelines.reporting import render_summary
@@ -59,17 +62,17 @@ def run(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt = N
     with user_errors():
         result = retrain(**named, overrides=list(set_ or []),
                          params_file=str(params.resolve()) if params else None)
-    if json_out is not None:
-        from components.io import atomic_write_json
-
-        atomic_write_json(json_out, {**result, "wall_seconds": time.perf_counter() - started})
-    typer.echo("\n" + render_summary(result))
+    result = {**result, "wall_seconds": time.perf_counter() - started}
+    text = "\n" + render_summary(result)
+    if result["status"] != "skipped":
+        text += ("Look closer:\n"
+                 f"  tuneline models show {result['version']}   lineage, params diff, verdict\n"
+                 "  tuneline ui               Prefect UI (runs, artifacts) + MLflow UI\n"
+                 "  tuneline serve            serve @champion on http://127.0.0.1:8000")
+    emit(result, text, as_json=as_json, output=output)
     if result["status"] == "skipped":
-        raise typer.Exit(1)
-    typer.echo("Look closer:\n"
-               f"  tuneline models show {result['version']}   lineage, params diff, verdict\n"
-               "  tuneline ui               Prefect UI (runs, artifacts) + MLflow UI\n"
-               "  tuneline serve            serve @champion on http://127.0.0.1:8000")
+        raise typer.Exit(int(ExitCode.BUSY))
+    exit_for_verdict(result.get("gate_passed"), result.get("gate_reasons", []))
 
 
 @app.command("deploy")

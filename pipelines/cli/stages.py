@@ -14,9 +14,13 @@ import typer
 
 from pipelines.cli.app import (
     InputOpt,
+    JsonOpt,
+    OutputOpt,
     ParamsOpt,
     SetOpt,
     app,
+    emit,
+    exit_for_verdict,
     fail,
     log_to_console,
     params_or_exit,
@@ -27,7 +31,8 @@ ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Run even when the output already holds the result of these inputs.")]
 
 
-def _run(stage: str, params, set_, force: bool | None = None, **kwargs) -> None:
+def _run(stage: str, params, set_, force: bool | None = None, **kwargs):
+    """Call the stage function; returns its StageResult (the stage logs its one line)."""
     from pipelines.quiet import quiet_libraries
 
     p = params_or_exit(params, set_, **kwargs.pop("named", {}))
@@ -35,8 +40,9 @@ def _run(stage: str, params, set_, force: bool | None = None, **kwargs) -> None:
     quiet_libraries()
     from components import stages
 
-    with user_errors():  # the stage logs its own one-line result
-        getattr(stages, stage)(p, **({"force": force} if force is not None else {}), **kwargs)
+    with user_errors():
+        return getattr(stages, stage)(p, **({"force": force} if force is not None else {}),
+                                      **kwargs)
 
 
 @app.command("ingest")
@@ -116,15 +122,33 @@ def export(force: ForceOpt = False, params: ParamsOpt = None, set_: SetOpt = Non
 
 
 @app.command("gate")
-def gate(force: ForceOpt = False, params: ParamsOpt = None, set_: SetOpt = None) -> None:
-    """Judge the bundle against the rules and the re-scored @champion (paths.gate)."""
-    _run("gate", params, set_, force)
+def gate(force: ForceOpt = False,
+         allow_reject: Annotated[bool, typer.Option(
+             "--allow-reject", help="Exit 0 when the gate rejects (the verdict is written all "
+                                    "the same, for `register`): what dvc.yaml runs.")] = False,
+         as_json: JsonOpt = False, output: OutputOpt = None,
+         params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """Judge the bundle against the rules and the re-scored @champion (paths.gate).
+
+    Exits 4 when the gate rejects the model (unless --allow-reject).
+    """
+    verdict = _run("gate", params, set_, force)
+    emit(verdict.result, "", as_json=as_json, output=output)  # the stage logged its line
+    if not allow_reject:
+        exit_for_verdict(verdict["passed"], verdict.get("reasons", []))
 
 
 @app.command("register")
-def register(force: ForceOpt = False, params: ParamsOpt = None, set_: SetOpt = None) -> None:
-    """Register the bundle as a model version with full lineage; move the aliases."""
-    _run("register", params, set_, force)
+def register(force: ForceOpt = False, as_json: JsonOpt = False, output: OutputOpt = None,
+             params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """Register the bundle as a model version with full lineage; move the aliases.
+
+    Exits 4 when the version's verdict is a rejection (it is @challenger).
+    """
+    done = _run("register", params, set_, force)
+    emit(done.result, "", as_json=as_json, output=output)  # the stage logged its line
+    exit_for_verdict(done["passed"], "the gate rejected it; see `tuneline models show "
+                                     f"{done['version']}`")
 
 
 @app.command("stages")

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from pipelines.cli.app import InputOpt, ParamsOpt, SetOpt, app, params_or_exit, user_errors
+from pipelines.cli.app import (
+    ExitCode,
+    InputOpt,
+    JsonOpt,
+    OutputOpt,
+    ParamsOpt,
+    SetOpt,
+    app,
+    emit,
+    exit_for_verdict,
+    params_or_exit,
+    user_errors,
+)
 from pipelines.cli.flows import PeftOpt, PretrainOpt, StepsOpt, StrategyOpt
 
 
@@ -20,9 +31,8 @@ def sweep(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt =
           dask_address: Annotated[str | None, typer.Option(
               "--dask-address", help="Scheduler of an existing Dask cluster, e.g. "
                                      "tcp://10.0.0.5:8786 (default: a local cluster).")] = None,
-          params: ParamsOpt = None, set_: SetOpt = None,
-          json_out: Annotated[Path | None, typer.Option(
-              "--json", help="Also write the sweep and run summary here.")] = None) -> None:
+          params: ParamsOpt = None, set_: SetOpt = None, as_json: JsonOpt = False,
+          output: OutputOpt = None) -> None:
     """Search sweep.space with Optuna on Dask; the best goes through the gate like `run`.
 
     The best trial's settings then take the same chain as `tuneline run` (test split,
@@ -48,11 +58,11 @@ def sweep(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt =
         result = sweep_flow(**named, n_trials=trials, dask_address=dask_address,
                             overrides=list(set_ or []),
                             params_file=str(params.resolve()) if params else None)
-    if json_out is not None:
-        from components.io import atomic_write_json
-
-        atomic_write_json(json_out, {**result, "wall_seconds": time.perf_counter() - started})
+    result = {**result, "wall_seconds": time.perf_counter() - started}
     found = result["sweep"]
-    typer.echo("\n" + render_markdown({**found, "trials": []}).rstrip())
-    typer.echo(f"trial table, plot: {found['folder']}\n")
-    typer.echo(render_summary(result))
+    text = ("\n" + render_markdown({**found, "trials": []}).rstrip()
+            + f"\ntrial table, plot: {found['folder']}\n\n" + render_summary(result))
+    emit(result, text, as_json=as_json, output=output)
+    if result.get("status") == "skipped":
+        raise typer.Exit(int(ExitCode.BUSY))
+    exit_for_verdict(result.get("gate_passed"), result.get("gate_reasons", []))
