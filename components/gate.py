@@ -40,10 +40,6 @@ from components.predictor import INT8_MODEL, OnnxClassifier, verify_bundle
 VERDICT_FILE = "verdict.json"
 
 
-class GateRejected(RuntimeError):
-    """The challenger failed the gate and `gate.fail_run_on_reject` says the run fails."""
-
-
 def make_rule(name: str, value: float, threshold: float, op: str, passed: bool | None = None,
               **detail: Any) -> dict[str, Any]:
     """One gate rule; `passed` defaults to comparing value `op` threshold (">=" or "<=")."""

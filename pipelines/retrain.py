@@ -15,7 +15,7 @@ import time
 from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
-from prefect.states import Completed
+from prefect.states import Completed, Failed, State
 from pydantic import Field
 
 from components.config import (
@@ -25,7 +25,6 @@ from components.config import (
     named_overrides,
     strategy_names,
 )
-from components.gate import GateRejected
 from components.registry import is_complete
 from pipelines import tasks
 from pipelines.limits import RetrainBusy, one_retrain_per_model
@@ -95,8 +94,24 @@ def retrain(
     publish_artifacts(result, result.pop("verdict"))
     if not result["gate_passed"]:
         logger.warning("NOT PROMOTED: %s", "; ".join(result["gate_reasons"]))
-        if params.gate.fail_run_on_reject:
-            raise GateRejected("; ".join(result["gate_reasons"]))
+        if params.gate.fail_run_on_reject:  # a failed run, not a crash: no traceback
+            return rejected_state(result)
+    return result
+
+
+def rejected_state(result: dict[str, Any]) -> State:
+    """The Failed state of a run whose model the gate rejected (`gate.fail_run_on_reject`);
+    it carries the run summary, so callers still report what happened."""
+    return Failed(name="Rejected", message="rejected: " + "; ".join(result["gate_reasons"]),
+                  data=result)
+
+
+def outcome(state: State) -> dict[str, Any]:
+    """The summary a retrain (or sweep) flow run returned, whatever its final state; the
+    error that stopped it otherwise."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
     return result
 
 

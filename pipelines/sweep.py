@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
-from prefect.states import Completed, Failed
+from prefect.states import Completed, Failed, State
 from pydantic import Field
 
 from components import sweep as sweeps
@@ -27,7 +27,7 @@ from components.config import Params, load_params, named_overrides
 from components.sweep import SweepPlan
 from pipelines import tasks
 from pipelines.quiet import quiet_libraries
-from pipelines.retrain import PeftName, StrategyName, retrain
+from pipelines.retrain import PeftName, StrategyName, outcome, rejected_state, retrain
 
 # Dask's own INFO lines (workers starting and stopping) would drown the trials' lines.
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
@@ -123,7 +123,7 @@ def sweep(
     ] = None,
     params_file: Annotated[str | None, Field(description=(
         "params.yaml to read. Empty: the project's."))] = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State:
     """Run the sweep, then `retrain` with the winner's values; returns both summaries."""
     quiet_libraries()
     named = {"data_path": data_path, "strategy": strategy, "peft_method": peft_method,
@@ -141,11 +141,14 @@ def sweep(
     if found["best"] is None:
         raise NoWinner(f"no trial of study {plan.study} finished: see {found['folder']}")
     placed = place_winner(params, plan, found["best"])
-    result = retrain(**named, overrides=list(overrides or []) + found["best_overrides"],
-                     params_file=params_file)
+    result = outcome(retrain(**named, overrides=list(overrides or []) + found["best_overrides"],
+                             params_file=params_file, return_state=True))
     nest_winner(params, plan, result, placed)
-    return {**result, "sweep": {k: v for k, v in found.items() if k != "trials"}
-            | {"winner_model_reused": placed, "trials": sweeps.table(found["trials"])}}
+    summary = {**result, "sweep": {k: v for k, v in found.items() if k != "trials"}
+               | {"winner_model_reused": placed, "trials": sweeps.table(found["trials"])}}
+    if summary.get("gate_passed") is False and params.gate.fail_run_on_reject:
+        return rejected_state(summary)
+    return summary
 
 
 def publish(found: dict[str, Any]) -> None:

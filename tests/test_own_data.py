@@ -128,7 +128,7 @@ def test_an_unreachable_dvc_remote_fails_the_run_before_anything_is_registered(
 
     repo = clone_project(tmp_path / "repo")
     (repo / "not-a-folder").write_text("a file where the remote's folder should be\n")
-    run(repo, "dvc", "remote", "modify", "local", "url", "../not-a-folder/store")
+    run(repo, "dvc", "remote", "modify", "local", "url", "not-a-folder/store")  # from cwd
     sets = tiny_sets(tiny_backbone_dir)
     failed = run(repo, str(BIN / "tuneline"), "run",
                  *[a for s in sets for a in ("--set", s)], ok=False)

@@ -76,7 +76,7 @@ def assert_files_match_tags(params, tmp: Path) -> None:
 
 
 def test_two_releases_of_one_run_keep_their_own_files(tmp_path, tiny_backbone_dir,
-                                                      tmp_path_factory):
+                                                      tmp_path_factory, monkeypatch):
     """The same training run released twice (another export): v1's files, verdict and
     pyfunc stay v1's."""
     import mlflow
@@ -104,7 +104,7 @@ def test_two_releases_of_one_run_keep_their_own_files(tmp_path, tiny_backbone_di
     sources = {v: client.get_model_version(params.registry.model_name, v).source
                for v in (v1, v2)}
     assert sources[v1] != sources[v2]  # one LoggedModel each
-    mlflow.set_tracking_uri(tracking.tracking_uri(params))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.tracking_uri(params))
     for version, kind in ((v1, "good"), (v2, "swapped")):
         local = Path(mlflow.artifacts.download_artifacts(
             f"{sources[version]}/reports/gate/verdict.json", dst_path=str(tmp_path / version)))
@@ -303,6 +303,8 @@ def test_exit_codes_are_documented_in_help():
     from pipelines.cli.app import EXIT_MEANINGS, ExitCode
 
     out = CliRunner().invoke(app, ["--help"]).output
+    docs = (Path(__file__).parents[1] / "docs" / "guarantees.md").read_text()
     assert "Exit codes" in out
     for code in ExitCode:
         assert code in EXIT_MEANINGS and f"{code.value} " in out
+        assert f"| {code.value} | {EXIT_MEANINGS[code]} |" in docs

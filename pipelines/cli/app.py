@@ -114,7 +114,6 @@ def user_errors() -> Iterator[None]:
     rejection that params turn into a failed run (REJECTED); a busy project (BUSY); MLflow
     or the DVC remote failing (SERVICE)."""
     from components.data_io import DataValidationError
-    from components.gate import GateRejected
     from components.stages import DataRemoteError, DataVersionError, StaleInputError
     from components.stages.lock import ProjectBusy
 
@@ -130,8 +129,6 @@ def user_errors() -> Iterator[None]:
             FileNotFoundError, LookupError) as exc:
         fail(str(exc).strip("'\""))
     except (ValueError, RuntimeError) as exc:
-        if isinstance(exc, GateRejected):  # gate.fail_run_on_reject: failed on purpose
-            exit_for_verdict(False, str(exc))
         # The components' own errors name the problem; anything else is a bug: traceback.
         if not type(exc).__module__.startswith("components"):
             raise

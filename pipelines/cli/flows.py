@@ -56,12 +56,12 @@ def run(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt = N
     p = params_or_exit(params, set_, **named)
     with user_errors():
         check_inputs(p)
-    from pipelines.retrain import retrain
+    from pipelines.retrain import outcome, retrain
 
     started = time.perf_counter()
     with user_errors():
-        result = retrain(**named, overrides=list(set_ or []),
-                         params_file=str(params.resolve()) if params else None)
+        result = outcome(retrain(**named, overrides=list(set_ or []), return_state=True,
+                                 params_file=str(params.resolve()) if params else None))
     result = {**result, "wall_seconds": time.perf_counter() - started}
     text = "\n" + render_summary(result)
     if result["status"] != "skipped":

@@ -51,13 +51,14 @@ def sweep(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt =
     with user_errors():
         check_inputs(p)
         check_space(p)
+    from pipelines.retrain import outcome
     from pipelines.sweep import sweep as sweep_flow
 
     started = time.perf_counter()
     with user_errors():
-        result = sweep_flow(**named, n_trials=trials, dask_address=dask_address,
-                            overrides=list(set_ or []),
-                            params_file=str(params.resolve()) if params else None)
+        result = outcome(sweep_flow(**named, n_trials=trials, dask_address=dask_address,
+                                    overrides=list(set_ or []), return_state=True,
+                                    params_file=str(params.resolve()) if params else None))
     result = {**result, "wall_seconds": time.perf_counter() - started}
     found = result["sweep"]
     text = ("\n" + render_markdown({**found, "trials": []}).rstrip()
