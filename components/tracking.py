@@ -45,8 +45,14 @@ def redact(value: Any) -> Any:
 
 
 def tracking_uri(params: Params) -> str:
-    """`MLFLOW_TRACKING_URI` if set, else `registry.tracking_uri`."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.registry.tracking_uri
+    """`MLFLOW_TRACKING_URI` if set, else `registry.tracking_uri`; a relative SQLite path
+    is made absolute from the working folder (MLflow caches a store by its URI, so one
+    process moving between projects must not reach the first project's database)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.registry.tracking_uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
+        return prefix + str(Path(uri[len(prefix):]).absolute())
+    return uri
 
 
 def get_client(params: Params) -> Any:

@@ -5,7 +5,7 @@ A stage's fingerprint is a hash of exactly what decides its output:
     something is, its content says what it is; nor, for the training stages,
     `model.num_threads`: threads decide how fast a model is trained, not which model, so a
     sweep trial trained on one thread and the same settings trained on two are one model),
-  - the source of the code files it declares,
+  - the source of the code it runs: the closure of its module's imports (closure.py),
   - the identity of each input it declares: the fingerprint of the stage that wrote it
     (trained models: retraining is not bit-reproducible across machines, and what made a
     model is what matters), or the content hash of a data folder (as DVC computes it),
@@ -56,7 +56,7 @@ class StageSpec:
     name: str
     summary: str
     params: tuple[str, ...] = ()
-    code: tuple[str, ...] = ()
+    extra_code: tuple[str, ...] = ()  # code it runs that no import names (see `stage_code`)
     deps: tuple[Dep, ...] = ()
     outs: tuple[str, ...] = ()
     always_changed: bool = False
@@ -72,7 +72,6 @@ class StageSpec:
         return () if self.is_off(params) else self.deps
 
 
-_MODEL_CODE = ("components/modeling.py", "components/pooling.py", "components/tagging.py")
 LABELED = "${paths.input}/labeled"
 UNLABELED = "${paths.input}/unlabeled"
 PREPARED = Dep("${paths.prepared}", "prepare", by_content=True)
@@ -83,58 +82,43 @@ SPECS: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec(
         "ingest", "copy the exact input bytes (labeled + unlabeled) into the project",
         params=("task.type", "data", "demo"),
-        code=("components/stages/ingest.py", "components/data.py", "components/token_data.py",
-              "components/demo.py"),
         outs=(LABELED, UNLABELED), always_changed=True),
     StageSpec(
         "prepare", "validate, quarantine, split",
         params=("task.type", "data"),
-        code=("components/stages/prepare.py", "components/data.py", "components/token_data.py"),
         deps=(Dep(LABELED, "ingest", by_content=True),), outs=("${paths.prepared}",)),
     StageSpec(
         "pretrain", "domain pretraining of the backbone, kept only if a linear probe on "
                     "frozen features says it helps (a marker when pretrain.enabled is off)",
         params=("model.name_or_path", "model.max_length", "model.pooling", "pretrain",
-                "finetune.linear_probe"),
-        code=("components/stages/pretrain.py", "components/pretrain", "components/data.py",
-              "components/finetune/linear_probe.py", "components/finetune/batching.py",
-              "components/finetune/validation.py", *_MODEL_CODE),
+                "finetune.linear_probe", "finetune.seed"),
         deps=(Dep(UNLABELED, "ingest", by_content=True), PREPARED),
         outs=("${paths.pretrained}",), switch="pretrain.enabled"),
     StageSpec(
         "finetune", "train the classifier; opens the MLflow run",
         params=("task", "model.name_or_path", "model.max_length", "model.pooling",
                 "model.device", "peft", "pretrain.enabled", "finetune"),
-        code=("components/stages/finetune.py", "components/finetune", *_MODEL_CODE),
         deps=(Dep(LABELED, "ingest", by_content=True), PREPARED,
               Dep("${paths.pretrained}", "pretrain")),
         outs=("${paths.model}",)),
     StageSpec(
         "compress", "distil into a student with fewer layers (a marker when off)",
         params=("compress", "finetune", "model.max_length", "evaluate.batch_size"),
-        code=("components/stages/compress.py", "components/compress.py", "components/finetune",
-              *_MODEL_CODE),
         deps=(MODEL, PREPARED, Dep(UNLABELED, "ingest", by_content=True)),
         outs=("${paths.compressed}",), switch="compress.enabled"),
     StageSpec(
         "evaluate", "score the shipped torch model (the student when compress is on)",
         params=("task.type", "evaluate", "compress.enabled"),
-        code=("components/stages/evaluate.py", "components/evaluate.py",
-              "components/token_eval.py", *_MODEL_CODE),
         deps=(MODEL, COMPRESSED, PREPARED), outs=("${paths.eval}",)),
     StageSpec(
         "export", "ONNX fp32 + int8 bundle, parity, size, latency",
         params=("task.type", "export", "evaluate.batch_size", "model.num_threads",
                 "compress.enabled"),
-        code=("components/stages/export.py", "components/export.py", "components/predictor.py",
-              "components/token_eval.py", *_MODEL_CODE),
         deps=(MODEL, COMPRESSED, PREPARED), outs=("${paths.export}",)),
     StageSpec(
         "gate", "judge the bundle against the rules and the re-scored @champion",
         params=("task.type", "gate", "evaluate", "export.latency_repeats",
                 "model.num_threads", "registry.model_name"),
-        code=("components/stages/gate.py", "components/gate.py", "components/predictor.py",
-              "components/evaluate.py", "components/token_gate.py", "components/tagging.py"),
         deps=(Dep("${paths.export}", "export"), PREPARED),
         outs=("${paths.gate}",), always_changed=True, persist=True,
         cmd_options=("--allow-reject",)),  # a rejected model is still registered
@@ -143,9 +127,10 @@ SPECS: dict[str, StageSpec] = {s.name: s for s in [
     # the same model a new version).
     StageSpec(
         "register", "register the version; move @champion or @challenger",
-        params=("gate", "registry.model_name"),
-        code=("components/stages/register.py", "components/registry.py",
-              "components/tracking.py"),
+        # the pyfunc wrapper bakes in its runtime settings; its code is loaded from a file
+        params=("gate", "registry.model_name", "serve.threads", "serve.max_batch",
+                "monitoring.confidence_bins"),
+        extra_code=("deploy/pyfunc_model.py",),
         deps=(Dep("${paths.gate}", "gate", identity=False), Dep("${paths.export}", "export"),
               Dep("${paths.eval}", "evaluate")),
         always_changed=True),
@@ -186,8 +171,15 @@ def param_values(keys: tuple[str, ...], params: Params) -> dict[str, Any]:
     return out
 
 
+def stage_code(name: str, root: Path = PROJECT_ROOT) -> tuple[str, ...]:
+    """The files stage `name` runs: its module's import closure and its `extra_code`."""
+    from components.stages.closure import code_closure, stage_module
+
+    return tuple(sorted({*code_closure(stage_module(name), root), *SPECS[name].extra_code}))
+
+
 def code_hash(paths: tuple[str, ...], root: Path = PROJECT_ROOT) -> str:
-    """Hash of the Python sources under the declared files and folders."""
+    """Hash of the sources of the given files (and of the Python files under folders)."""
     h = hashlib.sha256()
     for rel in paths:
         target = root / rel
@@ -210,18 +202,19 @@ def content_hash(path: Path) -> str:
     return data_version(path) if path.exists() else "missing"
 
 
-def fingerprint(name: str, params: Params, runtime: dict[str, Any] | None = None) -> str:
+def fingerprint(name: str, params: Params, runtime: dict[str, Any] | None = None,
+                root: Path = PROJECT_ROOT) -> str:
     """The fingerprint of stage `name` under `params` (see the module docstring).
 
     Upstream stages' fingerprints are computed from params and code alone, so the whole
     chain is known before anything runs; data folders are hashed as they are on disk.
     `runtime` adds inputs only the caller knows (the gate's champion).
     """
-    return _fingerprint(name, params, runtime or {}, {})
+    return _fingerprint(name, params, runtime or {}, {}, root)
 
 
 def _fingerprint(name: str, params: Params, runtime: dict[str, Any],
-                 memo: dict[str, str]) -> str:
+                 memo: dict[str, str], root: Path) -> str:
     if name in memo and not runtime:
         return memo[name]
     spec = SPECS[name]
@@ -229,10 +222,11 @@ def _fingerprint(name: str, params: Params, runtime: dict[str, Any],
         # A marker only: nothing else decides what the next stage starts from.
         return digest(name, off=True)
     inputs = {dep.path: (content_hash(resolve(dep.path, params)) if dep.by_content
-                         else _fingerprint(dep.stage, params, {}, memo))
+                         else _fingerprint(dep.stage, params, {}, memo, root))
               for dep in spec.active_deps(params) if dep.identity}
-    value = digest(name, params=param_values(spec.params, params), code=code_hash(spec.code),
-                   inputs=inputs, runtime=runtime)
+    value = digest(name, params=param_values(spec.params, params),
+                   code=code_hash(stage_code(name, root), root), inputs=inputs,
+                   runtime=runtime)
     if not runtime:
         memo[name] = value
     return value
@@ -253,7 +247,7 @@ def render_dvc_yaml() -> str:
     stages = {}
     for spec in SPECS.values():
         stage: dict[str, Any] = {"cmd": " ".join(("tuneline", spec.name, *spec.cmd_options))}
-        deps = [*spec.code, *(d.path for d in spec.deps)]
+        deps = [*stage_code(spec.name), *(d.path for d in spec.deps)]
         if deps:
             stage["deps"] = deps
         if spec.params:
