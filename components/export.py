@@ -12,7 +12,6 @@ returned, so the gate and the MLflow run can read them.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -336,12 +335,3 @@ def export_bundle(model_dir: str | Path, prepared_dir: str | Path, out_dir: str 
     trained, texts, y_true = load_with_test_split(model_dir, prepared_dir)
     return export_model(trained.model, trained.tokenizer, trained.labels, out_dir, params,
                         texts=texts, y_true=y_true, meta=trained.meta)
-
-
-def copy_served_files(bundle_dir: str | Path, dst: str | Path) -> Path:
-    """Copy the files a registered version carries (SERVED_FILES) into `dst`."""
-    dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in SERVED_FILES:
-        shutil.copy2(Path(bundle_dir) / name, dst / name)
-    return dst

@@ -27,15 +27,13 @@ class Strategy(ABC):
 
     Attributes:
         name: registry key, the value of `finetune.strategy`.
-        config_key: attribute of `FinetuneConfig` holding this strategy's section.
         uses_grad: False for forward-only (zeroth-order) strategies; the loop then never
             builds an autograd graph.
         dist: the ranks of the run; `step` receives the global batch and reads its own
             share of it (see distributed.py). One rank by default.
     """
 
-    name: ClassVar[str]
-    config_key: ClassVar[str]
+    name: ClassVar[str]  # also the `FinetuneConfig` section holding its settings
     uses_grad: ClassVar[bool] = True
 
     def __init__(
@@ -80,11 +78,9 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     """Class decorator: add `cls` to STRATEGIES under `cls.name`; duplicates are errors."""
     if cls.name in STRATEGIES:
         raise ValueError(f"strategy {cls.name!r} is already registered")
-    if cls.config_key not in strategy_names():
-        raise ValueError(f"strategy {cls.name!r}: finetune.{cls.config_key} is not a strategy "
+    if cls.name not in strategy_names():
+        raise ValueError(f"strategy {cls.name!r}: finetune.{cls.name} is not a strategy "
                          "section (a StrategySection field of FinetuneConfig)")
-    if cls.name != cls.config_key:
-        raise ValueError(f"strategy {cls.name!r}: its settings must live in finetune.{cls.name}")
     STRATEGIES[cls.name] = cls
     return cls
 
@@ -99,11 +95,11 @@ def build_strategy(cfg: FinetuneConfig, params: list[tuple[str, nn.Parameter]],
         raise ValueError(
             f"finetune.strategy: unknown strategy {cfg.strategy!r} (known: {known})"
         ) from None
-    section = getattr(cfg, cls.config_key)
+    section = getattr(cfg, cls.name)
     dist = dist or Dist()
     population = getattr(section, "population", None)
     if dist.active and population is not None and population < dist.world:
-        raise ValueError(f"finetune.{cls.config_key}.population ({population}) must be at "
+        raise ValueError(f"finetune.{cls.name}.population ({population}) must be at "
                          f"least the number of ranks ({dist.world}): ranks split it")
     strategy = cls(section, params, total_steps, cfg.seed)
     strategy.dist = dist

@@ -34,7 +34,6 @@ class CEMStrategy(ZerothOrderStrategy):
     """CEM with a diagonal Gaussian: `population` forwards a step, elite refit, std floor."""
 
     name = "cem"
-    config_key = "cem"
     splits_batch = False
 
     def __init__(self, cfg: CEMConfig, params: list[tuple[str, nn.Parameter]],

@@ -75,7 +75,6 @@ class AdamWStrategy(Strategy):
     """
 
     name = "adamw"
-    config_key = "adamw"
     uses_grad = True
 
     def __init__(self, cfg: AdamWConfig, params: list[tuple[str, nn.Parameter]],

@@ -320,7 +320,7 @@ def _guard_weights(model: nn.Module, step: int, root: Path, strategy: Strategy) 
 
 def _diverged(reason: str, model: nn.Module, root: Path, strategy: Strategy) -> None:
     latest = ckpt.latest_checkpoint(root)
-    hint = f"lower finetune.{strategy.config_key}.lr"
+    hint = f"lower finetune.{strategy.name}.lr"
     if latest is None:
         raise TrainingDiverged(f"training diverged: {reason}; no checkpoint to restore yet "
                                f"({hint} and train again)")

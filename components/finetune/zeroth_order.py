@@ -61,7 +61,7 @@ class ZerothOrderStrategy(Strategy):
         try:
             chosen = select_target(params, cfg.target, cfg.top_layers)
         except ValueError as exc:
-            raise ValueError(f"finetune.{self.config_key}.target: {exc}") from None
+            raise ValueError(f"finetune.{self.name}.target: {exc}") from None
         # Everything outside the target stays as it is for the whole run.
         freeze_outside(params, chosen)
         super().__init__(cfg, chosen, total_steps, seed)
@@ -210,7 +210,6 @@ class MeZOStrategy(ZerothOrderStrategy):
     """
 
     name = "mezo"
-    config_key = "mezo"
 
     def step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
              step: int) -> dict[str, float]:
@@ -268,7 +267,6 @@ class ZOSignStrategy(ZerothOrderStrategy):
     """ZO-sign: the MeZO estimate, but the step is lr * sign(g) * z (robust to loss scale)."""
 
     name = "zo_sign"
-    config_key = "zo_sign"
 
     def step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
              step: int) -> dict[str, float]:
@@ -312,7 +310,6 @@ class ESStrategy(ZerothOrderStrategy):
     """
 
     name = "es"
-    config_key = "es"
     splits_batch = False
 
     def step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
