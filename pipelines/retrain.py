@@ -60,10 +60,12 @@ def retrain(
             that runs the flow (a relative path starts at the project folder). params.yaml:
             paths.raw.
         strategy: How the weights move: adamw (gradients) or a zeroth-order method that
-            needs forward passes only (mezo, zo_sign, es). params.yaml: finetune.strategy.
+            needs forward passes only (mezo, zo_sign, es, cem). params.yaml:
+            finetune.strategy.
         peft_method: Which weights train: none (all of them), lora, ia3, prompt_tuning or
             prefix_tuning. params.yaml: peft.method.
-        pretrain: Masked-LM pretraining on unlabeled in-domain text before fine-tuning.
+        pretrain: Domain pretraining (pretrain.objective: masked LM or SimCSE) on unlabeled
+            in-domain text before fine-tuning, kept only if a linear probe says it helps.
             params.yaml: pretrain.enabled.
         max_steps: Fine-tuning steps (early stopping may end sooner). params.yaml:
             finetune.max_steps.

@@ -1,4 +1,5 @@
-"""Stage `evaluate`: the trained torch model scored on the test split."""
+"""Stage `evaluate`: the shipped torch model (the distilled student when compress is on)
+scored on the test split: the task's metrics, per-class scores, calibration."""
 
 from __future__ import annotations
 
