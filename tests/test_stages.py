@@ -13,7 +13,7 @@ from components.stages.spec import ORDER, SPECS
 from tests.conftest import tiny_overrides
 
 # One value each stage reads (and only it and the stages after it).
-READS = {"prepare": "data.min_chars=4", "finetune": "finetune.seed=7",
+READS = {"prepare": "data.min_chars=4", "finetune": "finetune.max_steps=7",
          "evaluate": "evaluate.ece_bins=9", "export": "export.latency_repeats=9",
          "gate": "gate.max_size_mb=9"}
 DOWNSTREAM = {"prepare": {"prepare", "pretrain", "finetune", "evaluate", "export", "gate",
