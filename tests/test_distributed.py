@@ -256,7 +256,7 @@ def test_every_rank_starts_from_the_backbone_the_pretrain_guard_kept(tmp_path, s
     from components import stages
     from components.finetune.distributed import launch
     from components.stages.base import stored_result
-    from components.stages.pretrain import starting_backbone
+    from components.stages.chain import starting_backbone
     from components.stages.spec import fingerprint
     from tests.test_pretrain_stage import DAMAGE
 

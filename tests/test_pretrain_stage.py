@@ -8,7 +8,7 @@ import json
 import pytest
 
 from components.pretrain import METRICS_FILE, judge
-from components.stages.pretrain import pretraining_texts, starting_backbone
+from components.stages.chain import pretraining_texts, starting_backbone
 from tests.conftest import tiny_rows
 from tests.test_modeling import _with
 

@@ -136,10 +136,13 @@ def project(tmp_path_factory, tiny_backbone_dir):
 
 
 def new_release(project, *extra: str):
-    """Params of a new release of the same model: another latency budget, a new identity."""
+    """Params of a new release of the same model (another latency budget, a new identity),
+    judged by the gate: what `register` needs."""
     project["counter"][0] += 1
-    return load_params(overrides=project["overrides"] + [
+    params = load_params(overrides=project["overrides"] + [
         f"gate.max_latency_p95_ms={5000 + project['counter'][0]}", *extra])
+    stages.gate(params)
+    return params
 
 
 # Every MLflow write of a passing registration, in order: the LoggedModel (create, upload,

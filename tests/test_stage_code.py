@@ -155,3 +155,12 @@ def test_tuneline_stages_shows_will_run_after_an_edit_to_a_module_prepare_import
     with open(root / "components" / "near_dup.py", "a") as fh:
         fh.write("\n# a changed comment is a changed module\n")
     assert state("prepare") == "will run"
+
+
+def test_no_stage_module_imports_another_stage():
+    """What one stage needs of another's output it asks components/stages/chain.py."""
+    stage_files = {f"components/stages/{name}.py" for name in ORDER}
+    for rel in stage_files:
+        imported = set(code_closure(rel))
+        # the closure follows imports transitively: no path leads to another stage
+        assert imported & stage_files == {rel}, (rel, sorted(imported & stage_files))

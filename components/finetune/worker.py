@@ -49,7 +49,7 @@ def stage_rank(params_file: str | None, overrides: list[str], resume: bool) -> N
     from components.config import load_params
     from components.finetune import distributed, train
     from components.stages.base import stored_result
-    from components.stages.pretrain import starting_backbone
+    from components.stages.chain import starting_backbone
     from components.stages.spec import fingerprint
 
     params = load_params(params_file, overrides)

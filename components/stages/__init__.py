@@ -8,6 +8,7 @@ returns a StageResult.
 """
 
 from components.stages.base import StageResult, StaleInputError
+from components.stages.chain import PretrainMissingError
 from components.stages.compress import compress
 from components.stages.evaluate import evaluate
 from components.stages.export import export
@@ -15,7 +16,7 @@ from components.stages.finetune import finetune
 from components.stages.gate import gate
 from components.stages.ingest import check_inputs, ingest
 from components.stages.prepare import prepare
-from components.stages.pretrain import PretrainMissingError, pretrain
+from components.stages.pretrain import pretrain
 from components.stages.register import find_registered, register
 from components.stages.spec import ORDER, SPECS, fingerprint, release_fingerprint
 from components.stages.version import (

@@ -13,10 +13,6 @@ from components.stages.base import StageResult, run_stage
 MARKER = "compress.json"
 
 
-def shipped_model_dir(params: Params) -> Path:
-    """The model folder evaluate and export read: the student when compression is on."""
-    return Path(params.paths.compressed if params.compress.enabled else params.paths.model)
-
 
 def compress(params: Params, *, force: bool = False) -> StageResult:
     """Write the distilled student to `paths.compressed` (its numbers go to the model's run)."""
@@ -27,8 +23,7 @@ def compress(params: Params, *, force: bool = False) -> StageResult:
             return {"enabled": False}
         from components import tracking
         from components.compress import distill
-        from components.stages.finetune import model_run_id
-        from components.stages.pretrain import pretraining_texts
+        from components.stages.chain import model_run_id, pretraining_texts
 
         unlabeled, source, _ = pretraining_texts(params)  # minus validation/test texts
         unlabeled = [] if source == "the prepared train split" else unlabeled

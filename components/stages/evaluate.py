@@ -7,7 +7,7 @@ from typing import Any
 
 from components.config import Params
 from components.stages.base import StageResult, run_stage
-from components.stages.compress import shipped_model_dir
+from components.stages.chain import shipped_model_dir
 
 
 def evaluate(params: Params, *, force: bool = False) -> StageResult:

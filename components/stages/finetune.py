@@ -19,11 +19,9 @@ from typing import Any
 
 from components.config import PROJECT_ROOT, Params
 from components.io import atomic_write_json, atomic_write_text, read_json
-from components.stages.base import StageResult, run_stage, stored_result
-from components.stages.pretrain import starting_backbone
+from components.stages.base import StageResult, run_stage
+from components.stages.chain import RUN_FILE, pretrain_scalars, run_tags, starting_backbone
 from components.stages.spec import fingerprint
-
-RUN_FILE = "mlflow_run_id.txt"  # beside the checkpoints: a resumed run logs to the same run
 
 
 def finetune(params: Params, *, resume: bool = False, force: bool = False,
@@ -124,47 +122,8 @@ def _resumed_run(params: Params, checkpoints: Path) -> str | None:
     return run_id
 
 
-def run_tags(params: Params, model_fingerprint: str) -> dict[str, str]:
-    """Lineage tags of a model's MLflow run (besides `tracking.lineage_tags`)."""
-    from components.stages.ingest import snapshot_versions
-
-    data = snapshot_versions(params)
-    pretrained = pretrain_record(params)
-    backbone = "original"
-    if pretrained.get("backbone") == "adapted":
-        backbone = f"adapted by {pretrained['objective']} pretraining"
-    guard = {"pretrain_guard": pretrained["reason"]} if "reason" in pretrained else {}
-    return {"model_fingerprint": model_fingerprint, "raw_source": str(params.paths.raw),
-            "start_backbone": backbone, **guard,
-            **{k: str(v) for k, v in data.items() if v is not None}}
 
 
-def pretrain_record(params: Params) -> dict[str, Any]:
-    """The pretrain stage's result behind the current chain ({} when pretraining is off)."""
-    if not params.pretrain.enabled:
-        return {}
-    return stored_result(Path(params.paths.pretrained), fingerprint("pretrain", params)) or {}
-
-
-def pretrain_scalars(params: Params) -> dict[str, float]:
-    """The pretrain stage's numbers (held-out losses, the guard's probe scores) for the run."""
-    result = pretrain_record(params)
-    if not result:
-        return {}
-    out = {k: v for k, v in result.items() if isinstance(v, int | float)
-           and not isinstance(v, bool) and k.startswith(("heldout_loss", "train_seconds"))}
-    for when in ("before", "after"):
-        for key, value in result.get(f"probe_{when}", {}).items():
-            if key in ("accuracy", "macro_f1", "loss"):
-                out[f"probe_{when}_{key}"] = value
-    out["adapted_backbone_kept"] = float(result.get("backbone") == "adapted")
-    return out
-
-
-def model_run_id(params: Params) -> str | None:
-    """The MLflow run of the model now in `paths.model` (None when it is not current)."""
-    record = stored_result(Path(params.paths.model), fingerprint("finetune", params))
-    return None if record is None else record.get("mlflow_run_id")
 
 
 def describe(m: dict[str, Any]) -> str:

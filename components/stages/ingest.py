@@ -21,6 +21,7 @@ from components.config import Params
 from components.data_io import DataValidationError, md5_file
 from components.io import atomic_dir, read_json
 from components.stages.base import StageResult, write_metrics
+from components.stages.chain import snapshot_versions
 from components.stages.spec import LABELED, UNLABELED, fingerprint, resolve
 
 log = logging.getLogger("tuneline.stages")
@@ -111,22 +112,3 @@ def _snapshot(source: Path | None, folder: Path, stem: str) -> bool:
             shutil.copyfile(source, tmp / wanted)
     return True
 
-
-def snapshot_file(folder: Path) -> Path | None:
-    """The one file of a snapshot folder, None when it is empty."""
-    files = sorted(p for p in Path(folder).iterdir() if p.is_file()) if folder.is_dir() else []
-    if len(files) > 1:
-        raise DataValidationError(f"{folder} should hold one file, holds {len(files)}")
-    return files[0] if files else None
-
-
-def snapshot_versions(params: Params) -> dict[str, Any]:
-    """Content hashes of the input snapshots (what MLflow records and restore fetches)."""
-    from components.data_io import data_version
-
-    labeled_dir, unlabeled_dir = resolve(LABELED, params), resolve(UNLABELED, params)
-    file = snapshot_file(labeled_dir)
-    return {"input_version": data_version(labeled_dir) if labeled_dir.is_dir() else None,
-            "unlabeled_version": (data_version(unlabeled_dir) if unlabeled_dir.is_dir()
-                                  else None),
-            "raw_data_hash": md5_file(file) if file else None}

@@ -8,7 +8,7 @@ from typing import Any
 from components.config import Params
 from components.data_io import DataValidationError
 from components.stages.base import StageResult, run_stage
-from components.stages.ingest import snapshot_file
+from components.stages.chain import snapshot_file
 from components.stages.spec import LABELED, resolve
 
 

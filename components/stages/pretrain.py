@@ -19,17 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Params
-from components.io import atomic_dir, atomic_write_json, read_json
+from components.io import atomic_dir, atomic_write_json
 from components.stages.base import StageResult, run_stage
-from components.stages.ingest import snapshot_file
-from components.stages.spec import UNLABELED, resolve
+from components.stages.chain import PRETRAIN_MARKER as MARKER
+from components.stages.chain import pretraining_texts
 
-MARKER = "pretrain_metrics.json"
 log = logging.getLogger("tuneline.stages")
 
-
-class PretrainMissingError(FileNotFoundError):
-    """pretrain.enabled is true but the pretrain stage's output is not there."""
 
 
 def pretrain(params: Params, *, force: bool = False, logger: Any = None) -> StageResult:
@@ -84,39 +80,6 @@ def _write_marker(out: Path, content: dict[str, Any]) -> None:
         atomic_write_json(tmp / MARKER, content)
 
 
-def starting_backbone(params: Params) -> Path | None:
-    """The backbone folder fine-tuning starts from: the adapted one, or None (the original
-    `model.name_or_path`) when pretraining is off or its guard kept the original.
-
-    Raises:
-        PretrainMissingError: pretraining is on but its output is not there.
-    """
-    if not params.pretrain.enabled:
-        return None
-    folder = Path(params.paths.pretrained)
-    if (folder / "config.json").exists():
-        return folder
-    marker = folder / MARKER
-    if marker.exists() and read_json(marker).get("backbone") == "original":
-        return None
-    raise PretrainMissingError(f"pretrain.enabled is true but {folder} holds no backbone "
-                               "(run `tuneline pretrain` first)")
-
-
-def pretraining_texts(params: Params) -> tuple[list[str], str, int]:
-    """(texts, where they came from, how many were dropped): the unlabeled snapshot minus
-    any text of the validation or test split, else the train split's texts."""
-    from components.data import normalize_text
-    from components.data_io import load_texts, load_unlabeled
-
-    unlabeled = snapshot_file(resolve(UNLABELED, params))
-    if unlabeled is None:
-        return load_texts(params.paths.prepared, "train"), "the prepared train split", 0
-    heldout = {normalize_text(t) for split in ("validation", "test")
-               for t in load_texts(params.paths.prepared, split)}
-    texts = load_unlabeled(unlabeled)
-    kept = [t for t in texts if normalize_text(t) not in heldout]
-    return kept, str(unlabeled), len(texts) - len(kept)
 
 
 def describe(result: dict[str, Any]) -> str:

@@ -3,8 +3,9 @@
 Its identity (the release fingerprint, a version tag) is the chain of fingerprints up to
 the export plus the gate's rules, so registering twice what nothing changed is a no-op
 that names the existing version, whoever calls it (`tuneline run`, `tuneline register`,
-`dvc repro`). Before a version is created the verdict is brought up to date: if the
-champion moved since the gate ran, the gate runs again against the new one.
+`dvc repro`). A version is created only from a verdict on this bundle against the current
+champion (`chain.current_verdict`); the `tuneline register` verb and the flows run the
+gate first, which reuses its verdict while the champion it judged against has not moved.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from components.config import Params
 from components.io import read_json
 from components.stages.base import StageResult, check_inputs_current, write_metrics
+from components.stages.chain import current_verdict
 from components.stages.spec import fingerprint, release_fingerprint
 
 log = logging.getLogger("tuneline.stages")
@@ -69,10 +71,9 @@ def register(params: Params, *, force: bool = False) -> StageResult:
 def _register_new(params: Params, release: str) -> dict[str, Any]:
     from components import tracking
     from components.registry import publish
-    from components.stages.gate import gate
 
     check_inputs_current("register", params)
-    verdict = gate(params).result  # reused unless the champion moved since it ran
+    verdict = current_verdict(params)
     run_id = _model_run(params)
     _log_metrics(params, run_id)
     # A run can be registered more than once (same model, other export or gate settings):
@@ -102,7 +103,7 @@ def _model_run(params: Params) -> str:
     from mlflow.exceptions import MlflowException
 
     from components import tracking
-    from components.stages.finetune import model_run_id, run_tags
+    from components.stages.chain import model_run_id, run_tags
 
     run_id = model_run_id(params)
     if run_id is not None:

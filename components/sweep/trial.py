@@ -148,7 +148,7 @@ def _record_run(params: Params, plan: SweepPlan, folder: Path, record: dict[str,
     """Give the trial's MLflow run its outcome; make one when training never opened it (a
     reused record, a failure before training)."""
     from components import tracking
-    from components.stages.finetune import RUN_FILE
+    from components.stages.chain import RUN_FILE
 
     client = tracking.get_client(params)
     started = folder / "checkpoints" / RUN_FILE

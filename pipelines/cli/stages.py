@@ -143,8 +143,16 @@ def register(force: ForceOpt = False, as_json: JsonOpt = False, output: OutputOp
              params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Register the bundle as a model version with full lineage; move the aliases.
 
-    Exits 4 when the version's verdict is a rejection (it is @challenger).
+    Runs the gate first when this release is not registered yet (it reuses its verdict
+    unless @champion moved). Exits 4 when the version's verdict is a rejection (it is
+    @challenger).
     """
+    from components.stages import find_registered
+
+    p = params_or_exit(params, set_)
+    with user_errors():
+        if find_registered(p) is None:
+            _run("gate", params, set_)
     done = _run("register", params, set_, force)
     emit(done.result, "", as_json=as_json, output=output)  # the stage logged its line
     exit_for_verdict(done["passed"], "the gate rejected it; see `tuneline models show "
