@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install run test test-fast lint repro bench ui serve clean
+.PHONY: install run test test-fast lint docs repro bench ui serve clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test-fast: install  ## tests without the slow and integration ones
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+docs: install  ## regenerate the reference pages, then build the docs site (fails on a broken link)
+	$(PY) tools/render_docs.py
+	$(VENV)/bin/mkdocs build --strict
 
 repro: install  ## the same pipeline without Prefect: dvc repro, then push the data
 	dvc repro
