@@ -451,7 +451,16 @@ class ScheduleConfig(Section):
     sensor_interval_s: int = Field(600, ge=10)
     dedupe_s: int = Field(3600, ge=0)
     when_busy: Literal["wait", "skip"] = "wait"
+    slot_ttl_s: float = Field(300, gt=0)
+    slot_renew_s: float = Field(30, gt=0)
     runs_at_once: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _renewed_before_expiry(self) -> ScheduleConfig:
+        if self.slot_renew_s >= self.slot_ttl_s:
+            raise ValueError("slot_renew_s must be < slot_ttl_s (a third of it or less "
+                             "lets a renewal or two fail without losing the slot)")
+        return self
 
 
 class UIConfig(Section):

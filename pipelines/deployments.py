@@ -24,7 +24,6 @@ from typing import Any
 
 from components.config import DEFAULT_PARAMS, PROJECT_ROOT, Params
 from pipelines.events import data_changed_trigger
-from pipelines.limits import ensure_limit
 from pipelines.promote import promote, rollback
 from pipelines.retrain import retrain
 from pipelines.sensor import watch_data
@@ -114,7 +113,6 @@ def deploy_to_pool(params: Params, pool: str, params_file: Path | None = None,
     """
     from prefect import Flow, deploy
 
-    ensure_limit(params)
     deployments = [
         _to_deployment(Flow.from_source(source=str(PROJECT_ROOT), entrypoint=spec["entrypoint"]),
                        spec)
@@ -128,7 +126,6 @@ def serve_deployments(params: Params, params_file: Path | None = None,
     """Register the deployments and run their flow runs here until interrupted."""
     from prefect import serve
 
-    ensure_limit(params)
     serve(*build_deployments(params, params_file, overrides), limit=limit)
 
 

@@ -27,7 +27,7 @@ from components.config import (
 )
 from components.registry import is_complete
 from pipelines import tasks
-from pipelines.limits import RetrainBusy, one_retrain_per_model
+from pipelines.limits import RetrainBusy, RetrainSlot, one_retrain_per_model
 from pipelines.quiet import quiet_libraries
 from pipelines.reporting import publish_artifacts, summarize
 
@@ -52,8 +52,9 @@ def retrain(
     """Run the whole chain; returns a summary (model version, verdict, what was reused).
 
     One run per model at a time (pipelines/limits.py): a second one waits, or ends in a
-    Skipped state saying why when `schedule.when_busy` is `skip`. Each parameter left
-    empty (None) takes its value from params.yaml.
+    Skipped state saying why when `schedule.when_busy` is `skip`; a run that lost the
+    model's slot fails before its next stage. Each parameter left empty (None) takes its
+    value from params.yaml.
 
     Args:
         data_path: CSV, JSONL or Parquet file with text and label columns, on the machine
@@ -83,8 +84,8 @@ def retrain(
         max_steps=max_steps, nproc=nproc) + list(overrides or []))
     logger = get_run_logger()
     try:
-        with one_retrain_per_model(params, logger):
-            result = _run_stages(params)
+        with one_retrain_per_model(params, logger) as slot:
+            result = _run_stages(params, slot)
     except RetrainBusy as busy:
         logger.warning("SKIPPED: %s", busy)
         return Completed(name="Skipped", message=str(busy), data={
@@ -117,18 +118,23 @@ def outcome(state: State) -> dict[str, Any]:
     return result
 
 
-def _run_stages(params: Params) -> dict[str, Any]:
+def _run_stages(params: Params, slot: RetrainSlot) -> dict[str, Any]:
     """Every stage as a task, in order; stops after `version` when a version exists."""
     timings: dict[str, float] = {}
     tasks.STAGE_SECONDS.set(timings)
-    done = {"ingest": tasks.ingest(params), "prepare": tasks.prepare(params),
-            "version": tasks.version_data(params)}
-    existing = tasks.find_registered(params)
+
+    def step(name: str, task: Any) -> Any:
+        slot.check(name)  # a run that lost the slot stops before it writes anything more
+        return task(params)
+
+    done = {"ingest": step("ingest", tasks.ingest), "prepare": step("prepare", tasks.prepare),
+            "version": step("version-data", tasks.version_data)}
+    existing = step("find-registered", tasks.find_registered)
     if existing is not None:
         if not is_complete(existing["tags"]):  # finish a registration that stopped half-way
-            done["register"] = tasks.register(params)
+            done["register"] = step("register", tasks.register)
         return {**summarize(params, done, unchanged=existing), "stage_seconds": timings}
     for name in ("pretrain", "finetune", "compress", "evaluate", "export", "gate", "register"):
-        done[name] = getattr(tasks, name)(params)
+        done[name] = step(name, getattr(tasks, name))
     return {**summarize(params, done), "stage_seconds": timings,
             "verdict": done["gate"].result}

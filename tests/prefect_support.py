@@ -80,6 +80,12 @@ class Proc:
     def tail(self, chars: int = 3000) -> str:
         return f"--- {self.log.name}\n{self.log.read_text(errors='replace')[-chars:]}"
 
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once: a crash, no shutdown."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=30)
+
     def stop(self) -> None:
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -230,16 +236,48 @@ class ProjectServer:
 
 
 @contextlib.contextmanager
-def tiny_project_server(tmp_path: Path, backbone: Path) -> Iterator[ProjectServer]:
+def tiny_project_server(tmp_path: Path, backbone: Path, extra: list[str] | None = None
+                        ) -> Iterator[ProjectServer]:
     """Write the tiny project, start a Prefect server on a free port, yield once healthy."""
-    params_file = write_tiny_project(tmp_path, backbone)
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = base_env(tmp_path, PREFECT_API_URL=api_url)
-    server = Proc([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                   str(port)], env, tmp_path, tmp_path / "server.log")
-    api = PrefectAPI(api_url)
+    params_file = write_tiny_project(tmp_path, backbone, extra)
+    env = base_env(tmp_path, PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api")
+    server = start_prefect_server(tmp_path, env)
     with running(server):
+        yield ProjectServer(params_file, env, server, PrefectAPI(env["PREFECT_API_URL"]))
+
+
+def start_prefect_server(tmp_path: Path, env: dict[str, str], log: str = "server.log") -> Proc:
+    """`prefect server start` on the port of env's PREFECT_API_URL, its database under env's
+    PREFECT_HOME (so a second one started the same way is the first one restarted);
+    returns once it answers."""
+    port = str(httpx.URL(env["PREFECT_API_URL"]).port)
+    server = Proc([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                   port], env, tmp_path, tmp_path / log)
+    api = PrefectAPI(env["PREFECT_API_URL"])
+    try:
         wait_for(lambda: answers(api.http, "/health"), SERVER_TIMEOUT_S, "the server",
                  [server])
-        yield ProjectServer(params_file, env, server, api)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def hold_slot(params_file: str, cue: str) -> None:
+    """Run in a subprocess: take the model's retrain slot as a retrain does, print HOLDING,
+    and once the file `cue` exists check the slot as before a stage (RetrainSlotLost ends
+    the process with status 1) and print STILL HOLDING."""
+    import logging
+
+    from pipelines.limits import one_retrain_per_model
+
+    logger = logging.getLogger("slot-holder")  # to stdout only (no flow run to log to)
+    logger.addHandler(logging.StreamHandler(sys.stdout))
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    with one_retrain_per_model(load_params(params_file), logger) as slot:
+        print("HOLDING", flush=True)
+        while not Path(cue).exists():
+            time.sleep(0.05)
+        slot.check("register")
+        print("STILL HOLDING", flush=True)

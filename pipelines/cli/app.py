@@ -35,7 +35,8 @@ EXIT_MEANINGS = {
     ExitCode.USAGE: "bad input or params, an unknown version, a stage input missing or stale",
     ExitCode.DIVERGED: "training diverged (a non-finite loss); nothing was registered",
     ExitCode.REJECTED: "the gate rejected the model: it is @challenger, @champion did not move",
-    ExitCode.BUSY: "another run holds this model or project folder: nothing was done",
+    ExitCode.BUSY: ("another run holds this model or project folder (or took the model's slot "
+                    "over mid-run): nothing was registered"),
     ExitCode.SERVICE: "MLflow, the DVC remote or the Prefect server failed or refused",
 }
 EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{c.value} {text}" for c, text in
@@ -111,8 +112,8 @@ def params_or_exit(params: Path | None, overrides: list[str] | None, **named: ob
 def user_errors() -> Iterator[None]:
     """Turn the errors a user can fix into one line on stderr and an ExitCode: bad input,
     stale or missing outputs, an unknown version (USAGE); a diverged run (DIVERGED); a
-    rejection that params turn into a failed run (REJECTED); a busy project (BUSY); MLflow
-    or the DVC remote failing (SERVICE)."""
+    rejection that params turn into a failed run (REJECTED); a busy project, or a run that
+    lost its model's slot (BUSY); MLflow or the DVC remote failing (SERVICE)."""
     from components.data_io import DataValidationError
     from components.stages import DataRemoteError, DataVersionError, StaleInputError
     from components.stages.lock import ProjectBusy
@@ -129,6 +130,8 @@ def user_errors() -> Iterator[None]:
             FileNotFoundError, LookupError) as exc:
         fail(str(exc).strip("'\""))
     except (ValueError, RuntimeError) as exc:
+        if type(exc).__name__ == "RetrainSlotLost":  # pipelines/limits.py (imports prefect)
+            fail(str(exc), code=ExitCode.BUSY)
         # The components' own errors name the problem; anything else is a bug: traceback.
         if not type(exc).__module__.startswith("components"):
             raise
