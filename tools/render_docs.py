@@ -66,10 +66,7 @@ def _param_row(param: Any) -> str:
     else:
         names = ", ".join(f"`{o}`" for o in [*param.opts, *param.secondary_opts])
     default = param.default
-    if callable(default) or default in (None, False, (), []):
-        shown = ""
-    else:
-        shown = f"`{default}`"
+    shown = "" if callable(default) or default in (None, False, (), []) else f"`{default}`"
     return f"| {names} | {_clean(getattr(param, 'help', '') or '')} | {shown} |"
 
 
