@@ -140,7 +140,9 @@ def test_reference(bundle_dir: str | Path, prepared_dir: str | Path, params: Par
 
 def log_release_model(client: Any, params: Params, run_id: str, bundle_dir: str | Path,
                       prepared_dir: str | Path | None = None, *, release: str,
-                      reports: dict[str, Path] | None = None) -> dict[str, Any]:
+                      reports: dict[str, Path] | None = None,
+                      metrics: dict[str, float] | None = None,
+                      dataset: dict[str, Any] | None = None) -> dict[str, Any]:
     """The bundle as an MLflow 3 LoggedModel of its own: one per release, never rewritten.
 
     Each release gets a new LoggedModel (its own artifact folder), so registering the same
@@ -153,6 +155,8 @@ def log_release_model(client: Any, params: Params, run_id: str, bundle_dir: str 
     `paths.prepared`); without a test split the version gets none and the server exports
     the live distributions without a PSI. `reports` ({artifact folder: local folder}, e.g.
     the gate's verdict and the test report) travel with the model under `reports/`.
+    `metrics` (the test scores) are logged on the LoggedModel itself, measured on `dataset`
+    (a `tracking.dataset_refs` entry: its name and digest link them to the test split).
 
     Returns:
         {"source": artifact URI for the model version, "model_id", "tags": version tags to
@@ -189,6 +193,10 @@ def log_release_model(client: Any, params: Params, run_id: str, bundle_dir: str 
                 if Path(src).is_dir():
                     shutil.copytree(src, folder / "reports" / name)
             client.log_model_artifacts(model.model_id, str(folder))
+        for key, value in (metrics or {}).items():
+            client.log_metric(run_id, key, value, model_id=model.model_id,
+                              dataset_name=(dataset or {}).get("name"),
+                              dataset_digest=(dataset or {}).get("digest"))
     except BaseException:
         with contextlib.suppress(Exception):  # best effort: the original error matters
             client.finalize_logged_model(model.model_id, "FAILED")

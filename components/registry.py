@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,7 @@ def _verdict_tags(verdict: dict[str, Any]) -> dict[str, str]:
 def publish(params: Params, run_id: str, bundle_dir: str | Path,
             verdict: dict[str, Any], tags: dict[str, str] | None = None,
             prepared_dir: str | Path | None = None,
-            reports: dict[str, Path] | None = None) -> dict[str, Any]:
+            reports: dict[str, Path] | None = None, **model_extras: Any) -> dict[str, Any]:
     """Register the bundle as a new version of `registry.model_name` and move aliases.
 
     Gate passed: the old @champion becomes @previous, the new version @champion.
@@ -103,6 +104,7 @@ def publish(params: Params, run_id: str, bundle_dir: str | Path,
     Args:
         tags: version tags; `release_fingerprint` names the release (one LoggedModel each).
         reports: {name: local folder} logged with the model under `reports/`.
+        model_extras: `metrics` and their `dataset` for the LoggedModel (`log_release_model`).
 
     Returns:
         {"version", "passed", "sha256", "model_id", "aliases": {alias: version},
@@ -121,7 +123,7 @@ def publish(params: Params, run_id: str, bundle_dir: str | Path,
     _ensure_registered_model(client, name)
     release = tags.get("release_fingerprint") or f"run-{run_id}-{_now()}"
     model = log_release_model(client, params, run_id, bundle_dir, prepared_dir,
-                              release=release, reports=reports)
+                              release=release, reports=reports, **model_extras)
     sha = sha256_file(bundle_dir / INT8_MODEL)
     run = client.get_run(run_id)
     # The run's lineage, not what earlier registrations of the same run wrote on it.
@@ -335,6 +337,29 @@ def download_bundle(params: Params, ref: str, dst: str | Path) -> tuple[str, Pat
                                        f"not match the version tag {expected}")
         verify_bundle(tmp, [f for f in SERVED_FILES if f != "manifest.json"])
     return version, dst
+
+
+def model_card(params: Params, ref: str) -> str:
+    """The model card a version carries (Markdown), with its version number filled in.
+
+    Raises:
+        LookupError: unknown version, or a version registered before cards existed.
+    """
+    import mlflow
+
+    client = get_client(params)
+    version = resolve_ref(params, ref)
+    mv = _get_version(client, params.registry.model_name, version)
+    path = (mv.tags or {}).get("model_card")
+    if not path:
+        raise LookupError(f"{params.registry.model_name} v{version} has no model card "
+                          "(registered before cards existed)")
+    with tempfile.TemporaryDirectory(prefix="tuneline-card-") as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{mv.source}/{path}", dst_path=tmp, tracking_uri=tracking_uri(params))
+        text = Path(local).read_text()
+    first, _, rest = text.partition("\n")
+    return f"{first} v{version}\n{rest}" if first.startswith("# Model card") else text
 
 
 def champion_ref(params: Params) -> dict[str, str] | None:

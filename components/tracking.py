@@ -15,6 +15,7 @@ Typical use by the orchestration:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -89,6 +90,64 @@ def lineage_tags(params: Params, prepared_dir: str | Path | None) -> dict[str, s
 
         tags["data_version"] = data_version(prepared_dir)
     return tags
+
+
+SPLITS = ("train", "validation", "test")
+
+
+def dataset_refs(params: Params, prepared_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """{split: {"name", "digest", "source", "rows"}} of the prepared splits: the digest is the
+    md5 DVC stores the file under, the source names the DVC remote and the folder's hash, so
+    the exact rows can be fetched back (`tuneline data restore`)."""
+    from components.data_io import data_version, md5_file
+
+    folder = Path(prepared_dir)
+    version = data_version(folder)
+    remote = _dvc_remote_url()
+    refs = {}
+    for split in SPLITS:
+        path = folder / f"{split}.jsonl"
+        if not path.exists():
+            continue
+        with open(path, "rb") as fh:
+            rows = sum(1 for _ in fh)
+        refs[split] = {"name": f"{params.registry.model_name}-{split}",
+                       "digest": md5_file(path), "rows": rows,
+                       "source": json.dumps({"dvc_remote": redact(remote),
+                                             "data_version": version,
+                                             "path": f"{split}.jsonl"})}
+    return refs
+
+
+def log_datasets(params: Params, run_id: str, prepared_dir: str | Path,
+                 client: Any | None = None) -> dict[str, dict[str, Any]]:
+    """Log the prepared splits as the run's dataset inputs (context train / validation /
+    test); MLflow keeps one entry per (name, digest), so logging again adds nothing."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    refs = dataset_refs(params, prepared_dir)
+    schema = json.dumps({"mlflow_colspec": [
+        {"name": params.data.text_column, "type": "string"},
+        {"name": params.data.label_column, "type": "string"}]})
+    inputs = [DatasetInput(Dataset(ref["name"], ref["digest"], "dvc", ref["source"],
+                                   schema=schema, profile=json.dumps({"num_rows": ref["rows"]})),
+                           tags=[InputTag("mlflow.data.context", split)])
+              for split, ref in refs.items()]
+    (client or get_client(params)).log_inputs(run_id, datasets=inputs)
+    return refs
+
+
+def _dvc_remote_url() -> str:
+    """The default DVC remote's URL of the project ("" without one)."""
+    try:
+        from dvc.repo import Repo
+
+        with Repo() as repo:  # the project the working folder is in
+            config = repo.config
+            name = config["core"].get("remote")
+            return str(config["remote"][name]["url"]) if name else ""
+    except Exception:  # noqa: BLE001 — a name in the lineage, never a reason to fail
+        return ""
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:

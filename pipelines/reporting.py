@@ -55,8 +55,10 @@ def summarize(params: Params, done: dict[str, StageResult], *,
     }
 
 
-def publish_artifacts(result: dict[str, Any], verdict: dict[str, Any]) -> None:
-    """Gate report (Markdown), metrics table and MLflow ids as Prefect artifacts."""
+def publish_artifacts(result: dict[str, Any], verdict: dict[str, Any],
+                      card: str | None = None) -> None:
+    """Gate report (Markdown), metrics table, MLflow ids and the version's model card as
+    Prefect artifacts."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     from components.gate import render_verdict
@@ -68,6 +70,9 @@ def publish_artifacts(result: dict[str, Any], verdict: dict[str, Any]) -> None:
     create_table_artifact(rows, key="retrain-metrics", description="Test and export metrics")
     create_markdown_artifact(render_summary(result), key="model-version",
                              description="MLflow run and registered model version")
+    if card:
+        create_markdown_artifact(card, key="model-card",
+                                 description="The version's model card")
 
 
 def render_summary(result: dict[str, Any]) -> str:

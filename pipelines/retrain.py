@@ -25,7 +25,7 @@ from components.config import (
     named_overrides,
     strategy_names,
 )
-from components.registry import is_complete
+from components.registry import is_complete, model_card
 from pipelines import tasks
 from pipelines.limits import RetrainBusy, RetrainSlot, one_retrain_per_model
 from pipelines.quiet import quiet_libraries
@@ -94,7 +94,8 @@ def retrain(
     result["flow_seconds"] = time.perf_counter() - started
     if result["status"] == "unchanged":
         return result
-    publish_artifacts(result, result.pop("verdict"))
+    publish_artifacts(result, result.pop("verdict"),
+                      card=model_card(params, result["version"]))
     if not result["gate_passed"]:
         logger.warning("NOT PROMOTED: %s", "; ".join(result["gate_reasons"]))
         if params.gate.fail_run_on_reject:  # a failed run, not a crash: no traceback

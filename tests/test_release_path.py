@@ -311,3 +311,38 @@ def test_exit_codes_are_documented_in_help():
     for code in ExitCode:
         assert code in EXIT_MEANINGS and f"{code.value} " in out
         assert f"| {code.value} | {EXIT_MEANINGS[code]} |" in docs
+
+
+# ---------------------------------------------------------------------------- what a version carries
+
+
+def test_a_version_carries_its_card_datasets_and_model_metrics(project):
+    """Read back through the MLflow client: the LoggedModel's metrics name the test split,
+    the run's dataset inputs carry the DVC digests, the card travels with the version."""
+    from components.data_io import data_version, md5_file
+
+    params = load_params(overrides=project["overrides"])
+    client = registry.get_client(params)
+    mv = client.get_model_version(params.registry.model_name, "1")
+
+    card = registry.model_card(params, "1")
+    assert card.startswith(f"# Model card: {params.registry.model_name} v1\n")
+    for section in ("## Intended use", "## Data", "## Metrics on the test split", "## Gate",
+                    "## Limitations", "## Lineage"):
+        assert section in card
+    assert data_version(params.paths.prepared) in card
+
+    inputs = client.get_run(mv.run_id).inputs.dataset_inputs
+    by_context = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
+                  for d in inputs}
+    assert set(by_context) == {"train", "validation", "test"}
+    test_set = by_context["test"]
+    assert test_set.digest == md5_file(Path(params.paths.prepared) / "test.jsonl")
+    assert json.loads(test_set.source)["data_version"] == data_version(params.paths.prepared)
+
+    model = client.get_logged_model(mv.model_id)
+    metrics = {m.key: m for m in model.metrics}
+    assert {"test_accuracy", "test_macro_f1", "test_ece"} <= set(metrics)
+    assert metrics["test_accuracy"].dataset_digest == test_set.digest
+    report = json.loads((Path(params.paths.eval) / "report.json").read_text())
+    assert metrics["test_accuracy"].value == pytest.approx(report["accuracy"])

@@ -11,12 +11,14 @@ gate first, which reuses its verdict while the champion it judged against has no
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from components.config import Params
 from components.io import read_json
+from components.model_card import CARD_FILE, CARD_FOLDER
 from components.stages.base import StageResult, check_inputs_current, write_metrics
 from components.stages.chain import current_verdict
 from components.stages.spec import fingerprint, release_fingerprint
@@ -76,18 +78,55 @@ def _register_new(params: Params, release: str) -> dict[str, Any]:
     verdict = current_verdict(params)
     run_id = _model_run(params)
     _log_metrics(params, run_id)
+    datasets = tracking.log_datasets(params, run_id, params.paths.prepared)
+    test_report = read_json(Path(params.paths.eval) / "report.json")
     # A run can be registered more than once (same model, other export or gate settings):
     # each version keeps the params it was released with.
     config = f"release/{release}/params.yaml"
     tracking.log_params_file(params, run_id, config)
-    published = publish(params, run_id, params.paths.export, verdict,
-                        tags={"release_fingerprint": release, "params_hash": params.hash(),
-                              "params_artifact": config, **_shipped_tags(params),
-                              "gate_decision": verdict_decision(verdict)},
-                        reports={"eval": Path(params.paths.eval),
-                                 "gate": Path(params.paths.gate)})
+    tags = {"release_fingerprint": release, "params_hash": params.hash(),
+            "params_artifact": config, **_shipped_tags(params),
+            "gate_decision": verdict_decision(verdict),
+            "model_card": f"reports/{CARD_FOLDER}/{CARD_FILE}"}
+    with tempfile.TemporaryDirectory(prefix="tuneline-card-") as tmp:
+        card = Path(tmp) / CARD_FOLDER
+        card.mkdir()
+        (card / CARD_FILE).write_text(_card(params, run_id, verdict, test_report, tags))
+        published = publish(
+            params, run_id, params.paths.export, verdict, tags=tags,
+            reports={"eval": Path(params.paths.eval), "gate": Path(params.paths.gate),
+                     CARD_FOLDER: card},
+            metrics={f"test_{k}": float(test_report[k]) for k in ("accuracy", "macro_f1",
+                                                                 "entity_f1", "ece")
+                     if isinstance(test_report.get(k), int | float)},
+            dataset=datasets.get("test"))
     return {**published, "run_id": run_id, "release_fingerprint": release, "unchanged": False,
             "repaired": False}
+
+
+def _card(params: Params, run_id: str, verdict: dict[str, Any], report: dict[str, Any],
+          tags: dict[str, str]) -> str:
+    """The release's model card (see components/model_card.py)."""
+    from components import tracking
+    from components.export import PARITY_FILE
+    from components.model_card import render_model_card
+
+    run_tags = tracking.get_client(params).get_run(run_id).data.tags
+    lineage = {**{k: v for k, v in run_tags.items() if not k.startswith("mlflow.")},
+               **tracking.lineage_tags(params, params.paths.prepared),
+               **{k: v for k, v in tags.items() if k in ("release_fingerprint",
+                                                         "shipped_model")}}
+    parity_file = Path(params.paths.export) / PARITY_FILE
+    data_report = Path(params.paths.prepared) / "report.json"
+    return render_model_card(
+        name=params.registry.model_name, version=None, task=params.task.type,
+        data=read_json(data_report) if data_report.exists() else {}, report=report,
+        parity=read_json(parity_file) if parity_file.exists() else {}, verdict=verdict,
+        lineage=lineage,
+        training={"strategy": params.finetune.strategy, "PEFT method": params.peft.method,
+                  "backbone": params.model.name_or_path,
+                  "max steps": params.finetune.max_steps,
+                  "max length": params.model.max_length})
 
 
 def _shipped_tags(params: Params) -> dict[str, str]:

@@ -51,13 +51,16 @@ def models(ctx: typer.Context,
 
 @models_app.command("show")
 def show(version: Annotated[str, typer.Argument(help="Version number or alias.")],
+         card: Annotated[bool, typer.Option(
+             "--card", help="Print the version's model card (Markdown) instead.")] = False,
          params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """The full lineage of VERSION: data hashes, code, params (diff vs @champion), verdict."""
     from components.lineage import describe_version
+    from components.registry import model_card
 
     p = params_or_exit(params, set_)
     with user_errors():
-        typer.echo(describe_version(p, version).rstrip())
+        typer.echo((model_card(p, version) if card else describe_version(p, version)).rstrip())
 
 
 @app.command("promote")
