@@ -463,6 +463,12 @@ class ScheduleConfig(Section):
         return self
 
 
+class NotifyConfig(Section):
+    webhook_url: str = ""
+    events: list[Literal["promoted", "rejected", "rolled-back", "retrain-failed"]] = Field(
+        default_factory=lambda: ["rejected", "rolled-back", "retrain-failed"])
+
+
 class UIConfig(Section):
     host: str = "127.0.0.1"
     prefect_port: int = Field(4200, ge=1, le=65535)
@@ -620,6 +626,7 @@ class Params(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
     ui: UIConfig = Field(default_factory=UIConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
 

@@ -113,12 +113,16 @@ def deploy_to_pool(params: Params, pool: str, params_file: Path | None = None,
     """
     from prefect import Flow, deploy
 
+    from pipelines.events import ensure_notifications
+
     deployments = [
         _to_deployment(Flow.from_source(source=str(PROJECT_ROOT), entrypoint=spec["entrypoint"]),
                        spec)
         for spec in deployment_specs(params, params_file, overrides)]
-    return [str(i) for i in deploy(*deployments, work_pool_name=pool, build=False, push=False,
-                                   print_next_steps_message=False)]
+    ids = [str(i) for i in deploy(*deployments, work_pool_name=pool, build=False, push=False,
+                                  print_next_steps_message=False)]
+    ensure_notifications(params)
+    return ids
 
 
 def serve_deployments(params: Params, params_file: Path | None = None,
@@ -126,7 +130,11 @@ def serve_deployments(params: Params, params_file: Path | None = None,
     """Register the deployments and run their flow runs here until interrupted."""
     from prefect import serve
 
-    serve(*build_deployments(params, params_file, overrides), limit=limit)
+    from pipelines.events import ensure_notifications
+
+    deployments = build_deployments(params, params_file, overrides)
+    ensure_notifications(params)
+    serve(*deployments, limit=limit)
 
 
 def _params_path(params_file: Path | None) -> str:

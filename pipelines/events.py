@@ -71,3 +71,94 @@ def data_changed_trigger(params: Params) -> Any:
         within=timedelta(seconds=params.schedule.dedupe_s),
         parameters={"data_path": "{{ event.payload.file }}"},
     )
+
+
+# ---------------------------------------------------------------------------- model outcomes
+
+MODEL_EVENT_PREFIX = "tuneline.model."
+MODEL_OUTCOMES = ("promoted", "rejected", "rolled-back")
+NOTIFY_BLOCK = "tuneline-notify"
+
+
+def model_event(params: Params, outcome: str, version: str, *, reasons: list[str] | None = None,
+                by: str = "", moves: list[str] | None = None) -> dict[str, Any]:
+    """The fields of `tuneline.model.<outcome>`: the resource is the registered model."""
+    if outcome not in MODEL_OUTCOMES:
+        raise ValueError(f"unknown model outcome {outcome!r}; one of {MODEL_OUTCOMES}")
+    name = params.registry.model_name
+    return {"event": MODEL_EVENT_PREFIX + outcome,
+            "resource": {"prefect.resource.id": f"{MODEL_EVENT_PREFIX}{name}",
+                         "prefect.resource.name": name, "tuneline.model.version": str(version)},
+            "payload": {"model": name, "version": str(version), "reasons": list(reasons or []),
+                        "moves": list(moves or []), "by": by}}
+
+
+def emit_model_event(params: Params, outcome: str, version: str, **detail: Any) -> None:
+    """Announce a promotion, rejection or rollback to the Prefect API (a notification, an
+    automation or a dashboard can react); a failure to send is logged, never raised: the
+    registry already holds the outcome."""
+    try:
+        from prefect.events import emit_event
+
+        if emit_event(**model_event(params, outcome, version, **detail)) is None:
+            raise RuntimeError("the events client is not running")
+    except Exception as exc:  # noqa: BLE001 — see the docstring
+        logging.getLogger("tuneline.events").warning(
+            "%s%s v%s was not announced: %s", MODEL_EVENT_PREFIX, outcome, version, exc)
+
+
+def notification_automations(params: Params, block_id: Any) -> list[Any]:
+    """The automations `tuneline deploy` keeps: one per `notify.events` entry, each sending
+    the notification block (a webhook POST) when it happens."""
+    from prefect.automations import Automation
+    from prefect.events.actions import SendNotification
+    from prefect.events.schemas.automations import EventTrigger
+
+    out = []
+    for what in params.notify.events:
+        if what == "retrain-failed":
+            trigger = EventTrigger(
+                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+                match_related={"prefect.resource.role": "flow",
+                               "prefect.resource.name": "retrain"},
+                posture="Reactive", threshold=1, within=timedelta(0))
+            subject = "tuneline: a retrain run failed"
+            body = ("retrain run {{ flow_run.name }} ended {{ flow_run.state.name }}: "
+                    "{{ flow_run.state.message }}")
+        else:
+            trigger = EventTrigger(
+                expect={MODEL_EVENT_PREFIX + what},
+                match={"prefect.resource.id": f"{MODEL_EVENT_PREFIX}{params.registry.model_name}"},
+                posture="Reactive", threshold=1, within=timedelta(0))
+            subject = f"tuneline: {params.registry.model_name} {what}"
+            body = ("{{ event.event }}: {{ event.payload.model }} v{{ event.payload.version }} "
+                    "{{ event.payload.reasons | join('; ') }} {{ event.payload.by }}")
+        out.append(Automation(
+            name=f"tuneline notify: {params.registry.model_name} {what}",
+            description=f"POST to notify.webhook_url when {what}",
+            trigger=trigger,
+            actions=[SendNotification(block_document_id=block_id, subject=subject, body=body)]))
+    return out
+
+
+def ensure_notifications(params: Params) -> list[str]:
+    """Save the webhook block and (re)create the notification automations; remove them all
+    when `notify.webhook_url` is empty. Returns the automations' names."""
+    from prefect.automations import Automation
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.client.orchestration import get_client
+
+    prefix = f"tuneline notify: {params.registry.model_name} "
+    with get_client(sync_client=True) as client:
+        for existing in client.read_automations():
+            if existing.name.startswith(prefix):
+                client.delete_automation(existing.id)
+    if not params.notify.webhook_url:
+        return []
+    block = CustomWebhookNotificationBlock(
+        name=NOTIFY_BLOCK, url=params.notify.webhook_url, method="POST",
+        json_data={"subject": "{{subject}}", "text": "{{body}}"},
+        allow_private_urls=True)  # the URL is the operator's (params.yaml), often in-cluster
+    block_id = block.save(NOTIFY_BLOCK, overwrite=True)
+    created = [a.create() for a in notification_automations(params, block_id)]
+    return [a.name for a in created if isinstance(a, Automation)]

@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from components.config import load_params
+from pipelines.events import emit_model_event
 from pipelines.limits import one_retrain_per_model
 
 
@@ -46,6 +47,8 @@ def promote(version: Annotated[int, Field(ge=1)], reason: Annotated[str, Field(m
         result = promote_version(params, str(version), reason, by=_who(requested_by))
     logger.info("promoted %s v%s by hand: %s", params.registry.model_name, result["version"],
                 ", ".join(result["moves"]))
+    emit_model_event(params, "promoted", result["version"], reasons=[reason],
+                     moves=result["moves"], by=_who(requested_by))
     return result
 
 
@@ -68,4 +71,6 @@ def rollback(reason: Annotated[str, Field(min_length=1)], requested_by: str = ""
         result = rollback_champion(params, reason, by=_who(requested_by))
     logger.info("rolled back %s: v%s -> v%s (%s)", params.registry.model_name,
                 result["demoted"], result["version"], ", ".join(result["moves"]))
+    emit_model_event(params, "rolled-back", result["version"], reasons=[reason],
+                     moves=result["moves"], by=_who(requested_by))
     return result

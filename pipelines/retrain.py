@@ -27,6 +27,7 @@ from components.config import (
 )
 from components.registry import is_complete, model_card
 from pipelines import tasks
+from pipelines.events import emit_model_event
 from pipelines.limits import RetrainBusy, RetrainSlot, one_retrain_per_model
 from pipelines.quiet import quiet_libraries
 from pipelines.reporting import publish_artifacts, summarize
@@ -96,6 +97,9 @@ def retrain(
         return result
     publish_artifacts(result, result.pop("verdict"),
                       card=model_card(params, result["version"]))
+    emit_model_event(params, "promoted" if result["gate_passed"] else "rejected",
+                     result["version"], reasons=result["gate_reasons"],
+                     moves=result.get("moves", []), by="the gate")
     if not result["gate_passed"]:
         logger.warning("NOT PROMOTED: %s", "; ".join(result["gate_reasons"]))
         if params.gate.fail_run_on_reject:  # a failed run, not a crash: no traceback

@@ -313,7 +313,7 @@ def test_exit_codes_are_documented_in_help():
         assert f"| {code.value} | {EXIT_MEANINGS[code]} |" in docs
 
 
-# ---------------------------------------------------------------------------- what a version carries
+# ---------------------------------------------------------------- what a version carries
 
 
 def test_a_version_carries_its_card_datasets_and_model_metrics(project):
