@@ -1,16 +1,16 @@
-"""Where a model came from: the code commit, and the lineage a registry version carries.
+"""Where a model came from: the lineage a registry version carries, as `tuneline models
+show` prints it (the tags themselves are written by tracking.py and the stages).
 
 Importable without torch (the serving process and the registry CLI use it).
 """
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from components.config import PROJECT_ROOT, Params
+from components.config import Params
 
 # (tag, what it is) in the order `tuneline models show` prints them.
 LINEAGE_TAGS = (
@@ -28,18 +28,6 @@ LINEAGE_TAGS = (
     ("backbone", "backbone"),
 )
 
-
-def git_commit(root: Path = PROJECT_ROOT) -> str:
-    """HEAD commit of the project (suffixed "-dirty" with uncommitted changes), or "unknown"."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True, timeout=10,
-                               check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{sha}-dirty" if dirty else sha
 
 
 def version_params(params: Params, row: dict[str, Any]) -> dict[str, str]:

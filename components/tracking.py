@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from components.config import Params
+from components.config import PROJECT_ROOT, Params
 
 LOCAL_SCHEMES = ("sqlite:", "file:")
 MAX_PARAM_CHARS = 6000  # MLflow rejects longer param values
@@ -78,10 +79,21 @@ def ensure_experiment(params: Params, client: Any | None = None) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
+def git_commit(root: Path = PROJECT_ROOT) -> str:
+    """HEAD commit of the project (suffixed "-dirty" with uncommitted changes), or "unknown"."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
 def lineage_tags(params: Params, prepared_dir: str | Path | None) -> dict[str, str]:
     """git commit, DVC-style data hash, params hash, strategy, PEFT method, backbone."""
-    from components.lineage import git_commit
-
     tags = {"git_commit": git_commit(), "params_hash": params.hash(),
             "strategy": params.finetune.strategy, "peft_method": params.peft.method,
             "backbone": params.model.name_or_path}
