@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from components.config import load_params
+from pipelines.guard import check_deployment_request
 from pipelines.limits import one_retrain_per_model
 
 
@@ -40,6 +41,7 @@ def promote(version: Annotated[int, Field(ge=1)], reason: Annotated[str, Field(m
     """
     from components.registry import promote as promote_version
 
+    check_deployment_request(None, params_file)
     params = load_params(params_file or None)
     logger = get_run_logger()
     with one_retrain_per_model(params, logger, when_busy="wait"):
@@ -62,6 +64,7 @@ def rollback(reason: Annotated[str, Field(min_length=1)], requested_by: str = ""
     """
     from components.registry import rollback as rollback_champion
 
+    check_deployment_request(None, params_file)
     params = load_params(params_file or None)
     logger = get_run_logger()
     with one_retrain_per_model(params, logger, when_busy="wait"):
