@@ -475,6 +475,11 @@ class UIConfig(Section):
     mlflow_port: int = Field(5000, ge=1, le=65535)
     start_timeout_s: float = Field(120, gt=0)
     auth_db: Path = Path("mlflow-auth.db")
+    allowed_overrides: list[str] = Field(default_factory=lambda: [
+        "finetune.*", "peft.*", "pretrain.*", "compress.*", "model.*", "gate.*",
+        "schedule.when_busy"])
+    max_nproc: int = Field(2, ge=1)
+    data_roots: list[Path] = Field(default_factory=list)
 
 
 class SearchRange(Section):

@@ -12,17 +12,22 @@ it at deploy time, so the form shows a dropdown set to `adamw` rather than a
 (`enforce_parameter_schema`).
 
 `serve_deployments` registers them with the Prefect server (PREFECT_API_URL) and executes
-their runs in this process; `deploy_to_pool` registers them on a work pool instead.
+their runs in this process; `deploy_to_pool` registers them on a work pool instead. Either
+way the runs learn the params file and overrides the deployments were made with (in their
+environment), and check a request from the form or an event against them
+(components/remote_runs.py): the form's values are not trusted with the runner's rights.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 from components.config import DEFAULT_PARAMS, PROJECT_ROOT, Params
+from components.remote_runs import deployed_with
 from pipelines.events import data_changed_trigger
 from pipelines.promote import promote, rollback
 from pipelines.retrain import retrain
@@ -87,11 +92,12 @@ def deployment_specs(params: Params, params_file: Path | None = None,
     ]
 
 
-def _to_deployment(flow: Any, spec: dict[str, Any]) -> Any:
+def _to_deployment(flow: Any, spec: dict[str, Any],
+                   job_variables: dict[str, Any] | None = None) -> Any:
     deployment = flow.to_deployment(
         name=spec["name"], schedules=spec.get("schedules"), triggers=spec.get("triggers"),
         parameters=spec["parameters"], tags=["tuneline"], description=spec["description"],
-        enforce_parameter_schema=True)
+        enforce_parameter_schema=True, job_variables=job_variables)
     schema = deployment._parameter_openapi_schema
     plain = form_schema(schema.model_dump(), spec["parameters"])
     deployment._parameter_openapi_schema = type(schema).model_validate(plain)
@@ -115,9 +121,10 @@ def deploy_to_pool(params: Params, pool: str, params_file: Path | None = None,
 
     from pipelines.events import ensure_notifications
 
+    record = {"env": deployed_with(_params_path(params_file), overrides)}
     deployments = [
         _to_deployment(Flow.from_source(source=str(PROJECT_ROOT), entrypoint=spec["entrypoint"]),
-                       spec)
+                       spec, record)
         for spec in deployment_specs(params, params_file, overrides)]
     ids = [str(i) for i in deploy(*deployments, work_pool_name=pool, build=False, push=False,
                                   print_next_steps_message=False)]
@@ -134,6 +141,7 @@ def serve_deployments(params: Params, params_file: Path | None = None,
 
     deployments = build_deployments(params, params_file, overrides)
     ensure_notifications(params)
+    os.environ.update(deployed_with(_params_path(params_file), overrides))  # runs inherit it
     serve(*deployments, limit=limit)
 
 

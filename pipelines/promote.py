@@ -19,6 +19,7 @@ from pydantic import Field
 
 from components.config import load_params
 from pipelines.events import emit_model_event
+from pipelines.guard import check_deployment_request
 from pipelines.limits import one_retrain_per_model
 
 
@@ -41,6 +42,7 @@ def promote(version: Annotated[int, Field(ge=1)], reason: Annotated[str, Field(m
     """
     from components.registry import promote as promote_version
 
+    check_deployment_request(None, params_file)
     params = load_params(params_file or None)
     logger = get_run_logger()
     with one_retrain_per_model(params, logger, when_busy="wait"):
@@ -65,6 +67,7 @@ def rollback(reason: Annotated[str, Field(min_length=1)], requested_by: str = ""
     """
     from components.registry import rollback as rollback_champion
 
+    check_deployment_request(None, params_file)
     params = load_params(params_file or None)
     logger = get_run_logger()
     with one_retrain_per_model(params, logger, when_busy="wait"):

@@ -28,6 +28,7 @@ from components.config import (
 from components.registry import is_complete, model_card
 from pipelines import tasks
 from pipelines.events import emit_model_event
+from pipelines.guard import check_deployment_request
 from pipelines.limits import RetrainBusy, RetrainSlot, one_retrain_per_model
 from pipelines.quiet import quiet_libraries
 from pipelines.reporting import publish_artifacts, summarize
@@ -59,8 +60,8 @@ def retrain(
 
     Args:
         data_path: CSV, JSONL or Parquet file with text and label columns, on the machine
-            that runs the flow (a relative path starts at the project folder). params.yaml:
-            paths.raw.
+            that runs the flow (a relative path starts at the project folder); from a
+            deployment, inside the project folder or ui.data_roots. params.yaml: paths.raw.
         strategy: How the weights move: adamw (gradients) or a zeroth-order method that
             needs forward passes only (mezo, zo_sign, es, cem). params.yaml:
             finetune.strategy.
@@ -73,16 +74,19 @@ def retrain(
             finetune.max_steps.
         nproc: Fine-tune as this many processes (ranks) under torchrun on the machine that
             runs the flow: data-parallel for adamw, seed-shared for the zeroth-order
-            strategies. params.yaml: finetune.nproc.
+            strategies; from a deployment, at most ui.max_nproc. params.yaml: finetune.nproc.
         overrides: More params.yaml values, one key.path=value each, applied last, e.g.
-            finetune.adamw.lr=1e-4 or gate.compare=non_inferiority.
-        params_file: The params.yaml to read (empty: the project's).
+            finetune.adamw.lr=1e-4 or gate.compare=non_inferiority. A run started from a
+            deployment may change only the keys in ui.allowed_overrides.
+        params_file: The params.yaml to read (empty: the project's); from a deployment,
+            one inside the project folder.
     """
     started = time.perf_counter()
     quiet_libraries()
-    params = load_params(params_file or None, named_overrides(
-        data_path=data_path, strategy=strategy, peft_method=peft_method, pretrain=pretrain,
-        max_steps=max_steps, nproc=nproc) + list(overrides or []))
+    sets = named_overrides(strategy=strategy, peft_method=peft_method, pretrain=pretrain,
+                           max_steps=max_steps, nproc=nproc) + list(overrides or [])
+    check_deployment_request(sets, params_file, data_path)
+    params = load_params(params_file or None, named_overrides(data_path=data_path) + sets)
     logger = get_run_logger()
     try:
         with one_retrain_per_model(params, logger) as slot:

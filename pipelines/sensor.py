@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 from components.config import load_params
 from components.data_io import md5_file
 from components.stages.ingest import ensure_demo
+from pipelines.guard import check_deployment_request
 
 
 def data_changed(params_file: str | None = None, overrides: list[str] | None = None
@@ -41,6 +42,7 @@ def watch_data(params_file: str | None = None, overrides: list[str] | None = Non
                ) -> dict[str, Any]:
     from pipelines.events import emit_data_changed
 
+    check_deployment_request(overrides, params_file)
     state = data_changed(params_file or None, overrides)
     logger = get_run_logger()
     if not state["changed"]:

@@ -26,6 +26,7 @@ from components import sweep as sweeps
 from components.config import Params, load_params, named_overrides
 from components.sweep import SweepPlan
 from pipelines import tasks
+from pipelines.guard import check_deployment_request
 from pipelines.quiet import quiet_libraries
 from pipelines.retrain import PeftName, StrategyName, outcome, rejected_state, retrain
 
@@ -128,8 +129,10 @@ def sweep(
     quiet_libraries()
     named = {"data_path": data_path, "strategy": strategy, "peft_method": peft_method,
              "pretrain": pretrain, "max_steps": max_steps}
-    sets = named_overrides(**named, n_trials=n_trials, dask_address=dask_address)
-    params = load_params(params_file, sets + list(overrides or []))
+    sets = named_overrides(**{**named, "data_path": None}, n_trials=n_trials,
+                           dask_address=dask_address) + list(overrides or [])
+    check_deployment_request(sets, params_file, data_path)
+    params = load_params(params_file, named_overrides(data_path=data_path) + sets)
     for stage in (tasks.ingest, tasks.prepare, tasks.version_data, tasks.pretrain):
         stage(params)
     plan = open_sweep(params)
