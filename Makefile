@@ -33,8 +33,9 @@ test-fast: install  ## tests without the slow and integration ones
 lint: install
 	$(VENV)/bin/ruff check .
 
-docs: install  ## regenerate the reference pages, then build the docs site (fails on a broken link)
+docs: install  ## regenerate the reference pages and the benchmark table, then build the docs site (fails on a broken link)
 	$(PY) tools/render_docs.py
+	$(PY) tools/render_bench.py
 	$(VENV)/bin/mkdocs build --strict
 
 repro: install  ## the same pipeline without Prefect: dvc repro, then push the data
