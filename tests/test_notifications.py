@@ -72,7 +72,7 @@ def test_promotion_rejection_and_failed_retrain_are_posted_to_the_webhook(tmp_pa
             promoted = next(t for t in hook.texts() if "promoted" in t)
             assert "tuneline-classifier v1" in promoted and "the gate" in promoted
 
-            cli("run", "--set", "gate.max_size_mb=0.001", "--set",  # v2: rejected, run failed
+            cli("run", "--set", "gate.max_size_mb=0.001",           # v2: rejected, run failed
                 "--set", "gate.fail_run_on_reject=true", code=4)
             wait_for(lambda: any("tuneline.model.rejected" in t for t in hook.texts())
                      and any("failed" in b.get("subject", "") for b in hook.bodies), 120,

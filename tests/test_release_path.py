@@ -340,7 +340,7 @@ def test_a_version_carries_its_card_datasets_and_model_metrics(project):
     assert test_set.digest == md5_file(Path(params.paths.prepared) / "test.jsonl")
     assert json.loads(test_set.source)["data_version"] == data_version(params.paths.prepared)
 
-    model = client.get_logged_model(mv.model_id)
+    model = client.get_logged_model(mv.tags["model_id"])
     metrics = {m.key: m for m in model.metrics}
     assert {"test_accuracy", "test_macro_f1", "test_ece"} <= set(metrics)
     assert metrics["test_accuracy"].dataset_digest == test_set.digest

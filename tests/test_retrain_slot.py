@@ -18,7 +18,7 @@ import time
 import httpx
 import pytest
 
-from components.config import load_params
+from components.config import PROJECT_ROOT, load_params
 from pipelines.limits import RetrainBusy, one_retrain_per_model
 from tests.prefect_support import (
     BIN,
@@ -41,7 +41,10 @@ def _slot_params(ttl: float = TTL) -> list[str]:
 
 
 def _python(code: str, project, name: str) -> Proc:
-    return Proc([sys.executable, "-c", code], project.env, project.params_file.parent,
+    # the project folder on the path: the holder imports tests.prefect_support
+    env = {**project.env, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(PROJECT_ROOT), project.env.get("PYTHONPATH", "")) if p)}
+    return Proc([sys.executable, "-c", code], env, project.params_file.parent,
                 project.params_file.parent / f"{name}.log")
 
 
