@@ -117,8 +117,11 @@ def notification_automations(params: Params, block_id: Any) -> list[Any]:
     out = []
     for what in params.notify.events:
         if what == "retrain-failed":
+            # By state type: the event's name is the state's (a rejection is "Rejected").
             trigger = EventTrigger(
-                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+                expect={"prefect.flow-run.*"},
+                match={"prefect.resource.id": "prefect.flow-run.*",
+                       "prefect.state-type": ["FAILED", "CRASHED"]},
                 match_related={"prefect.resource.role": "flow",
                                "prefect.resource.name": "retrain"},
                 posture="Reactive", threshold=1, within=timedelta(0))

@@ -74,9 +74,15 @@ def test_promotion_rejection_and_failed_retrain_are_posted_to_the_webhook(tmp_pa
 
             cli("run", "--set", "gate.max_size_mb=0.001",           # v2: rejected, run failed
                 "--set", "gate.fail_run_on_reject=true", code=4)
-            wait_for(lambda: any("tuneline.model.rejected" in t for t in hook.texts())
-                     and any("failed" in b.get("subject", "") for b in hook.bodies), 120,
-                     "the rejection's and the failed run's notifications", [server])
+            try:
+                wait_for(lambda: any("tuneline.model.rejected" in t for t in hook.texts()), 120,
+                         "the rejection's notification", [server])
+                wait_for(lambda: any("failed" in b.get("subject", "") for b in hook.bodies),
+                         120, "the failed run's notification", [server])
+            except AssertionError as exc:
+                seen = [e["event"] for pre in ("tuneline.", "prefect.flow-run.")
+                        for e in api.events(pre)]
+                raise AssertionError(f"{exc}\nposted: {hook.bodies}\nevents: {seen}") from None
             rejected = next(t for t in hook.texts() if "tuneline.model.rejected" in t)
             assert "v2" in rejected and "max_size" in rejected
             events = {e["event"] for e in api.events("tuneline.model.")}
