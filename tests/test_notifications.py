@@ -84,7 +84,7 @@ def test_promotion_rejection_and_failed_retrain_are_posted_to_the_webhook(tmp_pa
                         for e in api.events(pre)]
                 raise AssertionError(f"{exc}\nposted: {hook.bodies}\nevents: {seen}") from None
             rejected = next(t for t in hook.texts() if "tuneline.model.rejected" in t)
-            assert "v2" in rejected and "max_size" in rejected
+            assert "v2" in rejected and "size_mb" in rejected
             events = {e["event"] for e in api.events("tuneline.model.")}
             assert {"tuneline.model.promoted", "tuneline.model.rejected"} <= events
 
