@@ -50,8 +50,10 @@ def params_diff(params: Params, row: dict[str, Any], other: dict[str, Any]
             if ours.get(k) != theirs.get(k)]
 
 
-def describe_version(params: Params, ref: str) -> str:
-    """The lineage of a version as text: data, code, params vs @champion, gate verdict.
+def version_lineage(params: Params, ref: str) -> dict[str, Any]:
+    """What `tuneline models show` reports about a version, as data: its aliases, gate
+    verdict, test metrics, lineage tags, every tag, and the params that differ from
+    @champion's (`params_diff`: None when there is no other @champion to compare with).
 
     Raises:
         LookupError: unknown version or alias.
@@ -59,37 +61,62 @@ def describe_version(params: Params, ref: str) -> str:
     from components.registry import CHAMPION, get_alias_version, list_versions, resolve_ref
 
     version = resolve_ref(params, ref)
-    row = next((r for r in list_versions(params) if r["version"] == version), None)
+    rows = list_versions(params)
+    row = next((r for r in rows if r["version"] == version), None)
     if row is None:
         raise LookupError(f"{params.registry.model_name} has no version {version}")
     tags = row["tags"]
-    aliases = " ".join("@" + a for a in row["aliases"]) or "no alias"
-    verdict = {"true": "PASSED", "false": "REJECTED"}.get(tags.get("gate_passed", ""), "?")
-    lines = [f"{params.registry.model_name} v{version} ({aliases}), registered "
-             f"{tags.get('registered_at', row['created'])}, MLflow run {row['run_id']}",
+    champion = get_alias_version(params, CHAMPION)
+    other = next((r for r in rows if r["version"] == champion and champion != version), None)
+    diff = params_diff(params, row, other) if other is not None else None
+    return {"model": params.registry.model_name, "version": version,
+            "aliases": row["aliases"], "run_id": row["run_id"],
+            "registered_at": tags.get("registered_at", row["created"]),
+            "gate_passed": {"true": True, "false": False}.get(tags.get("gate_passed", "")),
+            "test": {k[5:]: v for k, v in sorted(tags.items()) if k.startswith("test_")},
+            "lineage": {tag: tags.get(tag) for tag, _ in LINEAGE_TAGS},
+            "champion": champion, "tags": tags,
+            "params_diff": None if diff is None else [
+                {"key": key, "value": ours, "champion": theirs} for key, ours, theirs in diff]}
+
+
+def describe_version(params: Params, ref: str) -> str:
+    """The lineage of a version as text: data, code, params vs @champion, gate verdict.
+
+    Raises:
+        LookupError: unknown version or alias.
+    """
+    return render_lineage(version_lineage(params, ref))
+
+
+def render_lineage(info: dict[str, Any]) -> str:
+    """`version_lineage`'s answer as the text `tuneline models show` prints."""
+    tags, version = info["tags"], info["version"]
+    aliases = " ".join("@" + a for a in info["aliases"]) or "no alias"
+    verdict = {True: "PASSED", False: "REJECTED"}.get(info["gate_passed"], "?")
+    lines = [f"{info['model']} v{version} ({aliases}), registered {info['registered_at']}, "
+             f"MLflow run {info['run_id']}",
              f"gate: {tags.get('gate_decision') or verdict + ' ' + tags.get('gate_reasons', '')}",
-             "test: " + ", ".join(f"{k[5:]} {v}" for k, v in sorted(tags.items())
-                                  if k.startswith("test_")), "lineage:"]
-    lines += [f"  {what:<42} {tags.get(tag, '-')}" for tag, what in LINEAGE_TAGS]
+             "test: " + ", ".join(f"{k} {v}" for k, v in info["test"].items()), "lineage:"]
+    lines += [f"  {what:<42} {info['lineage'][tag] or '-'}" for tag, what in LINEAGE_TAGS]
     if tags.get("promotion") == "manual":
         lines.append(f"manual promotion by {tags.get('promoted_by')} at "
                      f"{tags.get('promoted_at')}: {tags.get('promotion_reason')}")
     if tags.get("rolled_back_at"):
         lines.append(f"rolled back by {tags.get('rolled_back_by', '?')} at "
                      f"{tags['rolled_back_at']}: {tags.get('rollback_reason', '-')}")
-    lines += _champion_diff(params, row, get_alias_version(params, CHAMPION), list_versions)
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _champion_lines(info)) + "\n"
 
 
-def _champion_diff(params: Params, row: dict[str, Any], champion: str | None,
-                   list_versions: Any) -> list[str]:
+def _champion_lines(info: dict[str, Any]) -> list[str]:
+    champion, diff = info["champion"], info["params_diff"]
     if champion is None:
         return ["params: no @champion to compare with"]
-    if champion == row["version"]:
+    if champion == info["version"]:
         return ["params: this version is the @champion"]
-    other = next(r for r in list_versions(params) if r["version"] == champion)
-    diff = params_diff(params, row, other)
+    if diff is None:
+        return [f"params: @champion v{champion} is not among the versions"]
     if not diff:
         return [f"params: identical to @champion v{champion}'s"]
     return [f"params that differ from @champion v{champion} (this | champion):"] + [
-        f"  {key:<42} {ours} | {theirs}" for key, ours, theirs in diff]
+        f"  {d['key']:<42} {d['value']} | {d['champion']}" for d in diff]

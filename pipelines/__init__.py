@@ -13,3 +13,15 @@ for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS":
                      "PREFECT_LOGGING_EXTRA_LOGGERS": "tuneline",
                      "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(_key, _value)
+
+DISTRIBUTION = "tuneline"  # [project] name in pyproject.toml
+
+
+def package_version() -> str:
+    """The installed version of the tuneline package (from its metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"

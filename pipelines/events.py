@@ -1,12 +1,12 @@
 """`tuneline.data.changed`: new data announced to Prefect, and the trigger that retrains on it.
 
-Whoever hands the system a new file (`tuneline ingest FILE --notify`, or the `watch-data`
-flow when the input's hash differs from the champion's) emits one event carrying the file
-and the md5 of its bytes. The `retrain` deployment has a deployment trigger on that event
-that passes the file as `data_path`. The trigger is evaluated separately for each hash, and
-fires once per `schedule.dedupe_s` window: the same bytes announced twice within it start
-one run; different bytes start one run each (which then wait for each other, see
-pipelines/limits.py).
+Whoever hands the system a new file (`tuneline data ingest FILE --notify`, or the
+`watch-data` flow when the input's hash differs from the champion's) emits one event
+carrying the file and the md5 of its bytes. The `retrain` deployment has a deployment
+trigger on that event that passes the file as `data_path`. The trigger is evaluated
+separately for each hash, and fires once per `schedule.dedupe_s` window: the same bytes
+announced twice within it start one run; different bytes start one run each (which then
+wait for each other, see pipelines/limits.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`promote` and `rollback`: the registry's human overrides as flows, runnable from the UI.
 
-They call the same functions as `tuneline promote` / `tuneline rollback`
+They call the same functions as `tuneline models promote` / `tuneline models rollback`
 (components/registry.py), so a move made from the Prefect UI is recorded on the version
 like one made from the shell: who (the name typed in the form, else the user running the
 flow, and the flow run), when and why. Each holds the model's retrain slot while it moves

@@ -3,7 +3,7 @@
 It hashes the input file (`paths.raw`) and compares it with the `raw_data_hash` lineage
 tag (md5 of the exact input bytes) of the model in production. A different hash (or no
 champion yet) is announced as a `tuneline.data.changed` event, the same one
-`tuneline ingest FILE --notify` emits; the `retrain` deployment's trigger on that event
+`tuneline data ingest FILE --notify` emits; the `retrain` deployment's trigger on that event
 starts the run (pipelines/events.py), at most once per hash per `schedule.dedupe_s`.
 The same hash as the champion's does nothing.
 """

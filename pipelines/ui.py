@@ -213,7 +213,7 @@ def walkthrough(servers: UIServers, auth: bool, deploy: bool) -> str:
             f"               or MLflow > Models > the version's tags ({m})",
             "Promote:       Deployments > promote > Run > Custom run: version and reason",
             "Roll back:     Deployments > rollback > Run > Custom run: reason",
-            "New data:      tuneline ingest FILE --notify  (starts retrain on FILE)", ""]
+            "New data:      tuneline data ingest FILE --notify  (starts retrain on FILE)", ""]
     lines.append(f"Other shells, to use these servers: export PREFECT_API_URL={servers.api_url}")
     if auth:
         lines.append(f"  and MLFLOW_TRACKING_URI={m}, with the same credentials "

@@ -28,9 +28,11 @@ def _cases(tmp):
                                          "missing column(s) ['label']"),
         "parquet with a non-string text column": (["--input", str(tmp / "numbers.parquet")],
                                                   "column 'text' holds int64, not text"),
-        "unknown strategy": (["--input", str(tmp / "good.csv"), "--strategy", "bogus"],
+        # (--strategy and --peft are choices Typer checks: tests/test_cli_conventions.py)
+        "unknown strategy": (["--input", str(tmp / "good.csv"), "--set",
+                              "finetune.strategy=bogus"],
                              "unknown strategy 'bogus'; valid: adamw, cem, es, mezo, zo_sign"),
-        "unknown peft method": (["--input", str(tmp / "good.csv"), "--peft", "dora"],
+        "unknown peft method": (["--input", str(tmp / "good.csv"), "--set", "peft.method=dora"],
                                 "peft.method: Input should be"),
     }
 

@@ -183,5 +183,7 @@ def test_predict_command_in_process_and_against_the_server(server, bundle, tmp_p
     assert remote.exit_code == 0, remote.output
     local_labels = [p["label"] for p in json.loads(local.stdout)["predictions"]]
     assert local_labels == [p["label"] for p in json.loads(remote.stdout)["predictions"]]
+    lines = runner.invoke(cli, ["predict", "--url", url, "-i", "-"], input="\n".join(TEXTS[:2]))
+    assert [json.loads(line)["label"] for line in lines.stdout.splitlines()] == local_labels
     missing = runner.invoke(cli, ["predict", "--bundle", str(tmp_path / "nope"), "x"])
     assert missing.exit_code != 0 and "cannot load the model" in missing.output

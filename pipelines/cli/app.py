@@ -15,6 +15,8 @@ import typer
 
 import pipelines  # noqa: F401  (environment defaults before any library import)
 from components.config import ConfigError, Params, load_params, named_overrides
+from pipelines import DISTRIBUTION, package_version
+from pipelines.quiet import log_level, use_log_level
 
 
 class ExitCode(IntEnum):
@@ -51,9 +53,31 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"{DISTRIBUTION} {package_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    ctx: typer.Context,
+    version: Annotated[bool, typer.Option(
+        "--version", "-V", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Log warnings and errors only: no stage lines, no training "
+                              "progress, no Prefect run lines (results still print).")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Log debug lines too, and the library notices hidden by "
+                                "default.")] = False,
+) -> None:
     """Retrain, gate, export, promote and serve a transformer text classifier."""
+    if quiet and verbose:
+        fail("--quiet and --verbose contradict each other: pick one")
+    if quiet or verbose:
+        ctx.with_resource(use_log_level(logging.WARNING if quiet else logging.DEBUG))
+
 
 ParamsOpt = Annotated[
     Path | None, typer.Option("--params", help="params.yaml to read (default: the project's).")
@@ -77,7 +101,8 @@ def fail(message: str, code: int = ExitCode.USAGE) -> None:
     raise typer.Exit(int(code))
 
 
-def emit(result: dict[str, Any], text: str, *, as_json: bool, output: Path | None) -> None:
+def emit(result: dict[str, Any] | list[Any], text: str, *, as_json: bool,
+         output: Path | None) -> None:
     """Report a result: JSON on stdout with --json (the text then goes to stderr), else the
     text on stdout; with -o FILE the JSON is also written there (atomically)."""
     if output is not None:
@@ -146,14 +171,15 @@ def user_errors() -> Iterator[None]:
 
 
 def log_to_console() -> None:
-    """Stage results and training progress on stderr, one line each."""
+    """Stage results and training progress on stderr, one line each (at the level -q / -v
+    chose)."""
     logger = logging.getLogger("tuneline")
     if not any(getattr(h, "_tuneline", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._tuneline = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(log_level())
 
 
 @app.command("params")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import Annotated
+from enum import StrEnum
+from typing import Annotated, get_args
 
 import typer
 
+from components.config import PeftConfig, strategy_names
 from pipelines.cli.app import (
     ExitCode,
     InputOpt,
@@ -23,10 +25,16 @@ from pipelines.cli.app import (
     user_errors,
 )
 
-StrategyOpt = Annotated[str | None, typer.Option(
-    "--strategy", help="adamw | mezo | zo_sign | es | cem (default: finetune.strategy).")]
-PeftOpt = Annotated[str | None, typer.Option(
-    "--peft", help="none | lora | ia3 | prompt_tuning | prefix_tuning (default: peft.method).")]
+# Choices Typer checks and shell completion offers, read from what params.yaml accepts
+# (the strategy sections of `finetune`, the values of `peft.method`), so they never drift.
+Strategy = StrEnum("Strategy", {name: name for name in strategy_names()})
+PeftMethod = StrEnum("PeftMethod", {name: name for name in
+                                    get_args(PeftConfig.model_fields["method"].annotation)})
+
+StrategyOpt = Annotated[Strategy | None, typer.Option(
+    "--strategy", help="How the weights move (default: finetune.strategy).")]
+PeftOpt = Annotated[PeftMethod | None, typer.Option(
+    "--peft", help="Which weights train (default: peft.method).")]
 PretrainOpt = Annotated[bool | None, typer.Option(
     "--pretrain/--no-pretrain", help="Domain pretraining first (default: pretrain.enabled).")]
 StepsOpt = Annotated[int | None, typer.Option(
@@ -51,8 +59,9 @@ def run(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt = N
     from pipelines.reporting import render_summary
 
     data_path = str(input_.resolve()) if input_ else None
-    named = {"data_path": data_path, "strategy": strategy, "peft_method": peft,
-             "pretrain": pretrain, "max_steps": max_steps, "nproc": nproc}
+    named = {"data_path": data_path, "strategy": strategy and strategy.value,
+             "peft_method": peft and peft.value, "pretrain": pretrain,
+             "max_steps": max_steps, "nproc": nproc}
     p = params_or_exit(params, set_, **named)
     with user_errors():
         check_inputs(p)

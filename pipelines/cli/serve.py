@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -41,7 +42,11 @@ def serve(
 
 @app.command("predict")
 def predict(
-    texts: Annotated[list[str], typer.Argument(help="One or more texts to classify.")],
+    texts: Annotated[list[str] | None, typer.Argument(
+        help="Texts to classify (or -i).", show_default=False)] = None,
+    input_: Annotated[typer.FileText | None, typer.Option(
+        "--input", "-i", help="Classify each line of this file instead (-i -: stdin); prints "
+                              "JSON Lines, one object per text.")] = None,
     bundle: BundleOpt = None,
     alias: AliasOpt = "champion",
     url: Annotated[str | None, typer.Option(
@@ -50,28 +55,62 @@ def predict(
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Classify texts and print JSON: label, score and all class scores per text."""
+    """Classify texts and print JSON: label, score and all class scores per text.
+
+    With -i FILE (or -i - for stdin) every line is a text, blank lines are skipped, and each
+    text prints as one line of JSON (text, label, score, scores, model_version) as soon as
+    its batch of serve.max_texts is done.
+    """
     p = params_or_exit(params, set_)
-    result = _predict_remote(url, texts) if url else _predict_local(p, texts, bundle, alias)
-    typer.echo(json.dumps(result, indent=2))
+    if texts and input_ is not None:
+        fail("give the texts as arguments or with -i, not both")
+    if not texts and input_ is None:
+        fail("nothing to classify: give texts, or -i FILE (-i - reads stdin)")
+    classify = _remote(url) if url else _local(p, bundle, alias)
+    if input_ is None:
+        typer.echo(json.dumps(classify(texts), indent=2))
+        return
+    for batch in _batches(input_, p.serve.max_texts):
+        result = classify(batch)
+        for text, pred in zip(batch, result["predictions"], strict=True):
+            typer.echo(json.dumps({"text": text, **pred,
+                                   "model_version": result["model_version"]}))
 
 
-def _predict_remote(url: str, texts: list[str]) -> dict:
+def _batches(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    """The non-blank lines (without their line end), `size` at a time."""
+    batch: list[str] = []
+    for line in lines:
+        text = line.rstrip("\r\n")
+        if text.strip():
+            batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _remote(url: str) -> Callable[[list[str]], dict]:
     import httpx
 
     token = os.environ.get("TUNELINE_API_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        resp = httpx.post(url.rstrip("/") + "/v1/predict", json={"texts": texts},
-                          headers=headers, timeout=30)
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach {url}: {exc}")
-    if resp.status_code != 200:
-        fail(f"server answered {resp.status_code}: {resp.text}")
-    return resp.json()
+
+    def classify(texts: list[str]) -> dict:
+        try:
+            resp = httpx.post(url.rstrip("/") + "/v1/predict", json={"texts": texts},
+                              headers=headers, timeout=30)
+        except httpx.HTTPError as exc:
+            fail(f"cannot reach {url}: {exc}")
+        if resp.status_code != 200:
+            fail(f"server answered {resp.status_code}: {resp.text}")
+        return resp.json()
+    return classify
 
 
-def _predict_local(p, texts: list[str], bundle: Path | None, alias: str) -> dict:
+def _local(p, bundle: Path | None, alias: str) -> Callable[[list[str]], dict]:
+    """The bundle (or the registry's `alias`) loaded once; its files can go afterwards."""
     from components.predictor import BundleIntegrityError, OnnxClassifier
 
     try:
@@ -86,7 +125,9 @@ def _predict_local(p, texts: list[str], bundle: Path | None, alias: str) -> dict
                 clf = OnnxClassifier(folder, threads=p.serve.threads)
     except (BundleIntegrityError, FileNotFoundError, KeyError, ValueError) as exc:
         fail(f"cannot load the model: {exc}")
-    preds = clf.predict(texts)
-    return {"model_version": str(version),
-            "predictions": [{"label": x.label, "score": x.score, "scores": x.scores}
-                            for x in preds]}
+
+    def classify(texts: list[str]) -> dict:
+        return {"model_version": str(version),
+                "predictions": [{"label": x.label, "score": x.score, "scores": x.scores}
+                                for x in clf.predict(texts)]}
+    return classify

@@ -1,7 +1,9 @@
-"""One verb per stage: `tuneline ingest | prepare | pretrain | finetune | compress |
+"""One verb per stage: `tuneline data ingest | prepare | pretrain | finetune | compress |
 evaluate | export | gate | register`, and `tuneline stages` to see what is current. Each
 verb parses its options, calls the stage function (components/stages), and the stage
 prints its one-line result: the same function the Prefect task and the dvc.yaml stage call.
+With --json the stage's result is printed as JSON on stdout (the line goes to stderr).
+`tuneline ingest` is a hidden alias of `tuneline data ingest` (what dvc.yaml runs).
 """
 
 from __future__ import annotations
@@ -26,9 +28,15 @@ from pipelines.cli.app import (
     params_or_exit,
     user_errors,
 )
+from pipelines.cli.data import data_app
 
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Run even when the output already holds the result of these inputs.")]
+
+
+def _report(done, as_json: bool, output: Path | None) -> None:
+    """The stage logged its line; its result as JSON on stdout with --json, in -o FILE."""
+    emit(done.result, "", as_json=as_json, output=output)
 
 
 def _run(stage: str, params, set_, force: bool | None = None, **kwargs):
@@ -45,7 +53,7 @@ def _run(stage: str, params, set_, force: bool | None = None, **kwargs):
                                       **kwargs)
 
 
-@app.command("ingest")
+@data_app.command("ingest")
 def ingest(
     file: Annotated[Path | None, typer.Argument(
         help="Labeled CSV / JSONL / Parquet (the same as --input).", show_default=False)] = None,
@@ -54,6 +62,7 @@ def ingest(
         "--notify", help="Also announce the file to the Prefect server (PREFECT_API_URL) as "
                          "a tuneline.data.changed event, which starts the retrain "
                          "deployment on it.")] = False,
+    as_json: JsonOpt = False, output: OutputOpt = None,
     params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Validate the input file and copy its exact bytes into paths.input (for DVC).
 
@@ -66,7 +75,7 @@ def ingest(
     if notify and not os.environ.get("PREFECT_API_URL"):
         fail("--notify needs a running Prefect server: set PREFECT_API_URL "
              "(e.g. http://127.0.0.1:4200/api, see `tuneline ui`)")
-    _run("ingest", params, set_, named={"data_path": source})
+    done = _run("ingest", params, set_, named={"data_path": source})
     if notify:
         from components.data_io import md5_file
         from pipelines.events import DATA_CHANGED, emit_data_changed
@@ -77,19 +86,28 @@ def ingest(
             event_id = emit_data_changed(raw, md5, source="tuneline ingest", flush=True)
         except RuntimeError as exc:
             fail(str(exc))
-        typer.echo(f"announced {raw} (md5 {md5}) as {DATA_CHANGED} event {event_id}")
+        typer.echo(f"announced {raw} (md5 {md5}) as {DATA_CHANGED} event {event_id}",
+                   err=as_json)
+        done.result["announced"] = {"event": DATA_CHANGED, "id": str(event_id), "md5": md5}
+    _report(done, as_json, output)
+
+
+# The name it had before `data` grouped it; dvc.yaml's ingest stage runs it.
+app.command("ingest", hidden=True)(ingest)
 
 
 @app.command("prepare")
-def prepare(force: ForceOpt = False, params: ParamsOpt = None, set_: SetOpt = None) -> None:
+def prepare(force: ForceOpt = False, as_json: JsonOpt = False, output: OutputOpt = None,
+            params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Quarantine bad rows and write stable train/validation/test splits (paths.prepared)."""
-    _run("prepare", params, set_, force)
+    _report(_run("prepare", params, set_, force), as_json, output)
 
 
 @app.command("pretrain")
-def pretrain(force: ForceOpt = False, params: ParamsOpt = None, set_: SetOpt = None) -> None:
+def pretrain(force: ForceOpt = False, as_json: JsonOpt = False, output: OutputOpt = None,
+             params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Domain pretraining of the backbone (a marker when pretrain.enabled is false)."""
-    _run("pretrain", params, set_, force)
+    _report(_run("pretrain", params, set_, force), as_json, output)
 
 
 @app.command("finetune")
@@ -98,27 +116,32 @@ def finetune(resume: Annotated[bool, typer.Option(
              nproc: Annotated[int | None, typer.Option(
                  "--nproc", min=1, help="Train as this many ranks under torchrun "
                  "(default: finetune.nproc).")] = None,
-             force: ForceOpt = False, params: ParamsOpt = None, set_: SetOpt = None) -> None:
+             force: ForceOpt = False, as_json: JsonOpt = False, output: OutputOpt = None,
+             params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Fine-tune with finetune.strategy and peft.method; opens the model's MLflow run."""
-    _run("finetune", params, set_, force, resume=resume, named={"nproc": nproc})
+    _report(_run("finetune", params, set_, force, resume=resume, named={"nproc": nproc}),
+            as_json, output)
 
 
 @app.command("compress")
-def compress(force: ForceOpt = False, params: ParamsOpt = None, set_: SetOpt = None) -> None:
+def compress(force: ForceOpt = False, as_json: JsonOpt = False, output: OutputOpt = None,
+             params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Distil the fine-tuned model into a student with compress.keep_layers (when enabled)."""
-    _run("compress", params, set_, force)
+    _report(_run("compress", params, set_, force), as_json, output)
 
 
 @app.command("evaluate")
-def evaluate(force: ForceOpt = False, params: ParamsOpt = None, set_: SetOpt = None) -> None:
+def evaluate(force: ForceOpt = False, as_json: JsonOpt = False, output: OutputOpt = None,
+             params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Score the trained model on the test split (paths.eval)."""
-    _run("evaluate", params, set_, force)
+    _report(_run("evaluate", params, set_, force), as_json, output)
 
 
 @app.command("export")
-def export(force: ForceOpt = False, params: ParamsOpt = None, set_: SetOpt = None) -> None:
+def export(force: ForceOpt = False, as_json: JsonOpt = False, output: OutputOpt = None,
+           params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """ONNX fp32 + int8 bundle with parity, size and latency (paths.export)."""
-    _run("export", params, set_, force)
+    _report(_run("export", params, set_, force), as_json, output)
 
 
 @app.command("gate")
@@ -133,7 +156,7 @@ def gate(force: ForceOpt = False,
     Exits 4 when the gate rejects the model (unless --allow-reject).
     """
     verdict = _run("gate", params, set_, force)
-    emit(verdict.result, "", as_json=as_json, output=output)  # the stage logged its line
+    _report(verdict, as_json, output)
     if not allow_reject:
         exit_for_verdict(verdict["passed"], verdict.get("reasons", []))
 
@@ -154,7 +177,7 @@ def register(force: ForceOpt = False, as_json: JsonOpt = False, output: OutputOp
         if find_registered(p) is None:
             _run("gate", params, set_)
     done = _run("register", params, set_, force)
-    emit(done.result, "", as_json=as_json, output=output)  # the stage logged its line
+    _report(done, as_json, output)
     exit_for_verdict(done["passed"], "the gate rejected it; see `tuneline models show "
                                      f"{done['version']}`")
 
@@ -162,15 +185,19 @@ def register(force: ForceOpt = False, as_json: JsonOpt = False, output: OutputOp
 @app.command("stages")
 def stages_(dvc_yaml: Annotated[bool, typer.Option(
                 "--dvc-yaml", help="Print the dvc.yaml these stages make instead.")] = False,
+            as_json: JsonOpt = False, output: OutputOpt = None,
             params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """List the stages with their fingerprints and whether their outputs are current."""
     from components.stages.base import stored_result
     from components.stages.spec import ORDER, SPECS, fingerprint, output_dir, render_dvc_yaml
 
     if dvc_yaml:
+        if as_json or output:
+            fail("--dvc-yaml prints YAML: leave out --json and -o")
         typer.echo(render_dvc_yaml().rstrip())
         return
     p = params_or_exit(params, set_)
+    rows = []
     for name in ORDER:
         spec = SPECS[name]
         if spec.outs and name != "ingest":
@@ -179,4 +206,7 @@ def stages_(dvc_yaml: Annotated[bool, typer.Option(
             state = "current" if current else "will run"
         else:
             fp, state = "-", "checks its sources"
-        typer.echo(f"{name:<9} {state:<18} {fp:<24} {spec.summary}")
+        rows.append({"stage": name, "state": state, "fingerprint": fp, "summary": spec.summary})
+    text = "\n".join(f"{r['stage']:<9} {r['state']:<18} {r['fingerprint']:<24} {r['summary']}"
+                     for r in rows)
+    emit(rows, text, as_json=as_json, output=output)

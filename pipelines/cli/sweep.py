@@ -45,8 +45,8 @@ def sweep(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt =
     from pipelines.reporting import render_summary
 
     data_path = str(input_.resolve()) if input_ else None
-    named = {"data_path": data_path, "strategy": strategy, "peft_method": peft,
-             "pretrain": pretrain, "max_steps": max_steps}
+    named = {"data_path": data_path, "strategy": strategy and strategy.value,
+             "peft_method": peft and peft.value, "pretrain": pretrain, "max_steps": max_steps}
     p = params_or_exit(params, set_, **named, n_trials=trials, dask_address=dask_address)
     with user_errors():
         check_inputs(p)
