@@ -39,11 +39,13 @@ def register(params, bundle: Path, passed: bool) -> str:
 
 def tamper_registered_int8(params, version: str) -> None:
     """Flip bytes of a version's stored model.int8.onnx, as a corrupted store would."""
+    from urllib.parse import unquote, urlparse
+
     from components.tracking import get_client
 
     mv = get_client(params).get_model_version(params.registry.model_name, version)
-    stored = [p for p in Path(params.registry.artifact_root).rglob("model.int8.onnx")
-              if mv.run_id in str(p)]
+    # the version's own LoggedModel folder (its `source`): no other version shares it
+    stored = list(Path(unquote(urlparse(mv.source).path)).rglob("model.int8.onnx"))
     assert len(stored) == 1, stored
     data = bytearray(stored[0].read_bytes())
     data[-16:] = bytes(16)
