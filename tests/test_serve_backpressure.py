@@ -1,9 +1,13 @@
-"""Overload, deadlines, stuck workers and error bodies: real server
+"""Overload, deadlines, stuck workers, error bodies and who may connect: real server
 processes (`python -m deploy.serve` with faults on cue, tests/serve_faults.py), real HTTP,
 real ONNX Runtime on a tiny exported bundle."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -12,9 +16,10 @@ import httpx
 import pytest
 
 from components.config import ConfigError, load_params
+from deploy.serve.auth import is_loopback
 from tests.conftest import TINY_LABELS
 from tests.serve_faults import SECRET
-from tests.serve_support import export_tiny_bundle, server_process, wait_for
+from tests.serve_support import ROOT, export_tiny_bundle, free_port, server_process, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -136,6 +141,74 @@ def test_an_unexpected_error_answers_a_generic_500_and_logs_the_details(bundle, 
     assert ok.status_code == 200
     # the operator finds the request's error by its id, with the cause and the traceback
     assert body["error_id"] in log and SECRET in log and "Traceback" in log
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "serve.example.com"])
+def test_a_non_loopback_bind_without_a_token_refuses_to_start(bundle, host):
+    env = {k: v for k, v in os.environ.items() if k != "TUNELINE_API_TOKEN"}
+    entry = [sys.executable, "-m", "deploy.serve"]
+    cli = [sys.executable, "-c", "import sys; from pipelines.cli import main; sys.exit(main())",
+           "serve"]
+    for command in (entry, cli):
+        proc = subprocess.run([*command, "--bundle", str(bundle), "--host", host, "--port",
+                               str(free_port())], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert f"refusing to listen on {host} without a token" in proc.stderr
+        assert "TUNELINE_API_TOKEN" in proc.stderr and "--insecure" in proc.stderr
+
+
+def test_loopback_names():
+    assert all(map(is_loopback, ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "10.0.0.4", "example.com", ""]))
+
+
+def test_beyond_loopback_the_token_is_required_and_insecure_is_explicit(bundle, tmp_path):
+    # A token from a Secret made with --from-file ends in a newline no client sends.
+    with server_process(bundle, tmp_path / "token", "--set", "serve.threads=1",
+                        host="0.0.0.0", env={"TUNELINE_API_TOKEN": "s3cret\n"}) as server:
+        missing = post(server.url, "hello")
+        wrong = post(server.url, "hello", headers={"Authorization": "Bearer s3cre"})
+        good = post(server.url, "hello", headers={"Authorization": "Bearer s3cret"})
+        probes = [httpx.get(server.url + p).status_code for p in ("/healthz", "/readyz")]
+    assert [missing.status_code, wrong.status_code] == [401, 401]
+    assert good.status_code == 200, good.text
+    assert probes == [200, 200]
+    with server_process(bundle, tmp_path / "insecure", "--set", "serve.threads=1",
+                        "--insecure", host="0.0.0.0") as server:
+        open_door = post(server.url, "hello")
+        log = server.log()
+    assert open_door.status_code == 200
+    assert "without a token (--insecure)" in log
+
+
+def test_uvicorn_limits_connections_and_silent_ones_cannot_hold_the_limit(bundle, tmp_path):
+    args = ["--set", "serve.threads=1", "--set", "serve.limit_concurrency=4",
+            "--set", "serve.timeout_keep_alive_s=1"]
+    with server_process(bundle, tmp_path, *args) as server:
+        silent = [socket.create_connection(("127.0.0.1", server.port), timeout=10)
+                  for _ in range(4)]
+        time.sleep(0.2)
+        over = httpx.get(server.url + "/healthz")
+        # a client trickling its headers a byte at a time is cut off too
+        trickle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        t0, trickle_closed_s = time.perf_counter(), None
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40:
+            try:
+                trickle.sendall(bytes([byte]))
+            except OSError:
+                trickle_closed_s = time.perf_counter() - t0
+                break
+            time.sleep(0.1)
+        # the silent ones were closed by the server, though their clients keep them
+        closed = [s.recv(1) == b"" for s in silent]
+        under = httpx.get(server.url + "/healthz")
+        for s in (*silent, trickle):
+            s.close()
+    assert over.status_code == 503 and over.text == "Service Unavailable"
+    assert trickle_closed_s is not None and trickle_closed_s < 3
+    assert all(closed)
+    assert under.status_code == 200
 
 
 def test_a_queue_smaller_than_one_request_is_a_config_error():
