@@ -408,6 +408,22 @@ class ServeConfig(Section):
     bucket_call_cost_tokens: int = Field(64, ge=0)
     ort_spinning: bool = False
     gil_switch_interval_ms: float = Field(5.0, gt=0)
+    # Back-pressure: what the server refuses at once rather than queue, and how long
+    # anything may take (see deploy/README.md, "Overload").
+    max_queued_texts: int = Field(256, ge=1)
+    retry_after_s: int = Field(1, ge=0)
+    request_timeout_s: float = Field(2.0, gt=0)
+    stuck_batch_s: float = Field(20.0, gt=0)
+    limit_concurrency: int = Field(128, ge=2)
+    timeout_keep_alive_s: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _largest_request_fits_the_queue(self) -> ServeConfig:
+        if self.max_queued_texts < self.max_texts:
+            raise ValueError(f"max_queued_texts ({self.max_queued_texts}) must be at least "
+                             f"max_texts ({self.max_texts}): a request of max_texts texts "
+                             "would always be refused")
+        return self
 
 
 class AlertsConfig(Section):

@@ -7,7 +7,10 @@ tiny random BERT classifier, so the served files are exactly what a real export 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -81,3 +84,72 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`python -m tests.serve_faults` (the container entry point with faults on cue, see
+    tests/serve_faults.py) in its own process; its log goes to `<control>/server.log`."""
+
+    def __init__(self, bundle: Path, control: Path, *args: str, host: str = "127.0.0.1",
+                 env: dict[str, str] | None = None) -> None:
+        control.mkdir(parents=True, exist_ok=True)
+        self.control, self.port = control, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = control / "server.log"
+        full_env = {k: v for k, v in os.environ.items() if k != "TUNELINE_API_TOKEN"}
+        full_env.update({"TUNELINE_TEST_FAULTS": str(control), **(env or {})})
+        self._log_file = open(self.log_path, "w")  # noqa: SIM115  (closed in stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.serve_faults", "--bundle", str(bundle), "--host", host,
+             "--port", str(self.port), "--log-level", "warning", *args],
+            cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=self._log_file)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 90.0) -> dict:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                resp = httpx.get(self.url + "/readyz", timeout=5)
+                if resp.status_code == 200:
+                    return resp.json()
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"server not ready within {timeout}s:\n{self.log()[-3000:]}")
+
+    def stop(self) -> None:
+        (self.control / "release").touch()  # a stalled batch must end for a clean stop
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log_file.close()
+
+
+@contextlib.contextmanager
+def server_process(bundle: Path, control: Path, *args: str, **kwargs) -> Iterator[ServerProcess]:
+    """A ready `ServerProcess`, stopped on exit."""
+    server = ServerProcess(bundle, control, *args, **kwargs)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

@@ -160,6 +160,22 @@ def test_concurrent_requests_share_batches_and_metrics_count_them(server, bundle
         assert needle in text, needle
 
 
+def test_an_unexpected_error_outside_predict_is_a_generic_500(tmp_path, bundle, caplog):
+    app = create_app(serve_params(tmp_path), bundle_dir=bundle, api_token="")
+
+    @app.get("/broken")
+    async def broken() -> dict:
+        raise RuntimeError("db password is hunter2")
+
+    with running_server(app) as url:
+        resp = httpx.get(url + "/broken")
+    assert resp.status_code == 500
+    assert resp.json() == {"error": "internal error", "error_id": resp.json()["error_id"]}
+    assert "hunter2" not in resp.text and "RuntimeError" not in resp.text
+    logged = [r for r in caplog.records if resp.json()["error_id"] in r.getMessage()]
+    assert logged and "hunter2" in str(logged[0].exc_info[1])
+
+
 def test_no_model_yet_means_not_ready_but_alive(tmp_path):
     app = create_app(serve_params(tmp_path), bundle_dir=tmp_path / "nothing-exported-yet")
     with running_server(app) as url:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from deploy.serve.batcher import MicroBatcher
+from deploy.serve.batcher import DeadlineExceeded, MicroBatcher, QueueFull
 
 
 class Recorder:
@@ -173,3 +173,73 @@ def test_join_gap_closes_a_held_batch_before_max_wait():
     waited = run(with_gap(body))
     assert 0.015 <= waited < 0.5  # the 20 ms gap, not the 1 s max wait
     assert rec.batches == [["only"]]
+
+
+class Gate:
+    """An `infer` that blocks until released and records what it ran."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.release = threading.Event()
+
+    def __call__(self, texts: list[str]):
+        self.batches.append(list(texts))
+        self.release.wait(10)
+        return "gate", [len(t) for t in texts]
+
+
+def test_a_full_queue_refuses_at_once_and_the_count_follows_the_queue():
+    gate = Gate()
+
+    async def body():
+        batcher = MicroBatcher(gate, 1, 0, max_queued_texts=3)
+        await batcher.start()
+        try:
+            running = asyncio.ensure_future(batcher.submit(["running"]))
+            await asyncio.sleep(0.05)  # taken by the only worker: out of the queue
+            queued = [asyncio.ensure_future(batcher.submit(["a", "b"]))]
+            await asyncio.sleep(0.01)
+            with pytest.raises(QueueFull):
+                await batcher.submit(["c", "d"])  # 2 + 2 > 3
+            queued.append(asyncio.ensure_future(batcher.submit(["c"])))  # 2 + 1 fits
+            await asyncio.sleep(0.01)
+            full = batcher.queued_texts
+            gate.release.set()
+            await asyncio.gather(running, *queued)
+            return full, batcher.queued_texts
+        finally:
+            gate.release.set()
+            await batcher.stop()
+
+    assert run(body()) == (3, 0)
+
+
+def test_a_deadline_in_the_queue_drops_the_work_and_frees_its_room():
+    gate = Gate()
+
+    async def body():
+        batcher = MicroBatcher(gate, 1, 0, max_queued_texts=2)
+        await batcher.start()
+        loop = asyncio.get_running_loop()
+        try:
+            running = asyncio.ensure_future(batcher.submit(["running"], loop.time() + 0.1))
+            await asyncio.sleep(0.02)
+            with pytest.raises(DeadlineExceeded) as late:
+                await batcher.submit(["queued", "too"], loop.time() + 0.1)
+            room = batcher.queued_texts
+            with pytest.raises(DeadlineExceeded) as running_late:
+                await running
+            stuck_for = batcher.running_for()
+            gate.release.set()
+            answer = await batcher.submit(["after"], loop.time() + 5)
+            return late.value, running_late.value, room, stuck_for, answer, batcher.running_for()
+        finally:
+            gate.release.set()
+            await batcher.stop()
+
+    late, running_late, room, stuck_for, answer, idle = run(body())
+    assert late.started is False and running_late.started is True
+    assert room == 0  # the expired request left the queue at once
+    assert stuck_for >= 0.09 and idle == 0.0
+    assert answer == ("gate", [5])
+    assert gate.batches == [["running"], ["after"]]  # the expired one never ran

@@ -73,6 +73,26 @@ def test_k8s_probes_point_at_the_app_routes(tmp_path, bundle):
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
+def test_k8s_probes_see_a_stuck_batch_and_the_token_is_required():
+    docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "serving.yaml").read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    live, ready = container["livenessProbe"], container["readinessProbe"]
+    # both routes answer 503 while a batch runs past serve.stuck_batch_s
+    assert (live["httpGet"]["path"], ready["httpGet"]["path"]) == ("/healthz", "/readyz")
+
+    def seconds(probe):
+        return probe["periodSeconds"] * probe["failureThreshold"]
+
+    assert seconds(ready) < seconds(live), "a stuck pod leaves the Service before it restarts"
+    # the image listens on 0.0.0.0: without a token it would refuse to start
+    token = next(e for e in container["env"] if e["name"] == "TUNELINE_API_TOKEN")
+    assert not token["valueFrom"]["secretKeyRef"].get("optional", False)
+    assert "--insecure" not in container.get("args", [])
+    entry = (DEPLOY / "Dockerfile").read_text().split("ENTRYPOINT", 1)[1]
+    assert '"0.0.0.0"' in entry and "--insecure" not in entry
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -310,7 +310,7 @@ def machine_state(d: dict[str, Any]) -> str:
         load = d["loadavg_1m"]
         parts.append(f"1-min load average {load['before']:.2f} before, {load['after']:.2f} after")
     sat = d.get("saturation")
-    if sat:
+    if sat and "quiet_rounds" in sat:
         parts.append(f"{sat['quiet_rounds']} of {len(sat['rounds'])} rounds quiet (other "
                      f"processes <= {sat['max_foreign_cores']:g} cores)")
     if d.get("note"):

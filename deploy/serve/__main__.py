@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from components.config import ConfigError, load_params
+from deploy.serve.auth import InsecureBindError
 from deploy.serve.runner import run_server
 
 
@@ -20,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", help="where registry versions are downloaded")
     parser.add_argument("--host", help="bind address (default: serve.host)")
     parser.add_argument("--port", type=int, help="port (default: serve.port)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow a non-loopback --host without $TUNELINE_API_TOKEN (only "
+                             "where a network policy or proxy decides who gets in)")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     try:
@@ -27,8 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run_server(params, bundle_dir=args.bundle, alias=args.alias, cache_dir=args.cache_dir,
-               host=args.host, port=args.port, log_level=args.log_level)
+    try:
+        run_server(params, bundle_dir=args.bundle, alias=args.alias, cache_dir=args.cache_dir,
+                   host=args.host, port=args.port, log_level=args.log_level,
+                   insecure=args.insecure)
+    except InsecureBindError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,9 +1,13 @@
 """The serving app: FastAPI over ONNX Runtime + `tokenizers`. Never imports torch.
 
-Routes: POST /v1/predict, GET /healthz (alive), GET /readyz (a model is loaded, plus
-reload details), GET /metrics (Prometheus). Limits come from the `serve:` params section;
-a bearer token is required on /v1/predict when `TUNELINE_API_TOKEN` is set (probes and
-metrics stay open so the cluster can reach them).
+Routes: POST /v1/predict, GET /healthz (alive: no batch stuck), GET /readyz (a model is
+loaded and no batch stuck, plus reload details), GET /metrics (Prometheus). Limits come
+from the `serve:` params section; a bearer token is required on /v1/predict when
+`TUNELINE_API_TOKEN` is set (probes and metrics stay open so the cluster can reach them).
+
+A batch running longer than `serve.stuck_batch_s` fails both probes: ONNX Runtime cannot
+be interrupted from Python, so a hung run holds its worker thread until the process
+ends, and only a restart gives the capacity back.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,16 +27,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from components.config import Params
 from components.tagging import OnnxTagger
+from deploy.serve.auth import token_from_env
 from deploy.serve.batcher import MicroBatcher
 from deploy.serve.holder import LocalBundleSource, ModelHolder, ModelSource, RegistrySource
 from deploy.serve.inference import StageTimes
 from deploy.serve.metrics import ServeMetrics
 from deploy.serve.middleware import ObserveMiddleware
 from deploy.serve.monitor import PredictionMonitor
-from deploy.serve.predict import ModelNotReady, PredictEndpoint, describe_validation
+from deploy.serve.predict import (
+    ModelNotReady,
+    PredictEndpoint,
+    describe_validation,
+    internal_error,
+)
 
 log = logging.getLogger("tuneline.serve")
-TOKEN_ENV = "TUNELINE_API_TOKEN"
 
 
 def build_source(params: Params, bundle_dir: str | Path | None = None, alias: str = "champion",
@@ -61,7 +69,7 @@ def create_app(params: Params, *, bundle_dir: str | Path | None = None, alias: s
         source: a ready-made model source (overrides bundle_dir/alias/cache_dir).
     """
     cfg = params.serve
-    token = api_token if api_token is not None else os.environ.get(TOKEN_ENV, "")
+    token = api_token if api_token is not None else token_from_env()
     metrics = ServeMetrics()
     monitor = PredictionMonitor(params.monitoring)
     metrics.registry.register(monitor)
@@ -71,7 +79,9 @@ def create_app(params: Params, *, bundle_dir: str | Path | None = None, alias: s
                          retry_base_s=cfg.reload_interval_s, spinning=cfg.ort_spinning,
                          monitor=monitor)
     batcher = MicroBatcher(_infer_fn(holder, metrics, monitor), cfg.max_batch, cfg.max_wait_ms,
-                           workers=cfg.workers, join_gap_ms=cfg.join_gap_ms)
+                           workers=cfg.workers, join_gap_ms=cfg.join_gap_ms,
+                           max_queued_texts=cfg.max_queued_texts)
+    metrics.watch_batcher(batcher)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -91,11 +101,12 @@ def create_app(params: Params, *, bundle_dir: str | Path | None = None, alias: s
     max_body = cfg.max_texts * (cfg.max_text_chars * 6 + 8) + 1024  # JSON escapes <= 6 bytes
     predict = PredictEndpoint(batcher, lambda: holder.current is not None, token=token or None,
                               max_body=max_body, max_texts=cfg.max_texts,
-                              max_chars=cfg.max_text_chars)
+                              max_chars=cfg.max_text_chars, timeout_s=cfg.request_timeout_s,
+                              retry_after_s=cfg.retry_after_s)
     app.add_middleware(ObserveMiddleware, metrics=metrics, batcher=batcher, max_body=max_body,
                        predict=predict)
     _add_error_handlers(app)
-    _add_routes(app)
+    _add_routes(app, cfg.stuck_batch_s)
     return app
 
 
@@ -127,16 +138,23 @@ async def _poll(holder: ModelHolder, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
 
 
-def _add_routes(app: FastAPI) -> None:
+def _add_routes(app: FastAPI, stuck_batch_s: float) -> None:
     holder: ModelHolder = app.state.holder
+    batcher: MicroBatcher = app.state.batcher
 
     @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok"}
+    async def healthz() -> JSONResponse:
+        running = batcher.running_for()
+        if running > stuck_batch_s:
+            log.error("liveness: a batch has been running %.1f s (serve.stuck_batch_s=%g)",
+                      running, stuck_batch_s)
+            return JSONResponse({"status": "stuck", "batch_running_s": round(running, 3)},
+                                status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        body = readiness(holder)
+        body = readiness(holder, batcher, stuck_batch_s)
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
     @app.get("/metrics")
@@ -147,11 +165,17 @@ def _add_routes(app: FastAPI) -> None:
                         media_type=CONTENT_TYPE_LATEST)
 
 
-def readiness(holder: ModelHolder) -> dict:
-    """The /readyz body: served model plus the latest reload attempt."""
+def readiness(holder: ModelHolder, batcher: MicroBatcher | None = None,
+              stuck_batch_s: float | None = None) -> dict:
+    """The /readyz body: served model, the latest reload attempt, and whether a batch is
+    stuck (running longer than `stuck_batch_s`)."""
     model, status = holder.current, holder.status
+    running = batcher.running_for() if batcher is not None else 0.0
+    stuck = stuck_batch_s is not None and running > stuck_batch_s
     return {
-        "ready": model is not None,
+        "ready": model is not None and not stuck,
+        "batch_stuck": stuck,
+        "batch_running_s": round(running, 3),
         "source": holder.source.description,
         "model_version": model.version if model else None,
         "sha256": model.sha256 if model else None,
@@ -178,7 +202,6 @@ def _add_error_handlers(app: FastAPI) -> None:
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("request failed")
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"},
+    async def unexpected(request: Request, _: Exception) -> JSONResponse:
+        return JSONResponse(internal_error(f"{request.method} {request.url.path} failed"),
                             status_code=500)

@@ -51,6 +51,14 @@ class ServeMetrics:
             "tuneline_model_created_timestamp_seconds",
             "When the served version was registered (local bundle: exported)", registry=r)
 
+    def watch_batcher(self, batcher) -> None:
+        """Gauges read from the batcher at scrape time: its queue and its oldest batch."""
+        Gauge("tuneline_queued_texts", "Texts waiting for a batch worker",
+              registry=self.registry).set_function(lambda: batcher.queued_texts)
+        Gauge("tuneline_batch_running_seconds",
+              "How long the oldest running batch has been running (0: none runs)",
+              registry=self.registry).set_function(batcher.running_for)
+
     def observe_batch(self, texts: int, seconds: float, times) -> None:
         """One inference batch: its size, its time and where the time went (StageTimes)."""
         self.inference.observe(seconds)

@@ -13,12 +13,14 @@ import orjson
 
 from deploy.serve.batcher import MicroBatcher
 from deploy.serve.metrics import ServeMetrics
-from deploy.serve.predict import respond
+from deploy.serve.predict import REASON_KEY, respond
 
 PREDICT_PATH = "/v1/predict"
 _ROUTES = {PREDICT_PATH, "/healthz", "/readyz", "/metrics"}
+# The reason of a status unless the handler names another (a full queue: 503 "overloaded").
 _REASONS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-            413: "too_large", 422: "invalid_request", 500: "internal", 503: "not_ready"}
+            408: "request_timeout", 413: "too_large", 422: "invalid_request", 500: "internal",
+            503: "not_ready", 504: "deadline_exceeded"}
 
 
 class ObserveMiddleware:
@@ -31,7 +33,7 @@ class ObserveMiddleware:
         self.batcher = batcher
         self.max_body = max_body
         self.predict = predict  # the ASGI handler of POST /v1/predict (deploy.serve.predict)
-        self._children: dict[tuple[str, int], tuple] = {}
+        self._children: dict[tuple[str, int, str | None], tuple] = {}
 
     async def __call__(self, scope: dict[str, Any], receive, send) -> None:
         if scope["type"] != "http":
@@ -56,7 +58,7 @@ class ObserveMiddleware:
             else:
                 await self.app(scope, receive, send_status)
         finally:
-            self._observe(route, status, time.perf_counter() - t0)
+            self._observe(route, status, scope.get(REASON_KEY), time.perf_counter() - t0)
 
     async def _predict(self, scope: dict[str, Any], receive, send) -> None:
         # The batcher holds a batch open only while other predict requests are in flight.
@@ -80,15 +82,15 @@ class ObserveMiddleware:
             "error": f"request body larger than {self.max_body} bytes "
                      "(serve.max_texts x serve.max_text_chars)"}))
 
-    def _observe(self, route: str, status: int, seconds: float) -> None:
-        # Metric children per (route, status), looked up once: labels() takes a lock and
-        # builds tuples, on every request of the hot path otherwise.
-        children = self._children.get((route, status))
+    def _observe(self, route: str, status: int, reason: str | None, seconds: float) -> None:
+        # Metric children per (route, status, reason), looked up once: labels() takes a
+        # lock and builds tuples, on every request of the hot path otherwise.
+        children = self._children.get((route, status, reason))
         if children is None:
-            children = self._children[(route, status)] = (
+            children = self._children[(route, status, reason)] = (
                 self.metrics.requests.labels(route, str(status)),
                 self.metrics.latency.labels(route),
-                self.metrics.errors.labels(_REASONS.get(status, f"http_{status}"))
+                self.metrics.errors.labels(reason or _REASONS.get(status, f"http_{status}"))
                 if status >= 400 else None)
         requests, latency, errors = children
         requests.inc()

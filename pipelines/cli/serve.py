@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -27,17 +26,28 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: serve.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: serve.port).")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", help="Allow a non-loopback --host without $TUNELINE_API_TOKEN (only "
+                           "where a network policy or proxy decides who gets in).")] = False,
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Serve models:/<registry.model_name>@champion (or --bundle) over HTTP with hot reload."""
+    """Serve models:/<registry.model_name>@champion (or --bundle) over HTTP with hot reload.
+
+    Beyond loopback, /v1/predict needs a bearer token: set $TUNELINE_API_TOKEN (or pass
+    --insecure); otherwise the server refuses to start.
+    """
+    from deploy.serve.auth import InsecureBindError
     from deploy.serve.runner import run_server
 
     p = params_or_exit(params, set_)
     if bundle is not None and not (bundle / "manifest.json").exists():
         fail(f"{bundle} is not an exported bundle folder (no manifest.json)")
-    run_server(p, bundle_dir=bundle, alias=alias, cache_dir=cache_dir, host=host, port=port,
-               log_level=log_level)
+    try:
+        run_server(p, bundle_dir=bundle, alias=alias, cache_dir=cache_dir, host=host,
+                   port=port, log_level=log_level, insecure=insecure)
+    except InsecureBindError as exc:
+        fail(str(exc))
 
 
 @app.command("predict")
@@ -94,7 +104,9 @@ def _batches(lines: Iterable[str], size: int) -> Iterator[list[str]]:
 def _remote(url: str) -> Callable[[list[str]], dict]:
     import httpx
 
-    token = os.environ.get("TUNELINE_API_TOKEN")
+    from deploy.serve.auth import token_from_env
+
+    token = token_from_env()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def classify(texts: list[str]) -> dict:
