@@ -92,8 +92,10 @@ def test_promotion_rejection_and_failed_retrain_are_posted_to_the_webhook(tmp_pa
                 raise AssertionError(f"{exc}\nposted: {hook.bodies}\nevents: {seen}") from None
             rejected = next(t for t in hook.texts() if "tuneline.model.rejected" in t)
             assert "v2" in rejected and "size_mb" in rejected
-            events = {e["event"] for e in api.events("tuneline.model.")}
-            assert {"tuneline.model.promoted", "tuneline.model.rejected"} <= events
+            # The server writes events to its store in batches, after the triggers saw them.
+            wait_for(lambda: {"tuneline.model.promoted", "tuneline.model.rejected"} <= {
+                e["event"] for e in api.events("tuneline.model.")}, NOTIFIED_WITHIN_S,
+                "both model events in the event store", [server])
 
             # An empty webhook URL removes the automations on the next deploy.
             cli("deploy", "--pool", "idle", "--set", "notify.webhook_url=")
