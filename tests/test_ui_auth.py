@@ -100,7 +100,7 @@ def test_locked_servers_refuse_strangers_and_serve_our_processes(tmp_path, tiny_
         stranger = {k: v for k, v in ours.items() if k not in creds}
         refused = subprocess.run([str(BIN / "tuneline"), "models", "--params", str(params_file)],
                                  env=stranger, capture_output=True, text=True, timeout=300)
-        assert refused.returncode == 2 and "401" in refused.stderr, refused.stderr
+        assert refused.returncode == 6 and "401" in refused.stderr, refused.stderr  # SERVICE
 
 
 def _ready(url: str) -> dict | None:
