@@ -45,7 +45,7 @@ def _params(work: Path, name: str, extra: list[str]):
 def build(work: Path) -> dict[str, dict]:
     """Teacher and students through the stage functions (reused when already current)."""
     from components import stages
-    from components.data_io import load_split
+    from components.data.files import load_split
 
     base = _params(work, "teacher", [])
     stages.ingest(base.model_copy(update={"paths": base.paths.model_copy(
@@ -75,7 +75,7 @@ def build(work: Path) -> dict[str, dict]:
 
 def measure(models: dict[str, dict], texts: list[str], rounds: int) -> dict[str, dict]:
     from components.config import load_params
-    from components.predictor import INT8_MODEL, OnnxClassifier
+    from components.release.predictor import INT8_MODEL, OnnxClassifier
 
     threads = load_params(PROJECT_ROOT / "params.yaml").serve.threads
     clfs = {n: OnnxClassifier(m["bundle"], INT8_MODEL, threads=threads) for n, m in
@@ -102,8 +102,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=PROJECT_ROOT / "artifacts/bench-compress")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    from components.data_io import load_split
-    from components.gate import bootstrap_delta_ci
+    from components.data.files import load_split
+    from components.evaluate.stats import bootstrap_delta_ci
 
     args.work.mkdir(parents=True, exist_ok=True)
     models = build(args.work)

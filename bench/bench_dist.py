@@ -28,8 +28,8 @@ from pathlib import Path
 
 from bench.common import PROJECT_ROOT, write_result
 from bench.dist_measure import STRATEGIES
-from components.finetune.distributed import launch
 from components.io import read_json
+from components.train.finetune.distributed import launch
 
 
 def one_rank(out: Path, args: list[str]) -> dict:

@@ -39,7 +39,7 @@ def train_key(params) -> str:
 
 def train_model(work: Path, overrides: list[str]) -> dict:
     """Fine-tune into work/model unless a model trained with the same settings is there."""
-    from components.finetune import train
+    from components.train.finetune import train
 
     params = _params(overrides)
     cached = work / "train.json"
@@ -55,7 +55,7 @@ def train_model(work: Path, overrides: list[str]) -> dict:
 
 
 def export(work: Path, overrides: list[str]) -> dict:
-    from components.export import export_bundle
+    from components.release.bundle import export_bundle
 
     params = _params(overrides)
     return export_bundle(work / "model", params.paths.prepared, work / "bundle", params)
@@ -64,8 +64,8 @@ def export(work: Path, overrides: list[str]) -> dict:
 def measure(bundle: Path, model_file: str, batch: int, repeats: int,
             overrides: list[str]) -> dict:
     """Served-path latency of one graph at one batch size (run in its own process)."""
-    from components.data_io import load_split
-    from components.predictor import OnnxClassifier
+    from components.data.files import load_split
+    from components.release.predictor import OnnxClassifier
 
     params = _params(overrides)
     texts, _ = load_split(params.paths.prepared, "test")
@@ -84,7 +84,7 @@ def _isolated(step: str, work: Path, overrides: list[str], *extra: str) -> dict:
 
 
 def run_all(work: Path, overrides: list[str], repeats_b1: int, repeats_b32: int) -> None:
-    from components.predictor import FP32_MODEL, INT8_MODEL
+    from components.release.predictor import FP32_MODEL, INT8_MODEL
 
     train_info = _isolated("train", work, overrides)
     parity = _isolated("export", work, overrides)
@@ -94,7 +94,7 @@ def run_all(work: Path, overrides: list[str], repeats_b1: int, repeats_b32: int)
             latency[f"{name}_b{batch}"] = _isolated(
                 "measure", work, overrides, "--file", file, "--batch", str(batch),
                 "--repeats", str(repeats))
-    from components.gate import int8_rules
+    from components.release.gate import int8_rules
 
     drop_pt = 100 * parity["int8_accuracy_drop"]
     params = _params(overrides)

@@ -28,8 +28,8 @@ from bench.common import write_result
 
 
 def prepare(tmp: Path, params) -> Path:
-    from components.demo import build_demo_corpus
-    from components.token_data import prepare_token_dataset
+    from components.data.demo import build_demo_corpus
+    from components.task_types.token_data import prepare_token_dataset
 
     build_demo_corpus(tmp / "corpus", params.demo)
     prepare_token_dataset(tmp / "corpus" / "labeled.jsonl", tmp / "prepared", params.data)
@@ -75,7 +75,7 @@ def logistic_tagger(train_words, train_tags):
 
 
 def score_baseline(make, train, test, types) -> dict:
-    from components.tagging import entity_report
+    from components.task_types.tagging import entity_report
 
     t0 = time.perf_counter()
     tagger = make(*train)
@@ -94,9 +94,9 @@ def _summary(report: dict) -> dict:
 
 
 def fine_tune(tmp: Path, prepared: Path, params) -> dict:
-    from components.finetune import train
-    from components.modeling import load_trained
-    from components.token_eval import evaluate_token_model
+    from components.model.modeling import load_trained
+    from components.task_types.token_eval import evaluate_token_model
+    from components.train.finetune import train
 
     t0 = time.perf_counter()
     metrics = train(params, prepared, tmp / "model", checkpoint_dir=tmp / "ckpt")
@@ -112,9 +112,9 @@ def fine_tune(tmp: Path, prepared: Path, params) -> dict:
 
 def main() -> None:
     from components.config import load_params
-    from components.data_io import load_label_map
-    from components.token_data import load_token_split
-    from components.token_eval import types_of
+    from components.data.files import load_label_map
+    from components.task_types.token_data import load_token_split
+    from components.task_types.token_eval import types_of
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--max-steps", type=int, default=None,

@@ -246,7 +246,7 @@ def summarize_run(run: dict, sat: float, light_p99: float) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from components.data_io import load_split
+    from components.data.files import load_split
 
     WORK.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()

@@ -24,7 +24,7 @@ import pandas as pd
 
 from bench.common import PROJECT_ROOT, write_result
 from components.config import DemoConfig
-from components.demo import collect_corpus
+from components.data.demo import collect_corpus
 
 GOAL_S = 30.0
 

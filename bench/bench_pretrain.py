@@ -118,7 +118,7 @@ def bench_search(fresh: bool) -> dict:
 
 def bench_compare(search: dict, fresh: bool) -> dict:
     from components.config import load_params
-    from components.data_io import load_label_map, load_split
+    from components.data.files import load_label_map, load_split
 
     params = load_params(PROJECT_ROOT / "params.yaml")
     gold = np.asarray(load_split(DATA / "prepared", "test")[1])
@@ -145,7 +145,7 @@ def bench_compare(search: dict, fresh: bool) -> dict:
 
 
 def paired(gold: np.ndarray, a: np.ndarray, b: np.ndarray, n_labels: int, noise) -> dict:
-    from components.gate import bootstrap_delta_ci, mcnemar_pvalue
+    from components.evaluate.stats import bootstrap_delta_ci, mcnemar_pvalue
 
     lo, hi = bootstrap_delta_ci(gold, a, b, "accuracy", n_labels, noise)
     return {"delta": float((a == gold).mean() - (b == gold).mean()), "ci": [lo, hi],

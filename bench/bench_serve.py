@@ -60,8 +60,8 @@ def prepared_data(params: Params, work: Path) -> Path:
     """The demo corpus prepared into the work folder (independent of paths.prepared)."""
     out = work / "prepared"
     if not (out / "test.jsonl").exists():
-        from components.data import prepare_dataset
-        from components.demo import build_demo_corpus
+        from components.data.checks import prepare_dataset
+        from components.data.demo import build_demo_corpus
 
         build_demo_corpus(work / "demo", params.demo)
         prepare_dataset(work / "demo" / "labeled.jsonl", out, params.data)
@@ -72,7 +72,7 @@ def trained_model(params: Params, prepared: Path, work: Path, model_dir: Path | 
     """The fine-tuned MiniLM folder (given, cached, or trained now) and its own metadata."""
     out = model_dir or work / "model"
     if not (out / "tuneline_model.json").exists():
-        from components.finetune import train
+        from components.train.finetune import train
 
         train(params, prepared, out)
     meta = json.loads((out / "tuneline_model.json").read_text())
@@ -84,7 +84,7 @@ def trained_model(params: Params, prepared: Path, work: Path, model_dir: Path | 
 
 def exported_bundles(params: Params, model_dir: Path, prepared: Path, work: Path) -> list[Path]:
     """Two int8 exports of the same classifier (per-channel and per-tensor weights)."""
-    from components.export import export_bundle
+    from components.release.bundle import export_bundle
 
     out = []
     for name, per_channel in (("bundle-a", True), ("bundle-b", False)):
@@ -101,8 +101,8 @@ def fresh_registry(params: Params, work: Path, bundles: list[Path], prepared: Pa
                    ) -> list[str]:
     """A new SQLite store with bundles[0] @champion and bundles[1] @challenger (both with
     their prediction reference, so the server pays for drift monitoring as in production)."""
-    from components.registry import publish
-    from components.tracking import start_run
+    from components.registry.tracking import start_run
+    from components.registry.versions import publish
 
     (work / "mlflow.db").unlink(missing_ok=True)
     shutil.rmtree(work / "mlartifacts", ignore_errors=True)
@@ -162,7 +162,7 @@ def scrape(url: str) -> dict[str, float]:
 
 def load_with_champion_move(params: Params, url: str, texts_file: Path, args, new: str) -> dict:
     """Concurrent clients in their own process; promote `new` halfway through."""
-    from components.registry import promote
+    from components.registry.versions import promote
 
     client = subprocess.Popen(
         [sys.executable, "-m", "bench.serve_load", "load", "--url", url, "--texts",
@@ -237,7 +237,7 @@ def interleaved(url: str, pid: int, bundle: Path, texts_file: Path, args, cell: 
 
 
 def run(args: argparse.Namespace) -> dict:
-    from components.data_io import load_split
+    from components.data.files import load_split
 
     work = WORK
     work.mkdir(parents=True, exist_ok=True)

@@ -61,9 +61,9 @@ def run_sweep(sets: list[str]) -> tuple[dict[str, Any], float, str]:
 
 
 def test_predictions(model_dir: Path, params: Any) -> np.ndarray:
-    from components.data_io import load_split
-    from components.evaluate import torch_logits
-    from components.modeling import load_trained
+    from components.data.files import load_split
+    from components.evaluate.report import torch_logits
+    from components.model.modeling import load_trained
 
     trained = load_trained(model_dir)
     texts, _ = load_split(params.paths.prepared, "test")
@@ -76,13 +76,13 @@ def compare(params: Any, summary: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from bench.bench_train import paired_difference
-    from components.data_io import load_label_map, load_split
-    from components.evaluate import accuracy, macro_f1
-    from components.gate import compare_to_champion
-    from components.modeling import META_FILE
+    from components.data.files import load_label_map, load_split
+    from components.evaluate.report import accuracy, macro_f1
+    from components.model.modeling import META_FILE
+    from components.release.gate import compare_to_champion
     from components.stages.spec import fingerprint
-    from components.sweep import with_values
-    from components.sweep.space import current_values
+    from components.train.sweep import with_values
+    from components.train.sweep.space import current_values
 
     torch.set_num_threads(params.model.num_threads)
     folder = Path(summary["sweep"]["folder"]).parent

@@ -35,7 +35,7 @@ def bench_steps(repeats: int) -> dict:
 
 def bench_accuracy(overrides: list[str]) -> dict:
     from components.config import load_params
-    from components.data_io import load_label_map, load_split
+    from components.data.files import load_label_map, load_split
 
     sets = [a for o in overrides for a in ("--set", o)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,7 +65,7 @@ def paired_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_labels: int
                       noise: NoiseConfig) -> dict:
     """Accuracy of predictions `a` minus `b` on gold `y`, with the gate's noise measures: a
     paired bootstrap interval and McNemar's p (params.yaml gate.noise)."""
-    from components.gate import bootstrap_delta_ci, mcnemar_pvalue
+    from components.evaluate.stats import bootstrap_delta_ci, mcnemar_pvalue
 
     lo, hi = bootstrap_delta_ci(y, a, b, "accuracy", n_labels, noise)
     return {"delta": float((a == y).mean() - (b == y).mean()),

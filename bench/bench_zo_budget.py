@@ -141,7 +141,7 @@ def run_one(name: str, overrides: list[str], start: str, budget: float, cpu_per_
 def paired_vs_probe(pred: list[int], probe_pred: list[int]) -> dict[str, Any]:
     from bench.bench_train import paired_difference
     from components.config import load_params
-    from components.data_io import load_label_map, load_split
+    from components.data.files import load_label_map, load_split
 
     params = load_params()
     prepared = PROJECT_ROOT / params.paths.prepared

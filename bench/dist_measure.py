@@ -7,7 +7,7 @@ Runs by bench/bench_dist.py: plainly for 1 rank, under torchrun for 2. Each rank
 torch thread and MiniLM-L6 with a 10-class head (params.yaml's trainable set), and takes
 its share of a fixed random global batch of `batch` x ranks rows, as the training loop
 does. For adamw (DDP), mezo and es it times `steps` steps after one warm-up step and
-counts the bytes handed to collectives (components/finetune/distributed.py counts every
+counts the bytes handed to collectives (components/train/finetune/distributed.py counts every
 collective the steps call, DDP's gradient buckets through a communication hook). Rank 0
 writes the JSON to OUT.
 """
@@ -28,11 +28,11 @@ STRATEGIES = ("adamw", "mezo", "es")
 
 def measure(strategy: str, steps: int, batch_size: int, seq: int,
             model_overrides: list[str]) -> dict:
-    from components.finetune import distributed
-    from components.finetune.base import build_strategy
-    from components.finetune.loop import _one_step, seed_everything
-    from components.finetune.validation import classification_loss
-    from components.modeling import build_classifier, trainable_parameters
+    from components.model.modeling import build_classifier, trainable_parameters
+    from components.train.finetune import distributed
+    from components.train.finetune.base import build_strategy
+    from components.train.finetune.loop import _one_step, seed_everything
+    from components.train.finetune.validation import classification_loss
 
     params = load_params(overrides=[f"finetune.strategy={strategy}", *model_overrides])
     d = distributed.init(params)
@@ -63,8 +63,8 @@ def measure(strategy: str, steps: int, batch_size: int, seq: int,
 
 
 def main() -> None:
-    from components.finetune import distributed
     from components.io import atomic_write_json
+    from components.train.finetune import distributed
 
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)

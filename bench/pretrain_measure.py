@@ -57,8 +57,8 @@ def run_variant(root: Path, pretrained: Path, overrides: list[str], seeds: list[
     """The pretrain stage under `overrides`, then one fine-tune per seed from its backbone."""
     from transformers import logging as hf_logging
 
-    from components.pretrain import judge
     from components.stages.pretrain import starting_backbone
+    from components.train.pretrain import judge
 
     hf_logging.set_verbosity_error()
     params = bench_params(root, [*overrides, "pretrain.keep_if_better=false",
@@ -101,10 +101,10 @@ def finetune_and_score(params: Params, init: Path | None, seed: int,
     """adamw fine-tune (params.yaml defaults, finetune.seed=`seed`) and test predictions."""
     import numpy as np
 
-    from components.data_io import load_split
-    from components.evaluate import accuracy, macro_f1, torch_logits
-    from components.finetune import train
-    from components.modeling import load_trained
+    from components.data.files import load_split
+    from components.evaluate.report import accuracy, macro_f1, torch_logits
+    from components.model.modeling import load_trained
+    from components.train.finetune import train
 
     tuned = params.model_copy(deep=True)
     tuned.finetune.seed = seed

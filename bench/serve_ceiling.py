@@ -38,7 +38,7 @@ BATCHES = (1, 4, 8, 16, 24, 32)
 
 
 def session_for(bundle: str, threads: int, spinning: bool):
-    from components.predictor import OnnxClassifier
+    from components.release.predictor import OnnxClassifier
 
     config = {} if spinning else {"session.intra_op.allow_spinning": "0"}
     return OnnxClassifier(bundle, threads=threads, session_config=config)
@@ -114,8 +114,8 @@ def ort_grid(bundle: str, texts: list[str], max_batch: int, seconds: float,
 
 def pipeline(bundle: str, texts: list[str], threads: int, workers: int, call_cost: int,
              max_batch: int, spinning: bool, seconds: float, repeats: int) -> list[dict]:
-    """The server's per-batch inference (deploy.serve.inference) on consecutive texts."""
-    from deploy.serve.inference import BucketedClassifier
+    """The server's per-batch inference (components.release.inference) on consecutive texts."""
+    from components.release.inference import BucketedClassifier
 
     clf = BucketedClassifier(session_for(bundle, threads, spinning), call_cost, max_rows=max_batch)
     out = []

@@ -49,7 +49,7 @@ def measure_raw(bundle: str, texts: list[str], repeats: int, threads: int,
     """In-process ONNX Runtime int8: batch-1 session.run alone and with tokenize+softmax.
 
     The session is configured as the server configures it (threads, spinning)."""
-    from components.predictor import OnnxClassifier
+    from components.release.predictor import OnnxClassifier
 
     config = {} if spinning else {"session.intra_op.allow_spinning": "0"}
     clf = OnnxClassifier(bundle, threads=threads, session_config=config)

@@ -42,10 +42,10 @@ def measure_step(mode: str, repeats: int) -> dict[str, Any]:
     import torch
     from transformers import logging as hf_logging
 
-    from components.data_io import load_label_map, load_split
-    from components.finetune.base import build_strategy
-    from components.finetune.validation import classification_loss
-    from components.modeling import build_classifier, trainable_parameters
+    from components.data.files import load_label_map, load_split
+    from components.model.modeling import build_classifier, trainable_parameters
+    from components.train.finetune.base import build_strategy
+    from components.train.finetune.validation import classification_loss
 
     hf_logging.set_verbosity_error()
     params = _params(["peft.method=lora"] if mode == "lora" else [])
@@ -83,10 +83,10 @@ def measure_finetune(out: Path, overrides: list[str]) -> dict[str, Any]:
     import torch
     from transformers import logging as hf_logging
 
-    from components.data_io import load_split
-    from components.evaluate import accuracy, macro_f1, torch_logits
-    from components.finetune import train
-    from components.modeling import load_trained
+    from components.data.files import load_split
+    from components.evaluate.report import accuracy, macro_f1, torch_logits
+    from components.model.modeling import load_trained
+    from components.train.finetune import train
 
     hf_logging.set_verbosity_error()
     params = _params(["finetune.strategy=adamw", "peft.method=none", *overrides])
@@ -120,8 +120,8 @@ def measure_tfidf() -> dict[str, Any]:
     the whole text, and on only the first `model.max_length` tokens (what the model sees)."""
     from transformers import AutoTokenizer
 
-    from components.data_io import load_split
-    from components.modeling import resolve_backbone
+    from components.data.files import load_split
+    from components.model.modeling import resolve_backbone
 
     params = _params([])
     prepared = _prepared(params)
@@ -162,8 +162,8 @@ def measure_mlm(out: Path) -> dict[str, Any]:
     """MLM pretraining of MiniLM-L6 on the demo corpus's unlabeled text (params.yaml)."""
     from transformers import logging as hf_logging
 
-    from components.data_io import load_unlabeled
-    from components.pretrain import adapt_backbone
+    from components.data.files import load_unlabeled
+    from components.train.pretrain import adapt_backbone
 
     hf_logging.set_verbosity_error()
     params = _params(["pretrain.enabled=true", "pretrain.objective=mlm"])

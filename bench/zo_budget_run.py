@@ -52,8 +52,8 @@ def _prepared(params: Params) -> Path:
 def predict(model: Any, tokenizer: Any, prepared: Path, split: str, max_length: int,
             ) -> tuple[np.ndarray, np.ndarray]:
     """(predicted class ids, gold ids) of `model` on one prepared split."""
-    from components.data_io import load_split
-    from components.evaluate import torch_logits
+    from components.data.files import load_split
+    from components.evaluate.report import torch_logits
 
     texts, gold = load_split(prepared, split)
     model.eval()
@@ -65,11 +65,11 @@ def probe(out: Path) -> dict[str, Any]:
     """Fit the head on frozen features (as `finetune.head_init: linear_probe` does) and save."""
     import torch
 
-    from components.data_io import load_label_map
-    from components.finetune.batching import sequential_batches
-    from components.finetune.linear_probe import fit_linear_probe
-    from components.finetune.loop import _encode_split
-    from components.modeling import build_classifier
+    from components.data.files import load_label_map
+    from components.model.modeling import build_classifier
+    from components.train.finetune.batching import sequential_batches
+    from components.train.finetune.linear_probe import fit_linear_probe
+    from components.train.finetune.loop import _encode_split
 
     params = _params([])
     torch.set_num_threads(params.model.num_threads)
@@ -122,7 +122,7 @@ class Recorder:
 
 def _train(start: Path, out: Path, overrides: list[str], limit_cpu_s: float,
            ) -> tuple[Params, Recorder, bool, float]:
-    from components.finetune import train
+    from components.train.finetune import train
 
     params = _params(overrides)
     rec = Recorder(limit_cpu_s)
@@ -146,12 +146,12 @@ def calibrate(start: Path, plan: dict[str, list[str]], n_batches: int = 6,
     """
     import torch
 
-    from components.data_io import load_label_map
-    from components.finetune.base import build_strategy
-    from components.finetune.batching import ShuffledLoader
-    from components.finetune.loop import _encode_split, _one_step
-    from components.finetune.validation import classification_loss
-    from components.modeling import build_classifier, trainable_parameters
+    from components.data.files import load_label_map
+    from components.model.modeling import build_classifier, trainable_parameters
+    from components.train.finetune.base import build_strategy
+    from components.train.finetune.batching import ShuffledLoader
+    from components.train.finetune.loop import _encode_split, _one_step
+    from components.train.finetune.validation import classification_loss
 
     runs = {}
     for name, extra in plan.items():
@@ -205,9 +205,9 @@ def _score_checkpoints(start: Path, out: Path, params: Params, rec: Recorder,
     """Validation metrics (from the log) and test predictions of every checkpoint."""
     import torch
 
-    from components.data_io import load_label_map
-    from components.finetune import checkpoint as ckpt
-    from components.modeling import build_classifier
+    from components.data.files import load_label_map
+    from components.model.modeling import build_classifier
+    from components.train.finetune import checkpoint as ckpt
 
     prepared = _prepared(params)
     model, tokenizer = build_classifier(params, load_label_map(prepared), init_dir=start)

@@ -65,7 +65,7 @@ def setup(batch_size: int, seq: int):
     central (SPSA) estimate and one seed, whatever params.yaml chooses for training runs:
     the speed and memory goals are about full-model steps.
     """
-    from components.modeling import build_classifier
+    from components.model.modeling import build_classifier
 
     params = load_params(overrides=["finetune.freeze_embeddings=false",
                                     "finetune.mezo.target=all", "finetune.mezo.estimator=spsa",
@@ -82,8 +82,8 @@ def setup(batch_size: int, seq: int):
 
 def step_fn(mode: str, params, model, batch):
     """A no-argument callable doing one unit of `mode`'s work on `batch`."""
-    from components.finetune.base import build_strategy
-    from components.modeling import trainable_parameters
+    from components.model.modeling import trainable_parameters
+    from components.train.finetune.base import build_strategy
 
     model.train(mode == "adamw")  # forward-only work runs in eval mode, as in the loop
     trainable = trainable_parameters(model)

@@ -345,10 +345,8 @@ class ExportConfig(Section):
     latency_repeats: int = Field(50, ge=1)
 
 
+# Every metric some task type gates; a task type gates those of its own `metrics`.
 GATED_METRICS = ("accuracy", "macro_f1", "entity_f1")
-# The gated metrics a task defines; the gate judges those of its rules that apply.
-TASK_METRICS = {"sequence_classification": ("accuracy", "macro_f1"),
-                "token_classification": ("accuracy", "macro_f1", "entity_f1")}
 
 
 class NoiseConfig(Section):
@@ -453,7 +451,7 @@ class MonitoringConfig(Section):
 
     @model_validator(mode="after")
     def _valid_bins_and_window(self) -> MonitoringConfig:
-        from components.drift import check_edges
+        from components.evaluate.drift import check_edges
 
         check_edges(self.confidence_bins)
         if self.psi_min_predictions > self.psi_window:

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from components.config import Params
-from components.tracking import redact, tracking_uri
+from components.registry.tracking import redact, tracking_uri
 from pipelines import DISTRIBUTION
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -95,7 +95,7 @@ def check_torch(params: Params) -> Check:
     try:
         import torch
 
-        from components.finetune.distributed import check_precision, resolve_device
+        from components.train.finetune.distributed import check_precision, resolve_device
     except ImportError as exc:
         return Check("torch", FAIL, f"cannot import torch: {exc}",
                      "pip install -e . (torch is a dependency)")

@@ -1,7 +1,7 @@
 """`promote` and `rollback`: the registry's human overrides as flows, runnable from the UI.
 
 They call the same functions as `tuneline models promote` / `tuneline models rollback`
-(components/registry.py), so a move made from the Prefect UI is recorded on the version
+(components/registry/versions.py), so a move made from the Prefect UI is recorded on the version
 like one made from the shell: who (the name typed in the form, else the user running the
 flow, and the flow run), when and why. Each holds the model's retrain slot while it moves
 the aliases (pipelines/limits.py), so it never lands between a retrain's gate and its
@@ -40,7 +40,7 @@ def promote(version: Annotated[int, Field(ge=1)], reason: Annotated[str, Field(m
         requested_by: Your name, recorded as who asked (empty: the user running the flow).
         params_file: The params.yaml naming the registry and model (empty: the project's).
     """
-    from components.registry import promote as promote_version
+    from components.registry.versions import promote as promote_version
 
     check_deployment_request(None, params_file)
     params = load_params(params_file or None)
@@ -65,7 +65,7 @@ def rollback(reason: Annotated[str, Field(min_length=1)], requested_by: str = ""
         requested_by: Your name, recorded as who asked (empty: the user running the flow).
         params_file: The params.yaml naming the registry and model (empty: the project's).
     """
-    from components.registry import rollback as rollback_champion
+    from components.registry.versions import rollback as rollback_champion
 
     check_deployment_request(None, params_file)
     params = load_params(params_file or None)

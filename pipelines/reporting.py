@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from components.config import TASK_METRICS, Params
+from components.config import Params
 from components.stages import StageResult
+from components.task_types import task_type
 
 
 def summarize(params: Params, done: dict[str, StageResult], *,
               unchanged: dict[str, Any] | None = None) -> dict[str, Any]:
     """One dict describing the run's outcome; the flow's return value."""
-    from components.tracking import redact, tracking_uri
+    from components.registry.tracking import redact, tracking_uri
 
     data = done["version"].result
     base = {"model_name": params.registry.model_name, "tracking_uri": redact(tracking_uri(params)),
@@ -34,7 +35,7 @@ def summarize(params: Params, done: dict[str, StageResult], *,
                 "reused": ["pretrain", "finetune", "compress", "evaluate", "export", "gate",
                            *([] if repaired else ["register"])]}
     verdict, registered = done["gate"].result, done["register"].result
-    metrics = TASK_METRICS[params.task.type]
+    metrics = task_type(params.task.type).metrics
     return {
         **base,
         "status": "promoted" if verdict["passed"] else "not promoted",
@@ -61,7 +62,7 @@ def publish_artifacts(result: dict[str, Any], verdict: dict[str, Any],
     Prefect artifacts."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from components.gate import render_verdict
+    from components.release.gate import render_verdict
 
     create_markdown_artifact(render_verdict(verdict), key="gate-report",
                              description="Gate verdict: every rule with value and threshold")

@@ -2,7 +2,7 @@
 
 ingest -> prepare -> version data (DVC) -> [pretrain] -> finetune -> [compress] -> evaluate
 -> export -> gate vs @champion -> register. Every step is a stage function of components/stages
-run as a task (pipelines/tasks.py); `dvc repro` and the `tuneline` verbs run the same ones.
+run as a task (pipelines/stage_tasks.py); `dvc repro` and the `tuneline` verbs run the same ones.
 
 The parameters are flat and typed so that the Prefect UI's "Custom run" form shows a text
 field, dropdowns, a toggle and a number; None means "what params.yaml says", and the
@@ -25,8 +25,8 @@ from components.config import (
     named_overrides,
     strategy_names,
 )
-from components.registry import is_complete, model_card
-from pipelines import tasks
+from components.registry.versions import is_complete, model_card
+from pipelines import stage_tasks
 from pipelines.events import emit_model_event
 from pipelines.guard import check_deployment_request
 from pipelines.limits import RetrainBusy, RetrainSlot, one_retrain_per_model
@@ -130,20 +130,21 @@ def outcome(state: State) -> dict[str, Any]:
 def _run_stages(params: Params, slot: RetrainSlot) -> dict[str, Any]:
     """Every stage as a task, in order; stops after `version` when a version exists."""
     timings: dict[str, float] = {}
-    tasks.STAGE_SECONDS.set(timings)
+    stage_tasks.STAGE_SECONDS.set(timings)
 
     def step(name: str, task: Any) -> Any:
         slot.check(name)  # a run that lost the slot stops before it writes anything more
         return task(params)
 
-    done = {"ingest": step("ingest", tasks.ingest), "prepare": step("prepare", tasks.prepare),
-            "version": step("version-data", tasks.version_data)}
-    existing = step("find-registered", tasks.find_registered)
+    done = {"ingest": step("ingest", stage_tasks.ingest),
+            "prepare": step("prepare", stage_tasks.prepare),
+            "version": step("version-data", stage_tasks.version_data)}
+    existing = step("find-registered", stage_tasks.find_registered)
     if existing is not None:
         if not is_complete(existing["tags"]):  # finish a registration that stopped half-way
-            done["register"] = step("register", tasks.register)
+            done["register"] = step("register", stage_tasks.register)
         return {**summarize(params, done, unchanged=existing), "stage_seconds": timings}
     for name in ("pretrain", "finetune", "compress", "evaluate", "export", "gate", "register"):
-        done[name] = step(name, getattr(tasks, name))
+        done[name] = step(name, getattr(stage_tasks, name))
     return {**summarize(params, done), "stage_seconds": timings,
             "verdict": done["gate"].result}

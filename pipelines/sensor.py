@@ -15,7 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from components.config import load_params
-from components.data_io import md5_file
+from components.data.files import md5_file
 from components.stages.ingest import ensure_demo
 from pipelines.guard import check_deployment_request
 
@@ -23,7 +23,7 @@ from pipelines.guard import check_deployment_request
 def data_changed(params_file: str | None = None, overrides: list[str] | None = None
                  ) -> dict[str, Any]:
     """Compare the input's hash with the champion's lineage tag (no Prefect involved)."""
-    from components.registry import CHAMPION, get_alias_version, list_versions
+    from components.registry.versions import CHAMPION, get_alias_version, list_versions
 
     params = load_params(params_file, overrides)
     raw = ensure_demo(params)

@@ -22,10 +22,10 @@ from prefect.futures import as_completed
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
-from components import sweep as sweeps
 from components.config import Params, load_params, named_overrides
-from components.sweep import SweepPlan
-from pipelines import tasks
+from components.train import sweep as sweeps
+from components.train.sweep import SweepPlan
+from pipelines import stage_tasks
 from pipelines.guard import check_deployment_request
 from pipelines.quiet import quiet_libraries
 from pipelines.retrain import PeftName, StrategyName, outcome, rejected_state, retrain
@@ -50,9 +50,9 @@ def trial(params: Params, plan: SweepPlan, number: int, values: dict[str, Any]) 
     return record
 
 
-open_sweep = tasks.stage_task(sweeps.open_sweep, "open-sweep", io=True)
-summarize = tasks.stage_task(sweeps.summarize, "summarize-sweep", io=True)
-place_winner = tasks.stage_task(sweeps.place_winner, "place-winner")
+open_sweep = stage_tasks.stage_task(sweeps.open_sweep, "open-sweep", io=True)
+summarize = stage_tasks.stage_task(sweeps.summarize, "summarize-sweep", io=True)
+place_winner = stage_tasks.stage_task(sweeps.place_winner, "place-winner")
 
 
 @flow(name="sweep-trials", description="Trials of one sweep study, fanned out on Dask.")
@@ -133,7 +133,8 @@ def sweep(
                            dask_address=dask_address) + list(overrides or [])
     check_deployment_request(sets, params_file, data_path)
     params = load_params(params_file, named_overrides(data_path=data_path) + sets)
-    for stage in (tasks.ingest, tasks.prepare, tasks.version_data, tasks.pretrain):
+    for stage in (stage_tasks.ingest, stage_tasks.prepare, stage_tasks.version_data,
+                  stage_tasks.pretrain):
         stage(params)
     plan = open_sweep(params)
     with api_for_workers():
@@ -158,7 +159,7 @@ def publish(found: dict[str, Any]) -> None:
     """The trial table and the sweep's summary as Prefect artifacts."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from components.sweep.summary import render_markdown
+    from components.train.sweep.summary import render_markdown
 
     create_table_artifact(sweeps.table(found["trials"]), key="sweep-trials",
                           description=f"Trials of study {found['study']}")
@@ -171,7 +172,7 @@ def publish(found: dict[str, Any]) -> None:
 
 def nest_winner(params: Params, plan: SweepPlan, result: dict[str, Any], placed: bool) -> None:
     """The registered model's run under the sweep's run, and the sweep's run ended."""
-    from components import tracking
+    from components.registry import tracking
 
     client = tracking.get_client(params)
     retrained = result.get("status") not in ("unchanged", "skipped") and not placed

@@ -116,7 +116,7 @@ def prefect_command(params: Params, port: int, auth: dict[str, str] | None
 
 def mlflow_command(params: Params, port: int, auth: dict[str, str] | None, workdir: Path
                    ) -> tuple[list[str], dict[str, str]]:
-    from components.tracking import tracking_uri
+    from components.registry.tracking import tracking_uri
 
     backend = tracking_uri(params)
     if backend.startswith("http"):

@@ -58,8 +58,8 @@ def shared_prepared(tmp_path_factory) -> Path:
 
 def trained_bundle(tmp_path_factory, backbone: Path, kind: str) -> dict[str, Path]:
     """{"model", "bundle", "prepared"} for a tiny model of `kind`, trained once per session."""
-    from components.export import export_bundle
-    from components.finetune import train
+    from components.release.bundle import export_bundle
+    from components.train.finetune import train
 
     key = (kind, str(backbone))
     if key in _CACHE:

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from deploy.serve.inference import BucketedClassifier
+from components.release.inference import BucketedClassifier
 
 SECRET = "secret detail: /srv/models/v7/weights.bin is corrupt"
 _real_logits = BucketedClassifier.logits

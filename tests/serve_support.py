@@ -1,6 +1,6 @@
 """Serving test support: tiny exported bundles and a real uvicorn server on 127.0.0.1.
 
-Bundles come from the project's exporter (`components.export.export_model`) applied to a
+Bundles come from the project's exporter (`components.release.export.export_model`) applied to a
 tiny random BERT classifier, so the served files are exactly what a real export writes.
 """
 
@@ -38,7 +38,7 @@ def export_tiny_bundle(out: Path, tokenizer_dir: Path, labels: list[str], seed: 
     from transformers import AutoTokenizer
 
     from components.config import load_params
-    from components.export import export_model
+    from components.release.export import export_model
 
     params = load_params(overrides=[f"model.max_length={max_length}", "model.num_threads=1",
                                     "export.latency_repeats=2"])

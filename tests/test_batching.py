@@ -6,7 +6,8 @@ import random
 
 import torch
 
-from components.finetune.batching import Encoded, ShuffledLoader, sequential_batches
+from components.model.encoding import Encoded
+from components.train.finetune.batching import ShuffledLoader, sequential_batches
 
 
 def _data(n: int = 203, seed: int = 0) -> Encoded:

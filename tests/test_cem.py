@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from components.config import CEMConfig
-from components.finetune import STRATEGIES
-from components.modeling import trainable_parameters
+from components.model.modeling import trainable_parameters
+from components.train.finetune import STRATEGIES
 from tests.test_zeroth_order import loss_fn, micro_batch, micro_model, one_thread  # noqa: F401
 
 

@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from components.compress import distillation_loss, keep_layers
-from components.modeling import load_trained
+from components.model.modeling import load_trained
+from components.train.distill import distillation_loss, keep_layers
 from tests.conftest import tiny_rows
 from tests.model_support import trained_bundle
 from tests.test_modeling import _with
@@ -48,8 +48,8 @@ def test_distillation_loss_mixes_soft_and_gold_terms():
 
 @pytest.mark.slow
 def test_student_is_distilled_saved_and_exported(teacher, tmp_path, tiny_backbone_dir):
-    from components.compress import distill
-    from components.export import export_bundle
+    from components.release.bundle import export_bundle
+    from components.train.distill import distill
     from tests.model_support import tiny_test_params
 
     params = _with(tiny_test_params(tmp_path, tiny_backbone_dir), **{

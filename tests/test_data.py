@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from components.config import DataConfig
-from components.data import (
+from components.data.checks import (
     CONFLICTING_LABELS,
     DUPLICATE,
     EMPTY_TEXT,
@@ -23,7 +23,7 @@ from components.data import (
     assign_split,
     prepare_dataset,
 )
-from components.data_io import SPLITS, DataValidationError, load_split, load_unlabeled
+from components.data.files import SPLITS, DataValidationError, load_split, load_unlabeled
 from tests.conftest import tiny_rows
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from components.config import DemoConfig
-from components.demo import build_demo_corpus
+from components.data.demo import build_demo_corpus
 
 
 def test_demo_corpus_is_large_varied_and_deterministic(tmp_path):

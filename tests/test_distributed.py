@@ -23,10 +23,10 @@ import yaml
 from safetensors.torch import load_file
 
 from components.config import PROJECT_ROOT, Params, load_params
-from components.finetune import checkpoint as ckpt
-from components.finetune import train
-from components.finetune.distributed import Dist, check_precision, resolve_device
 from components.stages.finetune import train_distributed
+from components.train.finetune import checkpoint as ckpt
+from components.train.finetune import train
+from components.train.finetune.distributed import Dist, check_precision, resolve_device
 from tests.conftest import tiny_overrides, tiny_rows, write_prepared
 from tests.test_modeling import _with
 
@@ -152,7 +152,7 @@ def _worker_of_rank(pid: int, rank: int) -> int | None:
             env = (Path("/proc") / str(child) / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"components.finetune.worker" in cmd and f"RANK={rank}".encode() in env:
+        if b"components.stages.ranks" in cmd and f"RANK={rank}".encode() in env:
             return child
     return None
 
@@ -230,16 +230,16 @@ def test_stage_mode_under_an_outside_torchrun(tmp_path, still_backbone):
     """What the Kubernetes Job runs: torchrun started from outside, rank 0 runs the stage."""
     from mlflow import MlflowClient
 
-    from components.finetune.distributed import launch
     from components.stages.base import stored_result
     from components.stages.spec import fingerprint
+    from components.train.finetune.distributed import launch
 
     params = _params(tmp_path / "run", still_backbone, "mezo", 2)
     params_file = _prepared_project(tmp_path, params)
     with pytest.raises(RuntimeError, match="failed"):  # nproc must equal the ranks started
-        launch(2, ["components.finetune.worker", "--params", str(params_file),
+        launch(2, ["components.stages.ranks", "--params", str(params_file),
                    "--set", "finetune.nproc=3"])
-    launch(2, ["components.finetune.worker", "--params", str(params_file), "--resume"])
+    launch(2, ["components.stages.ranks", "--params", str(params_file), "--resume"])
     record = stored_result(Path(params.paths.model), fingerprint("finetune", params))
     assert record is not None and record["ranks_agree"] and record["ranks"] == 2
     client = MlflowClient(params.registry.tracking_uri)
@@ -254,10 +254,10 @@ def test_every_rank_starts_from_the_backbone_the_pretrain_guard_kept(tmp_path, s
     """Pretraining on, its guard discarded the adaptation: the folder holds only a marker,
     and rank 1 must start from the original backbone as rank 0 does."""
     from components import stages
-    from components.finetune.distributed import launch
     from components.stages.base import stored_result
     from components.stages.chain import starting_backbone
     from components.stages.spec import fingerprint
+    from components.train.finetune.distributed import launch
     from tests.test_pretrain_stage import DAMAGE
 
     params = _params(tmp_path / "run", still_backbone, "adamw", 2,
@@ -265,7 +265,7 @@ def test_every_rank_starts_from_the_backbone_the_pretrain_guard_kept(tmp_path, s
     params_file = _prepared_project(tmp_path, params)
     assert stages.pretrain(params)["backbone"] == "original"
     assert starting_backbone(params) is None  # a marker, no weights in the folder
-    launch(2, ["components.finetune.worker", "--params", str(params_file)])
+    launch(2, ["components.stages.ranks", "--params", str(params_file)])
     record = stored_result(Path(params.paths.model), fingerprint("finetune", params))
     assert record is not None and record["ranks"] == 2 and record["ranks_agree"]
 
@@ -283,14 +283,14 @@ def test_training_job_manifest_parses_and_runs_the_worker():
     assert pod["subdomain"] == svc["metadata"]["name"] and svc["spec"]["clusterIP"] == "None"
     command = " ".join(pod["containers"][0]["args"])
     for part in ("torch.distributed.run", "--node-rank \"$JOB_COMPLETION_INDEX\"",
-                 "-m components.finetune.worker", "--resume", "finetune.nproc="):
+                 "-m components.stages.ranks", "--resume", "finetune.nproc="):
         assert part in command
 
 
 def test_the_flow_resumes_a_failed_distributed_finetune_once(monkeypatch):
     from components import stages
-    from components.finetune.distributed import DistributedRunFailed
-    from pipelines.tasks import finetune_resuming
+    from components.train.finetune.distributed import DistributedRunFailed
+    from pipelines.stage_tasks import finetune_resuming
 
     calls = []
 

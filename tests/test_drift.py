@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from components.config import load_params
-from components.drift import (
+from components.evaluate.drift import (
     check_reference,
     confidence_bins,
     load_reference,

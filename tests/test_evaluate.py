@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from components.evaluate import (
+from components.evaluate.report import (
     compute_report,
     confusion_matrix,
-    evaluate_model,
     expected_calibration_error,
     macro_f1,
 )
+from components.evaluate.scoring import evaluate_model
 from tests.model_support import tiny_test_params, trained_bundle
 
 

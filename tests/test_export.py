@@ -9,9 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from components.export import SERVED_FILES, export_bundle
-from components.modeling import load_trained
-from components.predictor import (
+from components.model.modeling import load_trained
+from components.release.bundle import export_bundle
+from components.release.export import SERVED_FILES
+from components.release.predictor import (
     FP32_MODEL,
     INT8_MODEL,
     BundleIntegrityError,
@@ -87,7 +88,7 @@ def test_parity_on_trained_model_is_within_the_gate(good, tmp_path, tiny_backbon
     parity = json.loads((good["bundle"] / "parity.json").read_text())
     assert parity["rows"] == 12
     assert parity["accuracy_fp32"] >= 0.9  # trained: the head separates the classes
-    from components.gate import int8_rules
+    from components.release.gate import int8_rules
 
     flips, change = int8_rules(parity, gate)
     assert flips["passed"] and flips["value"] == 0       # no confident prediction flipped
@@ -131,8 +132,8 @@ def test_export_bad_inputs_leave_nothing_behind(good, tmp_path, tiny_backbone_di
 
 @pytest.mark.parametrize("method", ["lora", "prompt_tuning"])
 def test_peft_models_export_with_exact_fp32_parity(method, tmp_path, tiny_backbone_dir):
-    from components.export import export_model
-    from components.modeling import build_classifier
+    from components.model.modeling import build_classifier
+    from components.release.export import export_model
 
     params = tiny_test_params(tmp_path, tiny_backbone_dir,
                               [f"peft.method={method}", "export.latency_repeats=2"])
@@ -152,8 +153,8 @@ def test_peft_models_export_with_exact_fp32_parity(method, tmp_path, tiny_backbo
 
 
 def test_export_from_a_single_row_keeps_axes_dynamic(tmp_path, tiny_backbone_dir):
-    from components.export import export_model
-    from components.modeling import build_classifier
+    from components.model.modeling import build_classifier
+    from components.release.export import export_model
 
     params = tiny_test_params(tmp_path, tiny_backbone_dir, ["export.latency_repeats=2"])
     model, tokenizer = build_classifier(params, ["a", "b"])
@@ -164,7 +165,7 @@ def test_export_from_a_single_row_keeps_axes_dynamic(tmp_path, tiny_backbone_dir
 
 
 def test_parity_report_counts_flips_and_their_margin():
-    from components.export import parity_report
+    from components.release.export import parity_report
 
     fp32 = np.array([[2.0, 0.0], [0.1, 0.0], [0.0, 3.0]])
     int8 = np.array([[1.9, 0.0], [0.0, 0.1], [0.0, 2.9]])  # only the near-tie row flips

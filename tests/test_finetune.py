@@ -11,14 +11,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from components.config import AdamWConfig, load_params
-from components.data_io import data_version, load_split
-from components.finetune import STRATEGIES, JsonlLogger, TrainingDiverged, train
-from components.finetune import checkpoint as ckpt
-from components.finetune.batching import ShuffledLoader, collate, encode
-from components.finetune.gradient import layer_depths, param_groups, warmup_linear
-from components.finetune.loggers import read_jsonl
-from components.finetune.validation import EarlyStopper, classification_loss, evaluate_split
-from components.modeling import build_classifier, load_trained
+from components.data.files import data_version, load_split
+from components.model.encoding import encode
+from components.model.modeling import build_classifier, load_trained
+from components.train.finetune import STRATEGIES, JsonlLogger, TrainingDiverged, train
+from components.train.finetune import checkpoint as ckpt
+from components.train.finetune.batching import ShuffledLoader, collate
+from components.train.finetune.gradient import layer_depths, param_groups, warmup_linear
+from components.train.finetune.loggers import read_jsonl
+from components.train.finetune.validation import EarlyStopper, classification_loss, evaluate_split
 from tests.conftest import TINY_LABELS, tiny_overrides
 from tests.test_modeling import _with
 

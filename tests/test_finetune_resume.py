@@ -16,8 +16,8 @@ import yaml
 from safetensors.torch import load_file
 
 from components.config import PROJECT_ROOT
-from components.finetune import checkpoint as ckpt
-from components.finetune import train
+from components.train.finetune import checkpoint as ckpt
+from components.train.finetune import train
 from tests.conftest import tiny_rows
 from tests.test_modeling import _with
 

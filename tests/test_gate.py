@@ -10,18 +10,17 @@ import pytest
 from scipy.stats import binomtest
 
 from components.config import ConfigError, GateConfig
-from components.evaluate import macro_f1
-from components.gate import (
-    _batched_macro_f1,
+from components.evaluate.report import macro_f1
+from components.evaluate.stats import _batched_macro_f1, mcnemar_pvalue
+from components.release.gate import (
     compare_to_champion,
     describe_failure,
     int8_rules,
-    mcnemar_pvalue,
     render_verdict,
     rows_needed,
     run_gate,
 )
-from components.predictor import INT8_MODEL, BundleIntegrityError
+from components.release.predictor import INT8_MODEL, BundleIntegrityError
 from tests.model_support import tiny_test_params, trained_bundle
 
 
@@ -191,7 +190,7 @@ def test_tampered_bundle_is_refused(bundles, tmp_path, tiny_backbone_dir):
 
 
 def test_changed_label_set_needs_a_human(bundles, tmp_path, tiny_backbone_dir):
-    from components.export import write_manifest
+    from components.release.export import write_manifest
 
     params = tiny_test_params(tmp_path, tiny_backbone_dir)
     champion = tmp_path / "champion"

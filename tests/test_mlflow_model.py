@@ -14,10 +14,10 @@ import httpx
 import pytest
 import yaml
 
-from components.data_io import load_split
-from components.mlflow_model import BUNDLE_SUBPATH
-from components.registry import publish
-from components.tracking import start_run, tracking_uri
+from components.data.files import load_split
+from components.registry.mlflow_model import BUNDLE_SUBPATH
+from components.registry.tracking import start_run, tracking_uri
+from components.registry.versions import publish
 from deploy.serve import create_app
 from tests.model_support import tiny_test_params, trained_bundle
 from tests.serve_support import running_server, wait_for
@@ -32,7 +32,7 @@ model = mlflow.pyfunc.load_model(f"models:/{sys.argv[2]}@champion")
 out = model.predict(pd.DataFrame({"text": json.loads(sys.argv[3])}))
 print(json.dumps({"labels": out["label"].tolist(), "scores": out["score"].tolist(),
                   "torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules,
-                  "predictor": sys.modules["components.predictor"].__file__}))
+                  "predictor": sys.modules["components.release.predictor"].__file__}))
 """
 
 
@@ -68,7 +68,7 @@ def test_champion_loads_without_torch_and_answers_like_the_server(registered):
     assert pyfunc["torch"] is False and pyfunc["transformers"] is False
     # the modules came with the model (its code folder), not from this checkout
     assert "/models/m-" in pyfunc["predictor"]  # the version's own LoggedModel folder
-    assert pyfunc["predictor"].endswith("/artifacts/code/components/predictor.py")
+    assert pyfunc["predictor"].endswith("/artifacts/code/components/release/predictor.py")
 
     app = create_app(params, cache_dir=registered["root"] / "cache", api_token="")
     with running_server(app) as url:

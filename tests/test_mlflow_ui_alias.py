@@ -40,8 +40,8 @@ TEXTS = ["the team scored a late goal", "heavy rain and wind tonight"]
 
 def test_champion_moved_in_mlflow_ui_is_followed_without_a_failed_request(tmp_path,
                                                                           tokenizer_dir):
-    from components.registry import publish
-    from components.tracking import start_run
+    from components.registry.tracking import start_run
+    from components.registry.versions import publish
     from pipelines.ui import mlflow_command
 
     sets = [f"registry.tracking_uri=sqlite:///{tmp_path}/mlflow.db",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from components.model_card import render_model_card
+from components.registry.model_card import render_model_card
 
 REPORT = {"n": 40, "accuracy": 0.9, "macro_f1": 0.88, "ece": 0.12, "labels": ["a", "b"],
           "per_class": {"a": {"precision": 0.9, "recall": 0.95, "f1": 0.92, "support": 30},

@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.modeling import (
+from components.model.modeling import (
     META_FILE,
     UnsupportedPeftError,
     build_classifier,
     load_trained,
-    merge_for_export,
     resolve_backbone,
     save_trained,
 )
+from components.model.unwrap import merge_for_export
 from tests.conftest import TINY_LABELS
 
 METHODS = ["none", "lora", "ia3", "prompt_tuning"]

@@ -12,7 +12,7 @@ import shutil
 import pytest
 import yaml
 
-from components.data_io import md5_file
+from components.data.files import md5_file
 from tests.conftest import tiny_rows
 from tests.project_support import BIN, clone_project, run, tiny_sets
 
@@ -29,7 +29,7 @@ def _write_csv(path, rows) -> None:
 
 
 def _tags(params, version: str) -> dict[str, str]:
-    from components.registry import version_tags
+    from components.registry.versions import version_tags
 
     return version_tags(params, version)[1]
 
@@ -83,7 +83,7 @@ def test_own_csv_is_trained_versioned_restored_and_traced(tmp_path, tiny_backbon
     assert (back / "input" / "labeled" / "labeled.csv").exists()
     run(repo, str(BIN / "tuneline"), "data", "restore", "1", "--out", str(back), "--force")
     # A registry tag is data, never a path.
-    from components.registry import get_client
+    from components.registry.versions import get_client
 
     get_client(params).set_model_version_tag(params.registry.model_name, "1",
                                              "input_version", "../../../etc")
@@ -109,7 +109,7 @@ def test_own_csv_is_trained_versioned_restored_and_traced(tmp_path, tiny_backbon
     assert flow_tags["data_version"] in shown and flow_tags["git_commit"] in shown
     assert "differ from @champion v2" in shown and "export.latency_repeats" in shown
 
-    from components.registry import get_alias_version
+    from components.registry.versions import get_alias_version
 
     assert get_alias_version(params, "champion") == "2"       # the CLI's version serves
     assert data_changed(overrides=sets + [f"paths.raw={data}"])["changed"] is False
@@ -124,7 +124,7 @@ def test_own_csv_is_trained_versioned_restored_and_traced(tmp_path, tiny_backbon
 def test_an_unreachable_dvc_remote_fails_the_run_before_anything_is_registered(
         tmp_path, tiny_backbone_dir, monkeypatch):
     from components.config import load_params
-    from components.registry import list_versions
+    from components.registry.versions import list_versions
 
     repo = clone_project(tmp_path / "repo")
     (repo / "not-a-folder").write_text("a file where the remote's folder should be\n")

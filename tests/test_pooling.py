@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.modeling import build_classifier, load_trained, save_trained
-from components.pooling import classifier_class, masked_mean
+from components.model.modeling import build_classifier, load_trained, save_trained
+from components.model.pooling import classifier_class, masked_mean
 from tests.conftest import TINY_LABELS
 from tests.test_modeling import _with
 
@@ -66,8 +66,8 @@ def test_unknown_pooling_is_refused(tiny_params):
 
 def test_mean_pooled_training_lowers_loss_and_exports_with_fp32_parity(
         tiny_params, tiny_prepared, tmp_path):
-    from components.export import export_model
-    from components.finetune import train
+    from components.release.export import export_model
+    from components.train.finetune import train
 
     params = _mean(tiny_params, **{"export.latency_repeats": 2})
     metrics = train(params, tiny_prepared, tmp_path / "model", checkpoint_dir=tmp_path / "ck")
@@ -81,8 +81,8 @@ def test_mean_pooled_training_lowers_loss_and_exports_with_fp32_parity(
 
 def test_frozen_embeddings_stay_as_pretrained_and_the_rest_trains(
         tiny_params, tiny_prepared, tmp_path):
-    from components.finetune import train
-    from components.modeling import trainable_parameters
+    from components.model.modeling import trainable_parameters
+    from components.train.finetune import train
 
     params = _mean(tiny_params, **{"finetune.freeze_embeddings": True})
     start, _ = build_classifier(params, TINY_LABELS)

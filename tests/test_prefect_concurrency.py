@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_two_retrains_at_once_never_interleave(tmp_path, tiny_backbone_dir):
-    from components.registry import list_versions
+    from components.registry.versions import list_versions
 
     with tiny_project_server(tmp_path, tiny_backbone_dir) as project:
         params_file, env, server, api = (project.params_file, project.env, project.server,

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from components.config import PretrainConfig
-from components.modeling import build_classifier, resolve_backbone
-from components.pretrain import (
+from components.model.modeling import build_classifier, resolve_backbone
+from components.train.pretrain import (
     METRICS_FILE,
     OBJECTIVES,
     adapt_backbone,
@@ -21,7 +21,7 @@ from components.pretrain import (
     set_phase,
     split_heldout,
 )
-from components.pretrain.loop import TextSampler, run_phase
+from components.train.pretrain.loop import TextSampler, run_phase
 from pipelines.cli import app
 from tests.conftest import TINY_LABELS, tiny_rows
 from tests.test_modeling import _with

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from components.pretrain import METRICS_FILE, judge
 from components.stages.chain import pretraining_texts, starting_backbone
+from components.train.pretrain import METRICS_FILE, judge
 from tests.conftest import tiny_rows
 from tests.test_modeling import _with
 
@@ -84,8 +84,8 @@ def _fake_probe(after_accuracy: float):
 @pytest.mark.parametrize(("after", "kept"), [(0.7, True), (0.6, True), (0.5, False)])
 def test_guard_keeps_a_better_backbone_and_discards_a_worse_one(tiny_params, monkeypatch,
                                                                  after, kept):
-    from components import pretrain as package
     from components import stages
+    from components.train import pretrain as package
 
     monkeypatch.setattr(package, "probe_backbone", _fake_probe(after))
     params = _prepared(_with(tiny_params, **{"pretrain.enabled": True}))
@@ -99,9 +99,9 @@ def test_guard_keeps_a_better_backbone_and_discards_a_worse_one(tiny_params, mon
 
 
 def test_guard_keeps_the_original_when_adaptation_diverges(tiny_params, monkeypatch):
-    from components import pretrain as package
     from components import stages
-    from components.pretrain import PretrainDiverged
+    from components.train import pretrain as package
+    from components.train.pretrain import PretrainDiverged
 
     def diverge(*args, **kwargs):
         raise PretrainDiverged("pretraining diverged: loss nan at step 3")
@@ -118,9 +118,9 @@ def test_guard_keeps_the_original_when_adaptation_diverges(tiny_params, monkeypa
 
 @pytest.mark.parametrize("kept", [True, False])
 def test_finetune_starts_from_the_backbone_the_guard_chose(tiny_params, monkeypatch, kept):
-    from components import finetune as training
-    from components import pretrain as package
     from components import stages
+    from components.train import finetune as training
+    from components.train import pretrain as package
 
     monkeypatch.setattr(package, "probe_backbone", _fake_probe(0.7 if kept else 0.5))
     started_from = []
@@ -145,7 +145,7 @@ def test_judge_keeps_an_equal_or_better_backbone():
 
 
 def test_unlabeled_text_never_includes_validation_or_test_texts(tiny_params, tmp_path):
-    from components.data_io import load_split
+    from components.data.files import load_split
 
     params = _with(tiny_params, **{"paths.unlabeled": str(tmp_path / "unlabeled.txt")})
     rows = tiny_rows(60)

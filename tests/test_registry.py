@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from components import registry, tracking
-from components.drift import REFERENCE_FILE
-from components.export import SERVED_FILES
-from components.gate import run_gate
-from components.predictor import INT8_MODEL, BundleIntegrityError, OnnxClassifier
+from components.evaluate.drift import REFERENCE_FILE
+from components.registry import tracking
+from components.registry import versions as registry
+from components.release.export import SERVED_FILES
+from components.release.gate import run_gate
+from components.release.predictor import INT8_MODEL, BundleIntegrityError, OnnxClassifier
 from tests.model_support import tiny_overrides, tiny_test_params, trained_bundle
 
 PERMISSIVE = ["gate.min_metrics.accuracy=0.0", "gate.min_metrics.macro_f1=0.0"]
@@ -123,8 +124,8 @@ def test_download_verifies_sha256_and_holds_no_pickle(bundles, tmp_path, tiny_ba
 
 
 def test_run_records_params_step_metrics_and_lineage(bundles, tmp_path, tiny_backbone_dir):
-    from components.data_io import data_version
-    from components.finetune import train
+    from components.data.files import data_version
+    from components.train.finetune import train
 
     params = tiny_test_params(tmp_path, tiny_backbone_dir, ["finetune.max_steps=6",
                                                            "finetune.eval_every=3"])
@@ -149,7 +150,7 @@ def test_run_records_params_step_metrics_and_lineage(bundles, tmp_path, tiny_bac
 def test_registry_and_tracking_import_without_torch():
     import subprocess
 
-    code = ("import sys, components.registry, components.tracking; "
+    code = ("import sys, components.registry.versions, components.registry.tracking; "
             "print('torch' in sys.modules or 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[1])

@@ -16,10 +16,11 @@ import httpx
 import pytest
 from mlflow.exceptions import MlflowException
 
-from components import registry, stages
+from components import stages
 from components.config import load_params
 from components.io import sha256_file
-from components.predictor import INT8_MODEL
+from components.registry import versions as registry
+from components.release.predictor import INT8_MODEL
 from tests.conftest import tiny_overrides, tiny_rows
 from tests.model_support import tiny_test_params, trained_bundle
 from tests.project_support import BIN, clone_project, env, run, run_summary, write_tiny_params
@@ -81,7 +82,7 @@ def test_two_releases_of_one_run_keep_their_own_files(tmp_path, tiny_backbone_di
     pyfunc stay v1's."""
     import mlflow
 
-    from components import tracking
+    from components.registry import tracking
 
     good = trained_bundle(tmp_path_factory, tiny_backbone_dir, "good")
     swapped = trained_bundle(tmp_path_factory, tiny_backbone_dir, "swapped")
@@ -319,7 +320,7 @@ def test_exit_codes_are_documented_in_help():
 def test_a_version_carries_its_card_datasets_and_model_metrics(project):
     """Read back through the MLflow client: the LoggedModel's metrics name the test split,
     the run's dataset inputs carry the DVC digests, the card travels with the version."""
-    from components.data_io import data_version, md5_file
+    from components.data.files import data_version, md5_file
 
     params = load_params(overrides=project["overrides"])
     client = registry.get_client(params)

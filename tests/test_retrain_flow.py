@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from components.config import load_params
-from components.data_io import data_version, md5_file
+from components.data.files import data_version, md5_file
 from components.io import sha256_file
 from pipelines.retrain import retrain
 from pipelines.sensor import data_changed

@@ -64,7 +64,7 @@ def _says(proc: Proc, text: str) -> bool:
 
 def test_server_restart_while_the_slot_is_held_does_not_wedge_the_model(
         tmp_path, tiny_backbone_dir):
-    from components.registry import list_versions
+    from components.registry.versions import list_versions
 
     cue = tmp_path / "check-now"
     with tiny_project_server(tmp_path, tiny_backbone_dir, _slot_params()) as project:
@@ -98,7 +98,7 @@ def test_server_restart_while_the_slot_is_held_does_not_wedge_the_model(
 
 
 def test_a_run_that_lost_its_slot_stops_before_its_next_stage(tmp_path, tiny_backbone_dir):
-    from components.registry import list_versions
+    from components.registry.versions import list_versions
 
     cue = tmp_path / "check-now"
     with tiny_project_server(tmp_path, tiny_backbone_dir, _slot_params()) as project:

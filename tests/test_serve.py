@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from components.config import load_params
-from components.predictor import OnnxClassifier
+from components.release.predictor import OnnxClassifier
 from deploy.serve import create_app
 from tests.conftest import TINY_LABELS
 from tests.serve_support import export_tiny_bundle, running_server, wait_for
@@ -51,8 +51,8 @@ def wait_ready(url: str) -> dict:
 
 def test_serving_never_imports_torch_or_transformers():
     code = ("import importlib.util, sys, deploy.serve, deploy.serve.__main__\n"
-            "if importlib.util.find_spec('components.registry'):\n"
-            "    import components.registry\n"
+            "if importlib.util.find_spec('components.registry.versions'):\n"
+            "    import components.registry.versions\n"
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
             "assert not bad, bad\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

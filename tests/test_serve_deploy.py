@@ -32,8 +32,8 @@ def loaded_modules_when_serving(bundle: Path) -> list[str]:
     code = f"""
 import json, sys
 from components.config import load_params
-from components.predictor import OnnxClassifier
-import components.registry, deploy.serve.__main__
+from components.release.predictor import OnnxClassifier
+import components.registry.versions, deploy.serve.__main__
 from deploy.serve import create_app
 create_app(load_params(), bundle_dir={str(bundle)!r})
 OnnxClassifier({str(bundle)!r}).predict(["hello"])
@@ -50,7 +50,8 @@ def test_serving_path_is_torch_free_and_fits_in_the_image(bundle):
     heavy = [m for m in modules if m.split(".")[0] in {"torch", "transformers", "peft"}]
     assert not heavy, heavy[:10]
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    copied = set(re.findall(r"components/(\w+)\.py", dockerfile))
+    copied = set(re.findall(r"^COPY components/(\w+) ", dockerfile, re.M))
+    copied |= set(re.findall(r"components/(\w+)\.py", dockerfile))
     needed = {m.split(".")[1] for m in modules if m.startswith("components.")}
     assert needed <= copied, f"the image misses components {sorted(needed - copied)}"
     lines = (DEPLOY / "requirements-serve.txt").read_text().lower().splitlines()

@@ -6,9 +6,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from components.drift import REFERENCE_FILE
-from components.registry import list_versions, publish
-from components.tracking import start_run
+from components.evaluate.drift import REFERENCE_FILE
+from components.registry.tracking import start_run
+from components.registry.versions import list_versions, publish
 from deploy.serve import create_app
 from tests.conftest import tiny_rows
 from tests.model_support import tiny_test_params, trained_bundle

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.predictor import FP32_MODEL, OnnxClassifier
-from deploy.serve.inference import BucketedClassifier, plan_groups
+from components.release.inference import BucketedClassifier, plan_groups
+from components.release.predictor import FP32_MODEL, OnnxClassifier
 from tests.conftest import TINY_LABELS
 from tests.serve_support import export_tiny_bundle
 

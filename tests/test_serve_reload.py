@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from components.config import load_params
-from components.predictor import OnnxClassifier
+from components.release.predictor import OnnxClassifier
 from deploy.serve import create_app
 from tests.conftest import TINY_LABELS
 from tests.serve_support import export_tiny_bundle, running_server, wait_for
@@ -29,8 +29,8 @@ def bundles(tmp_path_factory, tokenizer_dir) -> list[Path]:
 
 
 def register(params, bundle: Path, passed: bool) -> str:
-    from components.registry import publish
-    from components.tracking import start_run
+    from components.registry.tracking import start_run
+    from components.registry.versions import publish
 
     run_id = start_run(params, None, run_name=bundle.name)
     verdict = {"passed": passed, "reasons": [] if passed else ["held back for the test"]}
@@ -41,7 +41,7 @@ def tamper_registered_int8(params, version: str) -> None:
     """Flip bytes of a version's stored model.int8.onnx, as a corrupted store would."""
     from urllib.parse import unquote, urlparse
 
-    from components.tracking import get_client
+    from components.registry.tracking import get_client
 
     mv = get_client(params).get_model_version(params.registry.model_name, version)
     # the version's own LoggedModel folder (its `source`): no other version shares it
@@ -100,7 +100,7 @@ def served_version(url: str) -> str:
 
 
 def test_server_follows_champion_and_survives_a_bad_version(tmp_path, bundles):
-    from components.registry import promote
+    from components.registry.versions import promote
 
     params = load_params(overrides=[
         f"registry.tracking_uri=sqlite:///{tmp_path}/mlflow.db",

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from components.closure import code_closure, stage_module
 from components.config import PROJECT_ROOT, load_params
-from components.stages.closure import code_closure, stage_module
 from components.stages.spec import ORDER, SPECS, fingerprint, stage_code
 
 COPIED = ("components", "deploy")
@@ -63,10 +63,10 @@ def fingerprints(params, root: Path) -> dict[str, str]:
 def test_every_module_a_stage_imports_is_in_its_fingerprint(copy, params):
     before = fingerprints(params, copy)
     modules = sorted({f for name in ORDER for f in stage_code(name, copy)})
-    assert "components/data_io.py" in stage_code("prepare", copy)
-    assert "components/near_dup.py" in stage_code("prepare", copy)
+    assert "components/data/files.py" in stage_code("prepare", copy)
+    assert "components/data/near_dup.py" in stage_code("prepare", copy)
     assert "components/config.py" in stage_code("ingest", copy)
-    assert "deploy/pyfunc_model.py" in stage_code("register", copy)
+    assert "components/registry/pyfunc_model.py" in stage_code("register", copy)
     for rel in modules:
         path = copy / rel
         original = path.read_bytes()
@@ -152,7 +152,7 @@ def test_tuneline_stages_shows_will_run_after_an_edit_to_a_module_prepare_import
     cli("ingest")
     cli("prepare")
     assert state("prepare") == "current"
-    with open(root / "components" / "near_dup.py", "a") as fh:
+    with open(root / "components" / "data" / "near_dup.py", "a") as fh:
         fh.write("\n# a changed comment is a changed module\n")
     assert state("prepare") == "will run"
 

@@ -64,7 +64,7 @@ def test_a_stage_refuses_inputs_made_from_other_params(tiny_params):
 
 
 def test_training_prints_one_line_per_evaluation(tiny_params, tiny_prepared, tmp_path, caplog):
-    from components.finetune import train
+    from components.train.finetune import train
 
     caplog.set_level(logging.INFO, logger="tuneline.train")
     train(tiny_params, tiny_prepared, tmp_path / "model", checkpoint_dir=tmp_path / "ck")

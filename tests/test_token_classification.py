@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from components.config import load_params
-from components.data_io import DataValidationError
+from components.data.files import DataValidationError
 from tests.conftest import tiny_overrides
 
 FILL = ["the", "a", "of", "to", "read", "write", "file", "open", "close", "value", "return",
@@ -46,7 +46,7 @@ def write_jsonl(path, rows) -> None:
 
 
 def test_bio_entities_and_entity_report():
-    from components.tagging import bio_entities, bio_error, entity_report
+    from components.task_types.tagging import bio_entities, bio_error, entity_report
 
     tags = ["B-CODE", "I-CODE", "O", "I-URL", "I-URL", "B-PEP", "B-PEP"]
     assert bio_entities(tags) == [("CODE", 0, 2), ("URL", 3, 5), ("PEP", 5, 6), ("PEP", 6, 7)]
@@ -67,8 +67,14 @@ def test_bio_entities_and_entity_report():
 
 def test_paired_bootstrap_over_sentences_sees_a_real_drop():
     from components.config import NoiseConfig
-    from components.tagging import sentence_counts
-    from components.token_gate import bootstrap_sentences
+    from components.evaluate.stats import paired_bootstrap
+    from components.task_types import task_type
+    from components.task_types.tagging import sentence_counts
+
+    token = task_type("token_classification")
+
+    def bootstrap_sentences(a, b, cfg):
+        return paired_bootstrap(a, b, token.metrics_of, token.metrics, cfg)
 
     gold = [["O", "B-CODE", "O"], ["B-URL", "I-URL"], ["O", "O"]] * 40
     worse = [["O", "O", "O"], ["B-URL", "I-URL"], ["O", "O"]] * 40  # misses every CODE
@@ -84,8 +90,8 @@ def test_paired_bootstrap_over_sentences_sees_a_real_drop():
 
 
 def test_jsonl_and_conll_are_validated_quarantined_and_split(tmp_path):
-    from components.data import assign_split
-    from components.token_data import prepare_token_dataset
+    from components.data.checks import assign_split
+    from components.task_types.token_data import prepare_token_dataset
 
     good = tagged_rows(40)
     bad = [{"tokens": ["a", "b"], "tags": ["O"]},                      # length mismatch
@@ -121,7 +127,7 @@ def test_jsonl_and_conll_are_validated_quarantined_and_split(tmp_path):
 
 
 def test_sequence_task_refuses_a_conll_file(tmp_path):
-    from components.data import check_dataset
+    from components.data.checks import check_dataset
 
     path = tmp_path / "x.conll"
     path.write_text("foo B-CODE\n")
@@ -130,7 +136,7 @@ def test_sequence_task_refuses_a_conll_file(tmp_path):
 
 
 def test_docstring_markup_becomes_entities_without_markup():
-    from components.demo import bio_words, markup_entities
+    from components.data.demo import bio_words, markup_entities
 
     text, spans = markup_entities(
         "Return ``os.path.join(a)`` like :func:`~os.stat`, see PEP 8 and "
@@ -153,7 +159,7 @@ def test_windows_give_character_offsets_of_multibyte_text(tokenizer_dir):
     one window is found once, with offsets that slice the original (multi-byte) text."""
     from tokenizers import Tokenizer
 
-    from components.tagging import entities_of, tag_texts, window_tokenizer
+    from components.task_types.tagging import entities_of, tag_texts, window_tokenizer
 
     base = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     foo = base.token_to_id("foo")
@@ -239,10 +245,10 @@ def test_token_chain_trains_gates_registers_and_serves_offsets(token_sets):
 @pytest.mark.slow
 @pytest.mark.parametrize("sets", [["peft.method=lora"], ["finetune.strategy=mezo"]])
 def test_token_model_trains_with_lora_and_zeroth_order(token_sets, sets):
-    from components.finetune import train
-    from components.modeling import load_trained
+    from components.model.modeling import load_trained
     from components.stages.ingest import ingest
     from components.stages.prepare import prepare
+    from components.train.finetune import train
 
     params = load_params(overrides=[*token_sets, *sets, "finetune.max_steps=6",
                                     "finetune.eval_every=3"])

@@ -170,8 +170,8 @@ def test_a_person_retrains_promotes_and_rolls_back_in_the_prefect_ui(tmp_path,
 def register_challenger(params_file: Path, tmp_path: Path) -> str:
     """Publish a tiny exported bundle as a version the gate held back (@challenger)."""
     from components.config import load_params
-    from components.registry import publish
-    from components.tracking import start_run
+    from components.registry.tracking import start_run
+    from components.registry.versions import publish
     from tests.serve_support import export_tiny_bundle
 
     params = load_params(params_file)

@@ -11,13 +11,13 @@ from safetensors.torch import load_file
 from torch.nn import functional as F
 
 from components.config import LinearProbeConfig
-from components.finetune import STRATEGIES, train
-from components.finetune.base import build_strategy
-from components.finetune.checkpoint import flatten_state, unflatten_state
-from components.finetune.linear_probe import fit_linear_probe
-from components.finetune.zeroth_order import centered_ranks, replay_history
-from components.finetune.zo_noise import NoiseTable, ParamNoise
-from components.modeling import build_classifier, load_trained, trainable_parameters
+from components.model.modeling import build_classifier, load_trained, trainable_parameters
+from components.train.finetune import STRATEGIES, train
+from components.train.finetune.base import build_strategy
+from components.train.finetune.checkpoint import flatten_state, unflatten_state
+from components.train.finetune.linear_probe import fit_linear_probe
+from components.train.finetune.zeroth_order import centered_ranks, replay_history
+from components.train.finetune.zo_noise import NoiseTable, ParamNoise
 from tests.conftest import TINY_LABELS, tiny_rows
 from tests.test_finetune import _train_loss, tuned_backbone_dir  # noqa: F401 (fixture)
 from tests.test_modeling import _with

@@ -7,9 +7,9 @@ import torch
 import yaml
 
 from components.config import DEFAULT_PARAMS, ConfigError, FinetuneConfig, load_params
-from components.finetune.base import build_strategy
-from components.finetune.zo_target import is_bias_or_norm, select_target
-from components.modeling import build_classifier, trainable_parameters
+from components.model.modeling import build_classifier, trainable_parameters
+from components.train.finetune.base import build_strategy
+from components.train.finetune.zo_target import is_bias_or_norm, select_target
 from tests.conftest import TINY_LABELS, tiny_rows
 from tests.test_zeroth_order import loss_fn, make_batch, one_thread, snapshot  # noqa: F401
 

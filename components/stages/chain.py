@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Params
-from components.data_io import DataValidationError, md5_file
+from components.data.files import DataValidationError, md5_file
 from components.io import read_json
 from components.stages.base import StaleInputError, stored_result
 from components.stages.spec import LABELED, UNLABELED, fingerprint, output_dir, resolve
@@ -32,7 +32,7 @@ def snapshot_file(folder: Path) -> Path | None:
 
 def snapshot_versions(params: Params) -> dict[str, Any]:
     """Content hashes of the input snapshots (what MLflow records and restore fetches)."""
-    from components.data_io import data_version
+    from components.data.files import data_version
 
     labeled_dir, unlabeled_dir = resolve(LABELED, params), resolve(UNLABELED, params)
     file = snapshot_file(labeled_dir)
@@ -69,8 +69,8 @@ def starting_backbone(params: Params) -> Path | None:
 def pretraining_texts(params: Params) -> tuple[list[str], str, int]:
     """(texts, where they came from, how many were dropped): the unlabeled snapshot minus
     any text of the validation or test split, else the train split's texts."""
-    from components.data import normalize_text
-    from components.data_io import load_texts, load_unlabeled
+    from components.data.checks import normalize_text
+    from components.data.files import load_texts, load_unlabeled
 
     unlabeled = snapshot_file(resolve(UNLABELED, params))
     if unlabeled is None:
@@ -135,7 +135,7 @@ def current_verdict(params: Params) -> dict[str, Any]:
         StaleInputError: the gate has not judged this bundle, or judged it against a
             champion that has moved since (run `tuneline gate`).
     """
-    from components.registry import champion_ref
+    from components.registry.versions import champion_ref
 
     champion = champion_ref(params)
     folder = output_dir("gate", params)

@@ -21,9 +21,9 @@ def compress(params: Params, *, force: bool = False) -> StageResult:
         if not params.compress.enabled:
             atomic_write_json(out / MARKER, {"enabled": False})
             return {"enabled": False}
-        from components import tracking
-        from components.compress import distill
+        from components.registry import tracking
         from components.stages.chain import model_run_id, pretraining_texts
+        from components.train.distill import distill
 
         unlabeled, source, _ = pretraining_texts(params)  # minus validation/test texts
         unlabeled = [] if source == "the prepared train split" else unlabeled

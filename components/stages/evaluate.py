@@ -12,7 +12,7 @@ from components.stages.chain import shipped_model_dir
 
 def evaluate(params: Params, *, force: bool = False) -> StageResult:
     """Write `paths.eval` (report.json / .md, confusion matrix) for `paths.model`."""
-    from components.evaluate import evaluate_model
+    from components.evaluate.scoring import evaluate_model
 
     return run_stage("evaluate", params, lambda out: evaluate_model(
         shipped_model_dir(params), params.paths.prepared, out, params), describe, force=force)

@@ -11,7 +11,7 @@ from components.stages.chain import shipped_model_dir
 
 def export(params: Params, *, force: bool = False) -> StageResult:
     """Write the bundle to `paths.export`; parity, size and latency are its result."""
-    from components.export import export_bundle
+    from components.release.bundle import export_bundle
 
     return run_stage("export", params, lambda out: export_bundle(
         shipped_model_dir(params), params.paths.prepared, out, params), describe, force=force)

@@ -5,7 +5,7 @@ the input bytes and of the prepared splits, strategy, PEFT method); later stages
 reports to the same run, found through this stage's record.
 
 With `finetune.nproc` > 1 the training runs as that many ranks under torchrun
-(components/finetune/distributed.py); this process keeps the MLflow run and the record,
+(components/train/finetune/distributed.py); this process keeps the MLflow run and the record,
 rank 0 logs to the run and saves the model. A rank that dies fails the stage: the model
 folder is left as it was, and `--resume` continues from the last checkpoint.
 """
@@ -37,8 +37,8 @@ def finetune(params: Params, *, resume: bool = False, force: bool = False,
         tags: extra tags of the model's MLflow run (e.g. `mlflow.parentRunId`).
         run_name: name of the model's MLflow run.
     """
-    from components import tracking
-    from components.finetune import train
+    from components.registry import tracking
+    from components.train.finetune import train
 
     fp = fingerprint("finetune", params)
     checkpoints = Path(checkpoint_dir or params.paths.checkpoints)
@@ -88,7 +88,7 @@ def train_distributed(params: Params, out: Path, init: Path | None, checkpoints:
     Raises:
         DistributedRunFailed: a rank failed or was killed (nothing was saved).
     """
-    from components.finetune.distributed import launch
+    from components.train.finetune.distributed import launch
 
     with tempfile.TemporaryDirectory(prefix="tuneline-dist-") as tmp:
         job, result = Path(tmp) / "job.json", Path(tmp) / "result.json"
@@ -100,7 +100,7 @@ def train_distributed(params: Params, out: Path, init: Path | None, checkpoints:
         # The ranks import this checkout's code whatever the working folder.
         path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH"))
                                if p)
-        launch(params.finetune.nproc, ["components.finetune.worker", str(job)],
+        launch(params.finetune.nproc, ["components.stages.ranks", str(job)],
                log_dir=checkpoints, env={"PYTHONPATH": path})
         return read_json(result)
 
@@ -109,7 +109,7 @@ def _resumed_run(params: Params, checkpoints: Path) -> str | None:
     """The MLflow run of the interrupted training being resumed, if this store has it."""
     from mlflow.exceptions import MlflowException
 
-    from components import tracking
+    from components.registry import tracking
 
     path = checkpoints / RUN_FILE
     if not path.exists():

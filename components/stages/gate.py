@@ -17,8 +17,8 @@ from components.stages.base import StageResult, run_stage
 
 def gate(params: Params, *, force: bool = False) -> StageResult:
     """Write verdict.json / verdict.md to `paths.gate`; the verdict is the result."""
-    from components.gate import run_gate
-    from components.registry import champion_ref, download_bundle
+    from components.registry.versions import champion_ref, download_bundle
+    from components.release.gate import run_gate
 
     champion = champion_ref(params)
 
@@ -35,6 +35,6 @@ def gate(params: Params, *, force: bool = False) -> StageResult:
 
 
 def describe(verdict: dict[str, Any]) -> str:
-    from components.gate import decision_line
+    from components.release.gate import decision_line
 
     return decision_line(verdict)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Params
-from components.data_io import DataValidationError, md5_file
+from components.data.files import DataValidationError, md5_file
 from components.io import atomic_dir, read_json
 from components.stages.base import StageResult, write_metrics
 from components.stages.chain import snapshot_versions
@@ -65,10 +65,10 @@ def check_inputs(params: Params) -> tuple[Path, Any]:
     Raises:
         DataValidationError: see `ingest`.
     """
-    from components.data import check_dataset
+    from components.task_types import task_type
 
     raw = ensure_demo(params)
-    checked = check_dataset(raw, params.data, params.task.type)
+    checked = task_type(params.task.type).check(raw, params.data)
     if params.paths.unlabeled is not None:
         _check_unlabeled(Path(params.paths.unlabeled))
     return raw, checked
@@ -76,7 +76,7 @@ def check_inputs(params: Params) -> tuple[Path, Any]:
 
 def ensure_demo(params: Params) -> Path:
     """`paths.raw`, building the demo corpus first when it points there and is stale."""
-    from components.demo import CORPUS_FORMAT, build_demo_corpus
+    from components.data.demo import CORPUS_FORMAT, build_demo_corpus
 
     raw = Path(params.paths.raw)
     corpus = Path(params.paths.corpus)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Params
-from components.data_io import DataValidationError
+from components.data.files import DataValidationError
 from components.stages.base import StageResult, run_stage
 from components.stages.chain import snapshot_file
 from components.stages.spec import LABELED, resolve
@@ -18,14 +18,14 @@ def prepare(params: Params, *, force: bool = False) -> StageResult:
     Raises:
         DataValidationError: nothing was ingested, or the data fails validation.
     """
-    from components.data import prepare_dataset
+    from components.task_types import task_type
 
     def compute(out: Path) -> dict[str, Any]:
         source = snapshot_file(resolve(LABELED, params))
         if source is None:
             raise DataValidationError(f"{resolve(LABELED, params)} holds no input: run "
                                       "`tuneline ingest` (or `tuneline run`) first")
-        return prepare_dataset(source, out, params.data, params.task.type)
+        return task_type(params.task.type).prepare(source, out, params.data)
 
     return run_stage("prepare", params, compute, describe, force=force)
 

@@ -4,7 +4,7 @@ Its text: the ingested unlabeled file (`paths.unlabeled`) when there is one, els
 texts of the prepared train split. Texts of the validation and test splits are never
 trained on: the guard scores on validation, the gate on test.
 
-The guard: a linear probe on frozen features (components/pretrain/probe.py) scores the
+The guard: a linear probe on frozen features (components/train/pretrain/probe.py) scores the
 original backbone and the adapted one on the validation split. With
 `pretrain.keep_if_better` an adapted backbone that scores lower (or whose training
 diverged) is discarded. The output folder then holds either the adapted backbone or only
@@ -41,7 +41,7 @@ def pretrain(params: Params, *, force: bool = False, logger: Any = None) -> Stag
 
 
 def _adapt_and_guard(params: Params, out: Path, logger: Any) -> dict[str, Any]:
-    from components.pretrain import PretrainDiverged, adapt_backbone, judge, probe_backbone
+    from components.train.pretrain import PretrainDiverged, adapt_backbone, judge, probe_backbone
 
     prepared = params.paths.prepared
     texts, source, n_dropped = pretraining_texts(params)

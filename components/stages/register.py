@@ -18,7 +18,7 @@ from typing import Any
 
 from components.config import Params
 from components.io import read_json
-from components.model_card import CARD_FILE, CARD_FOLDER
+from components.registry.model_card import CARD_FILE, CARD_FOLDER
 from components.stages.base import StageResult, check_inputs_current, write_metrics
 from components.stages.chain import current_verdict
 from components.stages.spec import fingerprint, release_fingerprint
@@ -28,7 +28,7 @@ log = logging.getLogger("tuneline.stages")
 
 def find_registered(params: Params) -> dict[str, Any] | None:
     """The registry version made from exactly these inputs and rules, if there is one."""
-    from components.registry import find_version
+    from components.registry.versions import find_version
 
     return find_version(params, release_fingerprint=release_fingerprint(params))
 
@@ -44,7 +44,7 @@ def register(params: Params, *, force: bool = False) -> StageResult:
         result: {"version", "passed", "moves", "aliases", "run_id", "release_fingerprint",
         "unchanged", "repaired"}.
     """
-    from components.registry import complete_registration, is_complete
+    from components.registry.versions import complete_registration, is_complete
 
     started = time.perf_counter()
     release = release_fingerprint(params)
@@ -71,8 +71,8 @@ def register(params: Params, *, force: bool = False) -> StageResult:
 
 
 def _register_new(params: Params, release: str) -> dict[str, Any]:
-    from components import tracking
-    from components.registry import publish
+    from components.registry import tracking
+    from components.registry.versions import publish
 
     check_inputs_current("register", params)
     verdict = current_verdict(params)
@@ -106,10 +106,10 @@ def _register_new(params: Params, release: str) -> dict[str, Any]:
 
 def _card(params: Params, run_id: str, verdict: dict[str, Any], report: dict[str, Any],
           tags: dict[str, str]) -> str:
-    """The release's model card (see components/model_card.py)."""
-    from components import tracking
-    from components.export import PARITY_FILE
-    from components.model_card import render_model_card
+    """The release's model card (see components/registry/model_card.py)."""
+    from components.registry import tracking
+    from components.registry.model_card import render_model_card
+    from components.release.export import PARITY_FILE
 
     run_tags = tracking.get_client(params).get_run(run_id).data.tags
     lineage = {**{k: v for k, v in run_tags.items() if not k.startswith("mlflow.")},
@@ -141,7 +141,7 @@ def _model_run(params: Params) -> str:
     """The model's MLflow run (started by finetune); a new one when this store lacks it."""
     from mlflow.exceptions import MlflowException
 
-    from components import tracking
+    from components.registry import tracking
     from components.stages.chain import model_run_id, run_tags
 
     run_id = model_run_id(params)
@@ -161,8 +161,8 @@ def _model_run(params: Params) -> str:
 def _log_metrics(params: Params, run_id: str) -> None:
     """Test and export-parity numbers on the model's run (the files go with the release's
     own LoggedModel: another release of the same run must not replace them)."""
-    from components import tracking
-    from components.export import PARITY_FILE
+    from components.registry import tracking
+    from components.release.export import PARITY_FILE
 
     report = read_json(Path(params.paths.eval) / "report.json")
     tracking.log_stage(params, run_id, "test", _scalars(report))
@@ -181,7 +181,7 @@ def _scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def verdict_decision(verdict: dict[str, Any]) -> str:
-    from components.gate import decision_line
+    from components.release.gate import decision_line
 
     return decision_line(verdict)[:5000]
 

@@ -100,6 +100,8 @@ SPECS: dict[str, StageSpec] = {s.name: s for s in [
                 "model.device", "peft", "pretrain.enabled", "finetune"),
         deps=(Dep(LABELED, "ingest", by_content=True), PREPARED,
               Dep("${paths.pretrained}", "pretrain")),
+        # with finetune.nproc > 1 the ranks run this module (started by name, not imported)
+        extra_code=("components/stages/ranks.py",),
         outs=("${paths.model}",)),
     StageSpec(
         "compress", "distil into a student with fewer layers (a marker when off)",
@@ -130,7 +132,7 @@ SPECS: dict[str, StageSpec] = {s.name: s for s in [
         # the pyfunc wrapper bakes in its runtime settings; its code is loaded from a file
         params=("gate", "registry.model_name", "serve.threads", "serve.max_batch",
                 "monitoring.confidence_bins"),
-        extra_code=("deploy/pyfunc_model.py",),
+        extra_code=("components/registry/pyfunc_model.py",),
         deps=(Dep("${paths.gate}", "gate", identity=False), Dep("${paths.export}", "export"),
               Dep("${paths.eval}", "evaluate")),
         always_changed=True),
@@ -172,10 +174,10 @@ def param_values(keys: tuple[str, ...], params: Params) -> dict[str, Any]:
 
 
 def stage_code(name: str, root: Path = PROJECT_ROOT) -> tuple[str, ...]:
-    """The files stage `name` runs: its module's import closure and its `extra_code`."""
-    from components.stages.closure import code_closure, stage_module
+    """The files stage `name` runs: the import closure of its module and its `extra_code`."""
+    from components.closure import code_closure, stage_module
 
-    return tuple(sorted({*code_closure(stage_module(name), root), *SPECS[name].extra_code}))
+    return code_closure((stage_module(name), *SPECS[name].extra_code), root)
 
 
 def code_hash(paths: tuple[str, ...], root: Path = PROJECT_ROOT) -> str:
@@ -197,7 +199,7 @@ def digest(stage: str, **inputs: Any) -> str:
 
 def content_hash(path: Path) -> str:
     """DVC's md5 of a file or folder; "missing" when it does not exist."""
-    from components.data_io import data_version
+    from components.data.files import data_version
 
     return data_version(path) if path.exists() else "missing"
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import ConfigError, Params, load_params
-from components.data_io import data_version
+from components.data.files import data_version
 from components.io import atomic_dir
 from components.stages.base import StageResult, write_metrics
 from components.stages.spec import LABELED, SPECS, UNLABELED, fingerprint, resolve

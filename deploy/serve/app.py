@@ -26,11 +26,10 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from components.config import Params
-from components.tagging import OnnxTagger
+from components.release.inference import StageTimes
 from deploy.serve.auth import token_from_env
 from deploy.serve.batcher import MicroBatcher
 from deploy.serve.holder import LocalBundleSource, ModelHolder, ModelSource, RegistrySource
-from deploy.serve.inference import StageTimes
 from deploy.serve.metrics import ServeMetrics
 from deploy.serve.middleware import ObserveMiddleware
 from deploy.serve.monitor import PredictionMonitor
@@ -118,15 +117,11 @@ def _infer_fn(holder: ModelHolder, metrics: ServeMetrics, monitor: PredictionMon
             raise ModelNotReady("no model loaded yet")
         t0 = time.perf_counter()
         times = StageTimes()
-        if isinstance(model.classifier, OnnxTagger):  # entities: no class distribution
-            entities = model.classifier.entities(texts, len(texts))
-            metrics.observe_batch(len(texts), time.perf_counter() - t0, times)
-            return (model.version, None), entities
-        probs = model.classifier.probabilities(texts, times)
-        monitor.observe(model.version, probs)
-        seconds = time.perf_counter() - t0
-        metrics.observe_batch(len(texts), seconds, times)
-        return (model.version, model.classifier.labels), probs
+        answers = model.runtime.answer(texts, times)
+        if model.runtime.distribution:  # class probabilities: watched for drift
+            monitor.observe(model.version, answers)
+        metrics.observe_batch(len(texts), time.perf_counter() - t0, times)
+        return (model.version, model.runtime), answers
 
     return infer
 

@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Protocol
 
 from components.config import Params
-from components.drift import REFERENCE_FILE, load_reference
-from components.predictor import INT8_MODEL, OnnxClassifier
-from components.tagging import OnnxTagger, is_token_bundle
-from deploy.serve.inference import BucketedClassifier
+from components.evaluate.drift import REFERENCE_FILE, load_reference
+from components.release.predictor import INT8_MODEL
+from components.task_types import Runtime, of_bundle
 
 log = logging.getLogger("tuneline.serve")
 
@@ -80,12 +79,12 @@ class RegistrySource:
         self.description = f"models:/{params.registry.model_name}@{alias}"
 
     def wanted_version(self) -> str | None:
-        from components.registry import get_alias_version
+        from components.registry.versions import get_alias_version
 
         return get_alias_version(self.params, self.alias)
 
     def fetch(self, version: str) -> Path:
-        from components.registry import download_bundle
+        from components.registry.versions import download_bundle
 
         got, path = download_bundle(self.params, version, self.cache_dir / f"v{version}")
         if str(got) != str(version):
@@ -94,7 +93,7 @@ class RegistrySource:
         return Path(path)
 
     def created_at(self, version: str) -> float | None:
-        from components.tracking import get_client
+        from components.registry.tracking import get_client
 
         mv = get_client(self.params).get_model_version(self.params.registry.model_name, version)
         return mv.creation_timestamp / 1000 if mv.creation_timestamp else None
@@ -111,7 +110,7 @@ class RegistrySource:
 @dataclass(frozen=True)
 class LoadedModel:
     version: str
-    classifier: BucketedClassifier | OnnxTagger  # a tagger answers with entities
+    runtime: Runtime  # the task type's: answers per text (labels, entities, ...)
     sha256: str | None
     bundle_dir: Path
     loaded_at: float
@@ -175,31 +174,26 @@ class ModelHolder:
                 self._record_failure(exc, wanted)
                 return False
 
-    def _load(self, bundle: Path) -> tuple[BucketedClassifier | OnnxTagger, OnnxClassifier]:
-        """The bundle's model: a length-bucketed classifier, or a tagger for entities."""
+    def _load(self, bundle: Path) -> Runtime:
+        """The bundle's runtime, chosen by the task type its export_config.json names."""
         config = json.loads((Path(bundle) / "export_config.json").read_text())
-        if is_token_bundle(config):
-            tagger = OnnxTagger(bundle, threads=self.threads, verify=True,
-                                session_config=self.session_config)
-            tagger.entities(["warm up"])  # first run allocates; keep that off the request path
-            return tagger, tagger.clf
-        onnx = OnnxClassifier(bundle, threads=self.threads, verify=True,
-                              session_config=self.session_config)
-        clf = BucketedClassifier(onnx, self.call_cost_tokens, self.max_rows)
-        clf.predict(["warm up"])
-        return clf, onnx
+        runtime = of_bundle(config).load_runtime(
+            bundle, threads=self.threads, verify=True, session_config=self.session_config,
+            call_cost_tokens=self.call_cost_tokens, max_rows=self.max_rows)
+        runtime.warm_up()  # first run allocates; keep that off the request path
+        return runtime
 
     def _swap_in(self, version: str) -> None:
         t0 = time.perf_counter()
         bundle = self.source.fetch(version)
-        clf, onnx = self._load(Path(bundle))
-        reference = (None if isinstance(clf, OnnxTagger)
-                     else self._reference(Path(bundle), onnx.labels))
+        runtime = self._load(Path(bundle))
+        reference = (self._reference(Path(bundle), runtime.labels) if runtime.distribution
+                     else None)
         created = self._created_at(version)
-        loaded = LoadedModel(version, clf, onnx.sha256, Path(bundle), time.time(), created,
-                             reference)
+        loaded = LoadedModel(version, runtime, runtime.sha256, Path(bundle), time.time(),
+                             created, reference)
         if self.monitor is not None:
-            self.monitor.set_version(version, onnx.labels, reference)
+            self.monitor.set_version(version, runtime.labels, reference)
         old = self.current
         self.current = loaded  # the swap: one reference assignment
         self.status.reloads += 1
@@ -209,7 +203,7 @@ class ModelHolder:
         if self.metrics is not None:
             self.metrics.reloads.labels("success").inc()
             self.metrics.reload_failing.set(0)
-            self.metrics.set_model(version, onnx.sha256, self.source.description,
+            self.metrics.set_model(version, runtime.sha256, self.source.description,
                                    loaded.loaded_at, created)
         log.info("serving version %s (%s) after %.2fs load; previous %s", version,
                  self.source.description, time.perf_counter() - t0,

@@ -33,7 +33,7 @@ from prometheus_client.core import (
 )
 
 from components.config import MonitoringConfig
-from components.drift import check_edges, confidence_bins, psi
+from components.evaluate.drift import check_edges, confidence_bins, psi
 
 
 class VersionStats:

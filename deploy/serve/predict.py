@@ -80,16 +80,6 @@ def describe_validation(errors: list[dict]) -> list[str]:
     return out
 
 
-def prediction(labels: list[str] | None, probs) -> dict[str, Any]:
-    """One text's answer: label + scores, or (a token model, no labels) its entities."""
-    if labels is None:
-        return {"entities": probs}
-    values = probs.tolist()
-    best = max(range(len(values)), key=values.__getitem__)
-    return {"label": labels[best], "score": values[best],
-            "scores": dict(zip(labels, values, strict=True))}
-
-
 class PredictEndpoint:
     """ASGI app for POST /v1/predict: auth, body cap, validation, limits, batching."""
 
@@ -113,9 +103,9 @@ class PredictEndpoint:
             texts = self._parse(await self._body_by(receive, deadline))
             if not self.is_ready():
                 raise RequestError(503, "no model loaded yet; see /readyz", self.retry_after)
-            (version, labels), rows = await self._submit(texts, deadline)
+            (version, runtime), rows = await self._submit(texts, deadline)
             body = orjson.dumps({"model_version": version,
-                                 "predictions": [prediction(labels, r) for r in rows]})
+                                 "predictions": [runtime.render(r) for r in rows]})
             await respond(send, 200, body)
         except RequestError as exc:
             if exc.reason is not None:

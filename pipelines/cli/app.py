@@ -139,7 +139,7 @@ def user_errors() -> Iterator[None]:
     stale or missing outputs, an unknown version (USAGE); a diverged run (DIVERGED); a
     rejection that params turn into a failed run (REJECTED); a busy project, or a run that
     lost its model's slot (BUSY); MLflow or the DVC remote failing (SERVICE)."""
-    from components.data_io import DataValidationError
+    from components.data.files import DataValidationError
     from components.stages import DataRemoteError, DataVersionError, StaleInputError
     from components.stages.lock import ProjectBusy
 

@@ -35,7 +35,7 @@ def demo(
     set_: SetOpt = None,
 ) -> None:
     """Build the demo corpus from the standard library's docstrings."""
-    from components.demo import build_demo_corpus
+    from components.data.demo import build_demo_corpus
 
     p = params_or_exit(params, set_)
     meta = build_demo_corpus(out or p.paths.corpus, p.demo)
@@ -72,7 +72,7 @@ def restore(
     set_: SetOpt = None,
 ) -> None:
     """Fetch from the DVC remote the exact input and splits that trained VERSION; verify."""
-    from components.registry import version_tags
+    from components.registry.versions import version_tags
     from components.stages import restore_data
 
     p = params_or_exit(params, set_)

@@ -29,7 +29,7 @@ def models(ctx: typer.Context, as_json: JsonOpt = False, output: OutputOpt = Non
     """List registered versions with aliases, test metrics and gate verdicts."""
     if ctx.invoked_subcommand is not None:
         return
-    from components.registry import list_versions
+    from components.registry.versions import list_versions
 
     p = params_or_exit(params, set_)
     with user_errors():
@@ -64,8 +64,8 @@ def show(version: Annotated[str, typer.Argument(help="Version number or alias.")
          as_json: JsonOpt = False, output: OutputOpt = None,
          params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """The full lineage of VERSION: data hashes, code, params (diff vs @champion), verdict."""
-    from components.lineage import render_lineage, version_lineage
-    from components.registry import model_card
+    from components.registry.lineage import render_lineage, version_lineage
+    from components.registry.versions import model_card
 
     p = params_or_exit(params, set_)
     if card:
@@ -85,7 +85,7 @@ def promote(version: Annotated[str, typer.Argument(help="Version number to make 
             as_json: JsonOpt = False, output: OutputOpt = None,
             params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Human override: make VERSION the @champion (recorded as a manual promotion)."""
-    from components.registry import promote as promote_version
+    from components.registry.versions import promote as promote_version
 
     p = params_or_exit(params, set_)
     with user_errors():
@@ -100,7 +100,7 @@ def rollback(reason: Annotated[str, typer.Option(help="Why (recorded on the demo
              as_json: JsonOpt = False, output: OutputOpt = None,
              params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Make the @previous version the @champion again."""
-    from components.registry import rollback as rollback_champion
+    from components.registry.versions import rollback as rollback_champion
 
     p = params_or_exit(params, set_)
     with user_errors():

@@ -77,7 +77,7 @@ def ingest(
              "(e.g. http://127.0.0.1:4200/api, see `tuneline ui`)")
     done = _run("ingest", params, set_, named={"data_path": source})
     if notify:
-        from components.data_io import md5_file
+        from components.data.files import md5_file
         from pipelines.events import DATA_CHANGED, emit_data_changed
 
         raw = Path(params_or_exit(params, set_, data_path=source).paths.raw).resolve()

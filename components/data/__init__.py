@@ -1,0 +1,1 @@
+"""Data: read, validate, quarantine, split; near-duplicates; the demo corpus."""

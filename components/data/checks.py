@@ -1,0 +1,282 @@
+"""Validate, quarantine and split labeled text into the prepared folder.
+
+Prepared folder layout (written by `prepare_dataset`, read by every later stage):
+    train.jsonl / validation.jsonl / test.jsonl   one {"text": str, "label": str} per line
+    labels.json                                   {"labels": [name, ...]}  index = class id
+    report.json                                   rows_in, rows_ok, quarantined, class counts,
+                                                  near-duplicate pairs across splits
+    quarantine.jsonl                              every rejected row with its reason
+With `data.group_column`, a row also keeps its "group", and the split is decided by the
+group, so every row of one group (a customer, a thread) lands in the same split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.config import DataConfig
+from components.data.files import (
+    SPLITS,
+    DataValidationError,
+    md5_file,
+    read_rows,
+    write_jsonl,
+)
+from components.io import atomic_dir
+
+# Quarantine reasons, in the order a row is checked.
+TEXT_NOT_STRING = "text_not_string"
+EMPTY_TEXT = "empty_text"
+MISSING_LABEL = "missing_label"
+UNKNOWN_LABEL = "unknown_label"
+OVERLONG_TEXT = "overlong_text"
+DUPLICATE = "duplicate"
+CONFLICTING_LABELS = "conflicting_labels"
+MALFORMED_ROW = "malformed_row"
+MISSING_GROUP = "missing_group"
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def normalize_text(text: str) -> str:
+    """Unicode NFC with runs of whitespace folded to one space: the identity of a text."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def check_row(row: dict[str, Any], cfg: DataConfig) -> tuple[str | None, str, str]:
+    """Return (reason or None, normalized text, label) for one raw row.
+
+    Duplicates and conflicting labels need the whole file, so they are decided later.
+    """
+    if "malformed" in row:
+        return MALFORMED_ROW, "", ""
+    text, label = row["text"], row["label"]
+    if not _is_missing(text) and not isinstance(text, str):
+        return TEXT_NOT_STRING, "", ""
+    norm = normalize_text(text) if isinstance(text, str) else ""
+    if len(norm) < cfg.min_chars:
+        return EMPTY_TEXT, norm, ""
+    if _is_missing(label) or not str(label).strip():
+        return MISSING_LABEL, norm, ""
+    # Integral floats come from typed columns holding numbers: 1.0 means label "1".
+    if isinstance(label, float) and label.is_integer():
+        label = int(label)
+    label = str(label).strip()
+    if cfg.labels and label not in cfg.labels:
+        return UNKNOWN_LABEL, norm, label
+    if len(norm) > cfg.max_chars:
+        if cfg.overlong == "reject":
+            return OVERLONG_TEXT, norm, label
+        norm = norm[: cfg.max_chars].rstrip()
+    return None, norm, label
+
+
+def validate_rows(rows: list[dict[str, Any]], cfg: DataConfig
+                  ) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+    """Split raw rows into accepted {"text","label"(,"group")} rows and quarantined rows.
+
+    Exact duplicates (same text, same label) keep their first occurrence. A text seen with
+    more than one label is ambiguous: every row of it is quarantined, since which label is
+    right cannot be known here. With `cfg.group_column`, a row without a group is
+    quarantined (its split could not follow its group).
+    """
+    checked = []
+    labels_by_text: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        reason, norm, label = check_row(row, cfg)
+        if reason is None and cfg.group_column and _blank(row.get("group")):
+            reason = MISSING_GROUP
+        checked.append((row, reason, norm, label))
+        if reason is None:
+            labels_by_text[norm].add(label)
+
+    accepted: list[dict[str, str]] = []
+    quarantined: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for row, reason, norm, label in checked:
+        if reason is None and len(labels_by_text[norm]) > 1:
+            reason = CONFLICTING_LABELS
+        elif reason is None and norm in seen:
+            reason = DUPLICATE
+        if reason is None:
+            seen.add(norm)
+            kept = {"text": norm, "label": label}
+            if cfg.group_column:
+                kept["group"] = _group_key(row["group"])
+            accepted.append(kept)
+        else:
+            quarantined.append(_quarantine_record(row, reason))
+    return accepted, quarantined
+
+
+def _blank(value: Any) -> bool:
+    return _is_missing(value) or not str(value).strip()
+
+
+def _group_key(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def _quarantine_record(row: dict[str, Any], reason: str) -> dict[str, Any]:
+    record = {"reason": reason, "line": row.get("line")}
+    if "malformed" in row:
+        record.update(detail=row["malformed"], raw=row["raw"])
+    else:
+        record.update(text=_jsonable(row["text"]), label=_jsonable(row["label"]))
+        if "group" in row:
+            record["group"] = _jsonable(row["group"])
+    return record
+
+
+def _jsonable(value: Any) -> Any:
+    if _is_missing(value):
+        return None
+    if isinstance(value, (str, int, float, bool, list, dict)):
+        return value
+    return repr(value)
+
+
+# ---------------------------------------------------------------------------- splitting
+
+
+def assign_split(key: str, cfg: DataConfig) -> str:
+    """Split of a row, decided by a salted hash of its key (the text, or its group).
+
+    The hash maps the key to a point in [0, 1); the same key always lands in the same
+    split, so appending rows never moves an existing row.
+    """
+    digest = hashlib.sha256(f"{cfg.split_salt}\x00{key}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < cfg.test_fraction:
+        return "test"
+    if u < cfg.test_fraction + cfg.validation_fraction:
+        return "validation"
+    return "train"
+
+
+def split_stable(rows: list[dict[str, str]], cfg: DataConfig) -> dict[str, list[dict[str, str]]]:
+    """Group accepted rows by `assign_split` of their group (or text), keeping input order."""
+    out: dict[str, list[dict[str, str]]] = {s: [] for s in SPLITS}
+    for row in rows:
+        out[assign_split(row.get("group", row["text"]), cfg)].append(row)
+    return out
+
+
+# ---------------------------------------------------------------------------- prepare
+
+
+@dataclass
+class CheckedDataset:
+    """An input file read and validated, not yet written anywhere."""
+
+    rows_in: int
+    accepted: list[dict[str, str]]
+    quarantined: list[dict[str, Any]]
+    labels: list[str]
+
+    @property
+    def reasons(self) -> dict[str, int]:
+        return dict(Counter(q["reason"] for q in self.quarantined).most_common())
+
+
+def check_dataset(input_path: str | Path, cfg: DataConfig) -> CheckedDataset:
+    """Read and validate the texts + labels of `input_path` without writing anything.
+
+    Raises:
+        DataValidationError: missing file or columns, unsupported format, no usable rows,
+            fewer than two classes, or a quarantined fraction above `cfg.max_bad_fraction`.
+    """
+    rows = list(read_rows(input_path, cfg))
+    if not rows:
+        raise DataValidationError(f"{input_path}: no rows")
+    accepted, quarantined = validate_rows(rows, cfg)
+    checked = CheckedDataset(len(rows), accepted, quarantined,
+                             list(cfg.labels) or sorted({r["label"] for r in accepted}))
+    bad_fraction = len(quarantined) / len(rows)
+    if bad_fraction > cfg.max_bad_fraction:
+        raise DataValidationError(
+            f"{input_path}: {len(quarantined)} of {len(rows)} rows are bad "
+            f"({bad_fraction:.1%} > data.max_bad_fraction={cfg.max_bad_fraction:.1%}); "
+            f"reasons: {checked.reasons}. Nothing was written.")
+    present = {r["label"] for r in accepted}
+    if len(present) < 2:
+        raise DataValidationError(
+            f"{input_path}: need at least two classes among the valid rows, "
+            f"found {sorted(present)}")
+    return checked
+
+
+def prepare_dataset(input_path: str | Path, out_dir: str | Path, cfg: DataConfig
+                    ) -> dict[str, Any]:
+    """Validate `input_path`, quarantine bad rows, split, and write the prepared folder.
+
+    All outputs are written into a temp folder that replaces `out_dir` in one rename, so a
+    failure leaves any earlier prepared folder as it was.
+
+    Returns:
+        The report (also written as report.json).
+
+    Raises:
+        DataValidationError: see `check_dataset`; also an empty train split.
+    """
+    checked = check_dataset(input_path, cfg)
+    return split_and_write(input_path, out_dir, checked, cfg, {
+        "class_counts": lambda rows: dict(sorted(Counter(r["label"] for r in rows).items()))})
+
+
+def split_and_write(input_path: str | Path, out_dir: str | Path, checked: CheckedDataset,
+                    cfg: DataConfig, per_split: dict[str, Callable[[list[dict]], Any]],
+                    task: str | None = None) -> dict[str, Any]:
+    """Split checked rows and write the prepared folder in one rename; return the report.
+
+    `per_split` adds the task's own counts: report[key][split] = fn(rows of that split).
+
+    Raises:
+        DataValidationError: the train split is empty.
+    """
+    from components.data.near_dup import cross_split_near_duplicates
+
+    splits = split_stable(checked.accepted, cfg)
+    if not splits["train"]:
+        raise DataValidationError(f"{input_path}: the train split is empty")
+    report = {
+        **({"task": task} if task else {}),
+        "input": Path(input_path).name,
+        "input_md5": md5_file(Path(input_path)),
+        "rows_in": checked.rows_in,
+        "rows_ok": len(checked.accepted),
+        "quarantined": checked.reasons,
+        "bad_fraction": round(len(checked.quarantined) / checked.rows_in, 6),
+        "labels": checked.labels,
+        "split_sizes": {s: len(splits[s]) for s in SPLITS},
+        **{key: {s: fn(splits[s]) for s in SPLITS} for key, fn in per_split.items()},
+        "group_column": cfg.group_column,
+        "groups": ({s: len({r["group"] for r in splits[s]}) for s in SPLITS}
+                   if cfg.group_column else None),
+        "near_duplicates": cross_split_near_duplicates(
+            {s: [r["text"] for r in splits[s]] for s in SPLITS}, cfg.near_duplicate_jaccard),
+    }
+    with atomic_dir(out_dir) as tmp:
+        for split in SPLITS:
+            write_jsonl(tmp / f"{split}.jsonl", splits[split])
+        write_jsonl(tmp / "quarantine.jsonl", checked.quarantined)
+        (tmp / "labels.json").write_text(json.dumps({"labels": checked.labels}, indent=2) + "\n")
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+

@@ -1,0 +1,1 @@
+"""Evaluation: test-split reports, paired statistics, prediction drift."""

@@ -1,0 +1,1 @@
+"""The model: backbone, head, pooling, the trained-model folder."""

@@ -1,0 +1,1 @@
+"""Registry: MLflow tracking, logged models and versions, lineage, model cards."""

@@ -1,0 +1,32 @@
+"""A trained model folder exported as a served bundle, measured on the test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from components.config import Params
+from components.evaluate.scoring import load_for_test
+from components.release.export import export_model
+from components.task_types import task_type
+
+
+def export_bundle(model_dir: str | Path, prepared_dir: str | Path, out_dir: str | Path,
+                  params: Params) -> dict[str, Any]:
+    """Reload the trained model folder and export it; parity is measured on the test split.
+
+    Raises:
+        FileNotFoundError: the model folder or the prepared test split is missing.
+        ValueError: the model's labels differ from the prepared label map.
+    """
+    trained = load_for_test(model_dir, prepared_dir)
+    kind = task_type(params.task.type)
+    rows = kind.parity_rows(prepared_dir)
+
+    def measure(model: Any, bundle: Path, texts: list[str], _targets: list[Any],
+                _params: Params) -> dict[str, Any]:
+        return kind.measure(model, bundle, rows.head(len(texts)), params)
+
+    return export_model(trained.model, trained.tokenizer, trained.labels, out_dir, params,
+                        texts=rows.texts, y_true=rows.targets, meta=trained.meta,
+                        measure=measure)

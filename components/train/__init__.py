@@ -1,0 +1,1 @@
+"""Training: fine-tuning (gradient and zeroth-order), domain pretraining, distillation, sweeps."""

@@ -1,0 +1,20 @@
+"""Hyperparameter sweeps: an Optuna study over `sweep.space`, one finetune stage per trial.
+
+    plan = open_sweep(params)              # create or resume the study, open the MLflow run
+    number, values = TrialQueue(params, plan).next()   # in the driver: ask
+    record = run_trial(params, plan, number, values)  # on any worker: train, report, tell
+    summary = summarize(params, plan, why)  # table, best values, plot, MLflow
+    place_winner(params, plan, summary["best"])  # then the normal chain, with its values
+
+The drivers (the `sweep` flow, fanning trials out on Dask) only decide where trials run.
+"""
+
+from components.train.sweep.space import as_overrides, check_space, search_space, with_values
+from components.train.sweep.study import SweepPlan, load_study, open_sweep, stop_reason
+from components.train.sweep.summary import place_winner, summarize, table
+from components.train.sweep.trial import TrialQueue, run_trial, trial_params
+from components.train.sweep.workers import for_workers
+
+__all__ = ["SweepPlan", "TrialQueue", "as_overrides", "check_space", "for_workers", "load_study",
+           "open_sweep", "place_winner", "run_trial", "search_space", "stop_reason",
+           "summarize", "table", "trial_params", "with_values"]
