@@ -71,13 +71,11 @@ SEARCH: dict[str, list[str]] = {
     # batch-16 noise SPSA wants ~0.1 / tr(H). Exact-gradient AdamW on bitfit did not beat the
     # probe within 300 steps either, so bitfit is dropped from the search.)
     # Round 3: SPSA at ~0.1 / tr(H); the top layer (tr(H) ~1e3), where reusing the frozen
-    # layers' outputs makes every extra direction cost one layer, with FZOO and CEM.
+    # layers' outputs makes every extra direction cost one layer, with CEM. (The FZOO
+    # estimator measured here, 0.808 / 0.800 validation and -1.3 pt test against the probe,
+    # was retired with its results kept in bench/results.)
     "mezo-all-lr3e-5": _mezo("all", 3e-5),
     "mezo-top1-lr1e-4": _mezo("top_layers", 1e-4, top_layers=1),
-    "fzoo16-top1-lr3e-3": _mezo("top_layers", 3e-3, top_layers=1, estimator="fzoo",
-                                n_samples=16),
-    "fzoo16-top1-lr1e-2": _mezo("top_layers", 1e-2, top_layers=1, estimator="fzoo",
-                                n_samples=16),
     "cem16-top1-s1e-4": _strategy("cem", "top_layers", top_layers=1, population=16,
                                   sigma=1e-4, sigma_min=3e-5, smoothing=1.0),
     "cem16-top1-s3e-4": _strategy("cem", "top_layers", top_layers=1, population=16,
@@ -92,7 +90,6 @@ FINAL: dict[str, list[str]] = {
     "adamw": ["finetune.strategy=adamw"],
     "mezo-bitfit-lr3e-4": SEARCH["mezo-bitfit-lr3e-4"],
     "cem16-top1-s3e-4": SEARCH["cem16-top1-s3e-4"],
-    "fzoo16-top1-lr3e-3": SEARCH["fzoo16-top1-lr3e-3"],
     "mezo-all-lr1e-5": SEARCH["mezo-all-lr1e-5"],
 }
 

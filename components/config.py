@@ -178,8 +178,6 @@ class AdamWConfig(StrategySection):
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     max_grad_norm: float = Field(1.0, ge=0)
-    layer_decay: float = Field(1.0, gt=0, le=1)
-    ema_decay: float = Field(0.0, ge=0, lt=1)
 
 
 class ZOSection(StrategySection):
@@ -209,23 +207,13 @@ class ZOGradSection(ZOSection):
 
 
 class ZOConfig(ZOGradSection):
-    """MeZO. `estimator`: `spsa` = central differences (L(+eps z) - L(-eps z)) / 2 eps over
-    `n_samples` seeds, 2 forwards each; `fzoo` = one forward at theta shared by `n_samples`
-    one-sided differences (n + 1 forwards), the step divided by the spread of the sampled
-    losses (lr is then a step length, whatever the scale of the loss)."""
+    """MeZO: central differences (L(+eps z) - L(-eps z)) / 2 eps over `n_samples` seeds,
+    2 forwards each."""
 
-    estimator: Literal["spsa", "fzoo"] = "spsa"
     lr: float = Field(1e-5, gt=0)
     eps: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     n_samples: int = Field(1, ge=1)
-
-    @model_validator(mode="after")
-    def _fzoo_needs_a_spread(self) -> ZOConfig:
-        if self.estimator == "fzoo" and self.n_samples < 2:
-            raise ValueError("estimator fzoo scales its step by the spread of n_samples "
-                             "losses: n_samples must be >= 2")
-        return self
 
 
 class ZOSignConfig(ZOGradSection):
@@ -278,7 +266,6 @@ class FinetuneConfig(Section):
     strategy: str = "adamw"
     head_init: Literal["random", "linear_probe"] = "linear_probe"
     freeze_embeddings: bool = True
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 42
     batch_size: int = Field(16, ge=1)
     eval_batch_size: int = Field(64, ge=1)

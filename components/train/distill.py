@@ -68,7 +68,7 @@ def student_params(params: Params) -> Params:
     `finetune` as is (AdamW, a head that is kept: it comes from the teacher)."""
     cfg = params.compress
     finetune = params.finetune.model_copy(update={
-        "strategy": "adamw", "head_init": "random", "label_smoothing": 0.0,
+        "strategy": "adamw", "head_init": "random",
         "max_steps": cfg.max_steps, "batch_size": cfg.batch_size,
         "eval_every": cfg.eval_every, "checkpoint_every": cfg.eval_every,
         "adamw": params.finetune.adamw.model_copy(update={"lr": cfg.lr})})

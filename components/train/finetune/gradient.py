@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import re
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -17,44 +14,14 @@ from components.train.finetune.base import LossFn, Strategy, register_strategy
 # Biases and LayerNorm weights are not decayed: shrinking them towards zero only hurts
 # (they set offsets and scales, not feature weights).
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "LayerNorm.bias")
-LAYER_NAME = re.compile(r"\.layers?\.(\d+)\.")
-
-
-def layer_depths(names: list[str]) -> dict[str, int]:
-    """Distance of each parameter from the output: 0 for the head, 1 for the last
-    transformer layer, ..., num_layers + 1 for the embeddings.
-
-    Parameters named neither `...layer.<i>...` nor `...embeddings...` (head, pooler,
-    PEFT prompt encoders) count as the top.
-    """
-    layer = {n: int(m.group(1)) for n in names if (m := LAYER_NAME.search(n))}
-    top = max(layer.values(), default=-1) + 1
-    depths = {}
-    for name in names:
-        if name in layer:
-            depths[name] = top - layer[name]
-        elif "embeddings" in name and "prompt" not in name:
-            depths[name] = top + 1
-        else:
-            depths[name] = 0
-    return depths
-
-
 def param_groups(params: list[tuple[str, nn.Parameter]], cfg: AdamWConfig) -> list[dict]:
-    """AdamW groups: weight decay off for bias/LayerNorm; lr * layer_decay ** depth.
-
-    Layer-wise decay keeps the lower layers (general language features) closer to the
-    pretrained weights than the top ones, which matter most for the new task.
-    """
-    depths = layer_depths([n for n, _ in params])
-    groups: dict[tuple[bool, int], dict] = {}
+    """AdamW groups: weight decay on feature weights, off for biases and LayerNorms."""
+    groups: dict[bool, dict] = {}
     for name, p in params:
         no_decay = name.endswith(_NO_DECAY)
-        depth = depths[name] if cfg.layer_decay < 1.0 else 0
-        group = groups.setdefault((no_decay, depth), {
-            "params": [], "weight_decay": 0.0 if no_decay else cfg.weight_decay,
-            "lr": cfg.lr * cfg.layer_decay ** depth})
-        group["params"].append(p)
+        groups.setdefault(no_decay, {"params": [], "lr": cfg.lr,
+                                     "weight_decay": 0.0 if no_decay else cfg.weight_decay}
+                          )["params"].append(p)
     return [groups[k] for k in sorted(groups)]
 
 
@@ -67,12 +34,7 @@ def warmup_linear(step: int, total: int, warmup: int) -> float:
 
 @register_strategy
 class AdamWStrategy(Strategy):
-    """AdamW with warmup + linear decay, gradient clipping, no decay on bias/LayerNorm.
-
-    With `ema_decay` > 0 it also keeps an exponential moving average of the trainable
-    weights; evaluation and the shipped model use the average, which on small data is
-    flatter and less tied to the last few batches than the raw iterate.
-    """
+    """AdamW with warmup + linear decay, gradient clipping, no decay on bias/LayerNorm."""
 
     name = "adamw"
     uses_grad = True
@@ -86,7 +48,6 @@ class AdamWStrategy(Strategy):
         warmup = int(math.ceil(cfg.warmup_ratio * total_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: warmup_linear(s, total_steps, warmup))
-        self.ema = ([p.detach().clone() for _, p in params] if cfg.ema_decay > 0 else None)
         self.scaler: torch.amp.GradScaler | None = None
 
     def on_dist(self) -> None:
@@ -112,8 +73,7 @@ class AdamWStrategy(Strategy):
             return {"loss": value}
         grads = [p for _, p in self.params]
         clip = self.cfg.max_grad_norm or float("inf")  # 0 = no clipping; norm still reported
-        first = self.optimizer.param_groups[0]
-        lr = self.cfg.lr * first["lr"] / first["initial_lr"]  # the top layers' lr
+        lr = self.optimizer.param_groups[0]["lr"]
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
@@ -125,41 +85,13 @@ class AdamWStrategy(Strategy):
             norm = torch.nn.utils.clip_grad_norm_(grads, clip)
             self.optimizer.step()
         self.scheduler.step()
-        self._update_ema()
         return {"loss": value, "lr": lr, "grad_norm": float(norm)}
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        if self.ema is None:
-            return
-        updates = self.scheduler.last_epoch  # applied steps, this one included
-        # Warm-up of the decay (as in tf.train.ExponentialMovingAverage's num_updates):
-        # early on the average follows the weights instead of the pretrained start.
-        decay = min(self.cfg.ema_decay, (1 + updates) / (10 + updates))
-        for avg, (_, p) in zip(self.ema, self.params, strict=True):
-            avg.lerp_(p.detach(), 1.0 - decay)
-
-    @contextlib.contextmanager
-    def evaluation_weights(self) -> Iterator[None]:
-        if self.ema is None:
-            yield
-            return
-        swap = [(p, p.data) for _, p in self.params]
-        for avg, (p, _) in zip(self.ema, swap, strict=True):
-            p.data = avg
-        try:
-            yield
-        finally:
-            for p, current in swap:
-                p.data = current
 
     def state_dict(self) -> dict[str, Any]:
         state = {"optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict()}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
-        if self.ema is not None:
-            state["ema"] = list(self.ema)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -167,8 +99,3 @@ class AdamWStrategy(Strategy):
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None:
-            if "ema" not in state:
-                raise ValueError("adamw: the checkpoint has no weight average (ema_decay was 0)")
-            for avg, saved in zip(self.ema, state["ema"], strict=True):
-                avg.copy_(saved)

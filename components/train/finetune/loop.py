@@ -14,7 +14,6 @@ and the other ranks follow its early-stopping decision.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import math
@@ -82,6 +81,27 @@ class Prebuilt:
     loss_fn: LossFn
 
 
+@dataclass
+class RunContext:
+    """One training run as its helpers share it: the inputs, then the moving parts."""
+
+    params: Params
+    prepared_dir: Path
+    out_dir: Path
+    init_dir: Path | None
+    root: Path                 # checkpoint folder
+    log: MetricsLogger
+    d: Dist
+    model: nn.Module | None = None
+    tokenizer: Any = None
+    labels: list[str] = field(default_factory=list)
+    strategy: Strategy | None = None
+    loader: ShuffledLoader | None = None
+    stopper: EarlyStopper | None = None
+    run: RunState = field(default_factory=RunState)
+    best: dict | None = None   # trainable weights of the best evaluation so far
+
+
 def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
           init_dir: str | Path | None = None, checkpoint_dir: str | Path | None = None,
           resume: bool = False, logger: MetricsLogger | None = None,
@@ -110,42 +130,44 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
     """
     own = dist is None
     d = distributed.init(params) if own else dist
+    ctx = RunContext(params, Path(prepared_dir), Path(out_dir),
+                     Path(init_dir) if init_dir else None,
+                     Path(checkpoint_dir or params.paths.checkpoints),
+                     (logger if d.is_main else None) or null_logger, d)
     try:
-        return _train(params, prepared_dir, out_dir, init_dir, checkpoint_dir, resume,
-                      logger if d.is_main else None, prebuilt, d)
+        return _train(ctx, resume, prebuilt)
     finally:
         if own:
             distributed.shutdown(d)
 
 
-def _train(params: Params, prepared_dir: str | Path, out_dir: str | Path,
-           init_dir: str | Path | None, checkpoint_dir: str | Path | None, resume: bool,
-           logger: MetricsLogger | None, prebuilt: Prebuilt | None, d: Dist) -> dict[str, Any]:
+def _train(ctx: RunContext, resume: bool, prebuilt: Prebuilt | None) -> dict[str, Any]:
+    params, d, log, root = ctx.params, ctx.d, ctx.log, ctx.root
     cfg = params.finetune
-    log = logger or null_logger
     # The ranks of one machine share its cores.
     threads = params.model.num_threads
     torch.set_num_threads(max(1, threads // d.local_world) if d.device.type == "cpu"
                           else threads)
     seed_everything(cfg.seed)
-    labels = load_label_map(prepared_dir)
+    ctx.labels = load_label_map(ctx.prepared_dir)
     if prebuilt is None:
-        model, tokenizer = build_classifier(params, labels,
-                                            Path(init_dir) if init_dir else None)
-        train_data = _encode_split(tokenizer, prepared_dir, "train", params)
+        ctx.model, ctx.tokenizer = build_classifier(params, ctx.labels, ctx.init_dir)
+        train_data = _encode_split(ctx.tokenizer, ctx.prepared_dir, "train", params)
     else:
-        model, tokenizer, train_data = prebuilt.model, prebuilt.tokenizer, prebuilt.train_data
-    val_data = _encode_split(tokenizer, prepared_dir, "validation", params)
+        ctx.model, ctx.tokenizer = prebuilt.model, prebuilt.tokenizer
+        train_data = prebuilt.train_data
+    model = ctx.model
+    val_data = _encode_split(ctx.tokenizer, ctx.prepared_dir, "validation", params)
     model.to(d.device)
-    strategy = build_strategy(cfg, trainable_parameters(model), cfg.max_steps, d)
+    strategy = ctx.strategy = build_strategy(cfg, trainable_parameters(model), cfg.max_steps, d)
     # Every rank draws the same global batch (per-rank batch x ranks) and takes its share.
-    loader = ShuffledLoader(train_data, cfg.batch_size * d.world, cfg.seed, cfg.sort_window)
-    stopper = EarlyStopper.from_config(cfg.early_stopping)
-    run, best = RunState(), None
-    root = Path(checkpoint_dir or params.paths.checkpoints)
+    loader = ctx.loader = ShuffledLoader(train_data, cfg.batch_size * d.world, cfg.seed,
+                                         cfg.sort_window)
+    stopper = ctx.stopper = EarlyStopper.from_config(cfg.early_stopping)
+    run = ctx.run
     latest = d.broadcast(ckpt.latest_checkpoint(root) if resume and d.is_main else None)
     if latest is not None:
-        best = _restore(latest, params, model, strategy, loader, stopper, run, d)
+        _restore(ctx, latest)
     else:
         if d.is_main:
             ckpt.clear_checkpoints(root)
@@ -160,9 +182,7 @@ def _train(params: Params, prepared_dir: str | Path, out_dir: str | Path,
     # zeroth-order ones through the model itself (they exchange losses only).
     forward_model = d.wrap(model) if strategy.uses_grad else model
 
-    n_classes = len(labels)
-    loss_fn = prebuilt.loss_fn if prebuilt is not None else functools.partial(
-        classification_loss, label_smoothing=cfg.label_smoothing)
+    loss_fn = prebuilt.loss_fn if prebuilt is not None else classification_loss
     loss_fn = _with_precision(loss_fn, d)
     bar = tqdm(total=cfg.max_steps, initial=run.step, desc="finetune",
                disable=None if d.is_main else True)
@@ -181,8 +201,7 @@ def _train(params: Params, prepared_dir: str | Path, out_dir: str | Path,
         if run.step % cfg.eval_every == 0 or run.step == cfg.max_steps:
             if d.is_main:
                 with strategy.evaluation_weights():
-                    best = _validate(model, val_data, params, n_classes, stopper, run, best,
-                                     log, d.device)
+                    _validate(ctx, val_data)
             run.stopped_early = d.broadcast(run.stopped_early)
         if run.step % cfg.checkpoint_every == 0 and run.step < cfg.max_steps:
             _guard_weights(model, run.step, root, strategy)
@@ -192,12 +211,12 @@ def _train(params: Params, prepared_dir: str | Path, out_dir: str | Path,
                          "strategy": strategy.state_dict(),
                          "loader": loader.state_dict(), "stopper": stopper.state_dict(),
                          "rng": rngs[0], "rng_ranks": rngs[1:], "params_hash": params.hash()}
-                ckpt.save_checkpoint(root, run.step, model, state, best, cfg.keep_checkpoints)
+                ckpt.save_checkpoint(root, run.step, model, state, ctx.best,
+                                     cfg.keep_checkpoints)
     bar.close()
     # Every rank must end with the same weights; the digests show it (32 bytes a rank).
     digests = d.gather(weights_digest(model)) if d.active else None
-    metrics = _finish(model, tokenizer, labels, params, out_dir, run, best, stopper,
-                      prepared_dir, init_dir, save=d.is_main)
+    metrics = _finish(ctx, save=d.is_main)
     if digests is not None:
         metrics.update(ranks=d.world, ranks_agree=len(set(digests)) == 1,
                        rank_weight_digests=digests)
@@ -260,21 +279,18 @@ def _one_step(model: nn.Module, strategy: Strategy, batch: dict, step: int,
         return strategy.step(model, batch, loss_fn, step)
 
 
-def _validate(model: nn.Module, val_data: Encoded, params: Params, n_classes: int,
-              stopper: EarlyStopper, run: RunState, best: dict | None,
-              log: MetricsLogger, device: torch.device | None = None) -> dict | None:
-    """Evaluate, log, update early stopping; returns the (possibly new) best weights."""
-    cfg = params.finetune
-    metrics = evaluate_split(model, val_data, cfg.eval_batch_size, n_classes,
-                             cfg.eval_max_batches, device)
+def _validate(ctx: RunContext, val_data: Encoded) -> None:
+    """Evaluate, log, update early stopping and, on a new best, the best weights."""
+    cfg, run = ctx.params.finetune, ctx.run
+    metrics = evaluate_split(ctx.model, val_data, cfg.eval_batch_size, len(ctx.labels),
+                             cfg.eval_max_batches, ctx.d.device)
     run.last_eval = metrics
-    log({f"val/{k}": v for k, v in metrics.items()}, run.step)
+    ctx.log({f"val/{k}": v for k, v in metrics.items()}, run.step)
     _progress_line(run, cfg.max_steps, cfg.early_stopping.metric, metrics)
-    if stopper.update(metrics, run.step):
+    if ctx.stopper.update(metrics, run.step):
         run.best_eval = metrics
-        best = ckpt.trainable_state(model)
-    run.stopped_early = stopper.should_stop
-    return best
+        ctx.best = ckpt.trainable_state(ctx.model)
+    run.stopped_early = ctx.stopper.should_stop
 
 
 def _progress_line(run: RunState, max_steps: int, metric: str,
@@ -319,25 +335,24 @@ def _diverged(reason: str, model: nn.Module, root: Path, strategy: Strategy) -> 
                            f"{latest} ({hint}, or --resume from it)")
 
 
-def _restore(path: Path, params: Params, model: nn.Module, strategy: Strategy,
-             loader: ShuffledLoader, stopper: EarlyStopper, run: RunState,
-             d: Dist | None = None) -> dict | None:
-    weights, state, best = ckpt.load_checkpoint(path)
+def _restore(ctx: RunContext, path: Path) -> None:
+    """Weights, strategy, loader, stopper, loop state and RNG from a checkpoint."""
+    params, run = ctx.params, ctx.run
+    weights, state, ctx.best = ckpt.load_checkpoint(path)
     if state["params_hash"] != params.hash():
         raise ValueError(f"checkpoint {path} was made with different params "
                          f"(hash {state['params_hash']} != {params.hash()}); "
                          "train without --resume to start over")
-    ckpt.load_trainable(model, weights)
-    strategy.load_state_dict(state["strategy"])
-    loader.load_state_dict(state["loader"])
-    stopper.load_state_dict(state["stopper"])
+    ckpt.load_trainable(ctx.model, weights)
+    ctx.strategy.load_state_dict(state["strategy"])
+    ctx.loader.load_state_dict(state["loader"])
+    ctx.stopper.load_state_dict(state["stopper"])
     for key, value in state["run"].items():
         setattr(run, key, value)
     run.resumed_from = run.step
     ranks = state.get("rng_ranks") or []
-    rank = d.rank if d is not None else 0
+    rank = ctx.d.rank
     ckpt.set_rng_state(ranks[rank - 1] if 0 < rank <= len(ranks) else state["rng"])
-    return best
 
 
 def _init_head_linear_probe(model: nn.Module, data: Encoded, params: Params,
@@ -352,12 +367,11 @@ def _init_head_linear_probe(model: nn.Module, data: Encoded, params: Params,
     log({f"probe/{k}": float(v) for k, v in metrics.items()}, 0)
 
 
-def _finish(model: nn.Module, tokenizer: Any, labels: list[str], params: Params,
-            out_dir: str | Path, run: RunState, best: dict | None, stopper: EarlyStopper,
-            prepared_dir: str | Path, init_dir: str | Path | None,
-            save: bool = True) -> dict[str, Any]:
-    if best is not None:
-        ckpt.load_trainable(model, best)  # ship the best-validated weights, not the last
+def _finish(ctx: RunContext, save: bool = True) -> dict[str, Any]:
+    """Load the best-validated weights, summarise the run and (rank 0) save the model."""
+    model, run, params = ctx.model, ctx.run, ctx.params
+    if ctx.best is not None:
+        ckpt.load_trainable(model, ctx.best)  # ship the best-validated weights, not the last
     model.eval()
     model.to("cpu")  # the saved model loads on any device
     window = max(1, min(10, len(run.losses) // 2))
@@ -365,7 +379,8 @@ def _finish(model: nn.Module, tokenizer: Any, labels: list[str], params: Params,
     n_train = sum(p.numel() for _, p in trainable_parameters(model))
     metrics: dict[str, Any] = {
         **{f"val_{k}": v for k, v in run.best_eval.items()},
-        "steps": run.step, "best_step": stopper.best_step, "stopped_early": run.stopped_early,
+        "steps": run.step, "best_step": ctx.stopper.best_step,
+        "stopped_early": run.stopped_early,
         "train_seconds": round(run.train_seconds, 3),
         "train_cpu_seconds": round(run.train_cpu_seconds, 3), "resumed_from": run.resumed_from,
         "train_loss_initial": float(np.mean(run.losses[:window])),
@@ -373,7 +388,7 @@ def _finish(model: nn.Module, tokenizer: Any, labels: list[str], params: Params,
         "trainable_params": n_train, "total_params": n_total,
         "strategy": params.finetune.strategy, "peft_method": params.peft.method}
     if save:  # rank 0 only
-        save_trained(model, tokenizer, labels, params, out_dir,
-                     extra={"metrics": metrics, "data_version": data_version(prepared_dir),
-                            "init_dir": str(init_dir) if init_dir else None})
+        save_trained(model, ctx.tokenizer, ctx.labels, params, ctx.out_dir,
+                     extra={"metrics": metrics, "data_version": data_version(ctx.prepared_dir),
+                            "init_dir": str(ctx.init_dir) if ctx.init_dir else None})
     return metrics

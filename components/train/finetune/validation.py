@@ -23,13 +23,12 @@ def scored(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, to
     return logits, labels
 
 
-def classification_loss(model: nn.Module, batch: Batch,
-                        label_smoothing: float = 0.0) -> torch.Tensor:
+def classification_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Mean cross-entropy of the model's logits against `batch["labels"]` (per text, or
     per scored token)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logits, labels = scored(logits, batch["labels"])
-    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    return F.cross_entropy(logits, labels)
 
 
 def macro_f1(preds: torch.Tensor, labels: torch.Tensor, n_classes: int) -> float:

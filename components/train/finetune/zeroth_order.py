@@ -27,7 +27,6 @@ a compact log that replays the whole run from the starting weights (`replay_hist
 from __future__ import annotations
 
 import math
-import statistics
 from typing import Any, ClassVar
 
 import torch
@@ -198,24 +197,14 @@ def any_nonfinite(*values: float) -> bool:
 
 @register_strategy
 class MeZOStrategy(ZerothOrderStrategy):
-    """MeZO with one of two estimators (`finetune.mezo.estimator`):
-
-    - spsa: theta -= lr * (mean_k g_k z_k + wd * theta), g_k = (l+_k - l-_k) / 2 eps
-      (n-SPSA over `n_samples` seeds; 2 forwards per seed);
-    - fzoo: one forward at theta gives l0, shared by `n_samples` one-sided differences;
-      theta -= lr * mean_k ((l_k - l0) / s) z_k with s the standard deviation of the l_k
-      (FZOO, Dang et al. 2025). n + 1 forwards for n directions instead of 2n, and dividing
-      by s makes the step length lr * sqrt(#values / n) whatever the loss's scale or eps
-      (a normalized-gradient step: large where the loss is flat, small where it is steep).
-    """
+    """MeZO (SPSA): theta -= lr * (mean_k g_k z_k + wd * theta), g_k = (l+_k - l-_k) / 2 eps,
+    over `n_samples` seeds a step, 2 forwards per seed."""
 
     name = "mezo"
 
     def step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
              step: int) -> dict[str, float]:
         with self.reuse(model).active():
-            if self.cfg.estimator == "fzoo":
-                return self._fzoo_step(model, batch, loss_fn, step)
             return self._spsa_step(model, batch, loss_fn, step)
 
     def _spsa_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
@@ -235,31 +224,6 @@ class MeZOStrategy(ZerothOrderStrategy):
         self.apply_update(model, step, [(k, -cfg.lr * g / n) for k, g in enumerate(grads)],
                           cfg.lr, cfg.weight_decay)
         return {"loss": loss, "projected_grad": sum(grads) / n}
-
-    def _fzoo_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn,
-                   step: int) -> dict[str, float]:
-        cfg, n = self.cfg, self.cfg.n_samples
-        part, share = self.dist.shard(batch)
-        rng = torch.get_rng_state()
-        with torch.inference_mode():
-            base = float(loss_fn(model, part))
-        losses = []
-        for k in range(n):
-            torch.set_rng_state(rng)  # same dropout masks as the unperturbed forward
-            losses.append(self.perturbed_loss(model, part, loss_fn, self.sample_seed(step, k),
-                                              cfg.eps))
-        base, *losses = self.global_losses([base, *losses], share)
-        if any_nonfinite(base, *losses):
-            return {"loss": float("nan")}
-        spread = statistics.pstdev(losses)
-        diffs = [loss - base for loss in losses]
-        metrics = {"loss": base, "projected_grad": sum(diffs) / (n * cfg.eps),
-                   "loss_spread": spread}
-        if spread > 0:  # all n losses equal: no direction to prefer, no step
-            self.apply_update(model, step, [(k, -cfg.lr * d / (n * spread))
-                                            for k, d in enumerate(diffs)],
-                              cfg.lr, cfg.weight_decay)
-        return metrics
 
 
 @register_strategy

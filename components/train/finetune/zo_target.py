@@ -15,9 +15,32 @@ fitted to the old ones (a linear probe) has to follow them.
 
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
-from components.train.finetune.gradient import LAYER_NAME, layer_depths
+LAYER_NAME = re.compile(r"\.layers?\.(\d+)\.")
+
+
+def layer_depths(names: list[str]) -> dict[str, int]:
+    """Distance of each parameter from the output: 0 for the head, 1 for the last
+    transformer layer, ..., num_layers + 1 for the embeddings.
+
+    Parameters named neither `...layer.<i>...` nor `...embeddings...` (head, pooler,
+    PEFT prompt encoders) count as the top.
+    """
+    layer = {n: int(m.group(1)) for n in names if (m := LAYER_NAME.search(n))}
+    top = max(layer.values(), default=-1) + 1
+    depths = {}
+    for name in names:
+        if name in layer:
+            depths[name] = top - layer[name]
+        elif "embeddings" in name and "prompt" not in name:
+            depths[name] = top + 1
+        else:
+            depths[name] = 0
+    return depths
+
 
 TARGETS = ("all", "bitfit", "top_layers")
 _NORMS = ("LayerNorm.", "layer_norm.", "layernorm.", "norm.")
