@@ -59,9 +59,10 @@ def retrain(
     value from params.yaml.
 
     Args:
-        data_path: CSV, JSONL or Parquet file with text and label columns, on the machine
-            that runs the flow (a relative path starts at the project folder); from a
-            deployment, inside the project folder or ui.data_roots. params.yaml: paths.raw.
+        data_path: CSV, JSONL or Parquet file with text and label columns (entities:
+            JSONL or CoNLL with words and tags), on the machine that runs the flow (a
+            relative path starts at the project folder); from a deployment, inside the
+            project folder or ui.data_roots. params.yaml: paths.raw.
         strategy: How the weights move: adamw (gradients) or a zeroth-order method that
             needs forward passes only (mezo, zo_sign, es, cem). params.yaml:
             finetune.strategy.

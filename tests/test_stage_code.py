@@ -164,3 +164,57 @@ def test_no_stage_module_imports_another_stage():
         imported = set(code_closure(rel))
         # the closure follows imports transitively: no path leads to another stage
         assert imported & stage_files == {rel}, (rel, sorted(imported & stage_files))
+
+
+def test_no_two_component_modules_import_each_other():
+    """The import graph of components/ (imports inside functions included) has no cycle."""
+    import sys
+
+    root = PROJECT_ROOT
+    files = sorted(p.relative_to(root).as_posix() for p in (root / "components").rglob("*.py"))
+
+    def target(parts: list[str]) -> str | None:
+        path = root.joinpath(*parts)
+        if path.with_suffix(".py").is_file():
+            return path.with_suffix(".py").relative_to(root).as_posix()
+        if (path / "__init__.py").is_file():
+            return (path / "__init__.py").relative_to(root).as_posix()
+        return None
+
+    edges: dict[str, set[str]] = {f: set() for f in files}
+    for rel in files:
+        here = Path(rel).with_suffix("").parts
+        for node in ast.walk(ast.parse((root / rel).read_text())):
+            names: list[list[str]] = []
+            if isinstance(node, ast.Import):
+                names = [a.name.split(".") for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module.split(".") if node.module else []
+                if node.level:
+                    base = list(here[:-node.level]) + base
+                names = [[*base, a.name] if target([*base, a.name]) else base
+                         for a in node.names]
+            for parts in names:
+                found = target(parts) if parts and parts[0] == "components" else None
+                if found and found != rel:
+                    edges[rel].add(found)
+
+    sys.setrecursionlimit(10_000)
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt):] + [nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for f in files:
+        if f not in state:
+            visit(f)

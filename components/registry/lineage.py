@@ -1,5 +1,7 @@
-"""Where a model came from: the lineage a registry version carries, as `tuneline models
-show` prints it (the tags themselves are written by tracking.py and the stages).
+"""Where a model came from, read back from the registry: a version's lineage tags (written
+at training and registration by tracking.py and the stages), its params (the run's params
+artifact) and their difference from @champion's, its aliases and gate verdict, as `tuneline
+models show` prints them.
 
 Importable without torch (the serving process and the registry CLI use it).
 """

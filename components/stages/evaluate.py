@@ -1,5 +1,6 @@
 """Stage `evaluate`: the shipped torch model (the distilled student when compress is on)
-scored on the test split: the task's metrics, per-class scores, calibration."""
+scored on the test split by its task type: texts get accuracy, macro-F1, per-class scores,
+calibration and a confusion matrix; entities get entity precision / recall / F1 per type."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from components.stages.chain import shipped_model_dir
 
 
 def evaluate(params: Params, *, force: bool = False) -> StageResult:
-    """Write `paths.eval` (report.json / .md, confusion matrix) for `paths.model`."""
+    """Write `paths.eval` (report.json / report.md, and the task type's extras) for the
+    shipped model (`chain.shipped_model_dir`)."""
     from components.evaluate.scoring import evaluate_model
 
     return run_stage("evaluate", params, lambda out: evaluate_model(
