@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     from components.data.files import load_split
-    from components.evaluate.stats import bootstrap_delta_ci
+    from components.evaluate.stats import paired_accuracy
 
     args.work.mkdir(parents=True, exist_ok=True)
     models = build(args.work)
@@ -117,7 +117,7 @@ def main() -> None:
     rows = {}
     for name, model in models.items():
         pred = measured[name]["logits"].argmax(1)
-        lo, hi = bootstrap_delta_ci(y, pred, teacher_pred, "accuracy", int(y.max()) + 1, noise)
+        lo, hi = paired_accuracy(y, pred, teacher_pred, noise)["ci"]
         accuracy = float(np.mean(pred == y))
         rows[name] = {
             "layers": model["layers"], "test_accuracy_int8": accuracy,

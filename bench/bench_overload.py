@@ -7,7 +7,7 @@
    bench/.cache/serve/ the first time, shared with bench_serve), or --bundle.
 2. `python -m deploy.serve --bundle` on the params.yaml serve defaults. Saturation S
    (texts/s): --sat-clients closed-loop clients sending --per-request texts each.
-3. One open-loop client process (bench.serve_load open: arrivals at a fixed rate, whatever
+3. One open-loop client process (bench.serve_measure open: arrivals at a fixed rate, whatever
    the answers, each request given up after --client-timeout): --light x S for
    --warm-seconds, then --overload x S for --seconds, then --light x S again for
    --recovery-seconds. The server's resident memory is read from /proc every 0.25 s.
@@ -115,11 +115,11 @@ def start_server(params: Params, bundle: Path, port: int, overrides: list[str],
 
 
 def saturation(url: str, pid: int, texts_file: Path, args) -> dict:
-    run_isolated("bench.serve_load", "load", "--url", url, "--texts", str(texts_file),
+    run_isolated("bench.serve_measure", "load", "--url", url, "--texts", str(texts_file),
                  "--clients", str(args.sat_clients), "--seconds", "3",
                  "--per-request", str(args.per_request))  # warm-up
     with ForeignLoad(pid) as foreign:
-        result = run_isolated("bench.serve_load", "load", "--url", url, "--texts",
+        result = run_isolated("bench.serve_measure", "load", "--url", url, "--texts",
                               str(texts_file), "--clients", str(args.sat_clients), "--seconds",
                               str(args.sat_seconds), "--per-request", str(args.per_request))
     return {**result, "foreign_cores": foreign.cores}
@@ -133,7 +133,7 @@ def overload_run(params: Params, bundle: Path, texts_file: Path, args, sat_texts
     server = start_server(params, bundle, port, overrides, WORK / f"overload-{name}.log")
     try:
         wait_ready(url, server)
-        run_isolated("bench.serve_load", "load", "--url", url, "--texts", str(texts_file),
+        run_isolated("bench.serve_measure", "load", "--url", url, "--texts", str(texts_file),
                      "--clients", "4", "--seconds", "2", "--per-request",
                      str(args.per_request))  # warm-up
         rate = sat_texts_per_s / args.per_request  # requests/s at saturation
@@ -144,7 +144,7 @@ def overload_run(params: Params, bundle: Path, texts_file: Path, args, sat_texts
         sampler.start()
         with ForeignLoad(server.pid) as foreign:
             load = run_isolated(
-                "bench.serve_load", "open", "--url", url, "--texts", str(texts_file),
+                "bench.serve_measure", "open", "--url", url, "--texts", str(texts_file),
                 "--phases", ",".join(f"{r:.3f}:{s:g}" for r, s in phases),
                 "--per-request", str(args.per_request), "--client-timeout",
                 str(args.client_timeout), "--max-connections", str(args.max_connections),

@@ -145,11 +145,9 @@ def bench_compare(search: dict, fresh: bool) -> dict:
 
 
 def paired(gold: np.ndarray, a: np.ndarray, b: np.ndarray, n_labels: int, noise) -> dict:
-    from components.evaluate.stats import bootstrap_delta_ci, mcnemar_pvalue
+    from components.evaluate.stats import paired_accuracy
 
-    lo, hi = bootstrap_delta_ci(gold, a, b, "accuracy", n_labels, noise)
-    return {"delta": float((a == gold).mean() - (b == gold).mean()), "ci": [lo, hi],
-            "confidence": noise.confidence, "mcnemar_p": mcnemar_pvalue(a == gold, b == gold)}
+    return paired_accuracy(gold, a, b, noise)
 
 
 def main() -> None:

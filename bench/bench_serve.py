@@ -9,7 +9,7 @@
    with the project's exporter (per-channel and per-tensor int8: two distinct versions).
 2. Both registered in a fresh MLflow SQLite store: v1 @champion, v2 @challenger.
 3. The ceiling: the best texts/s ONNX Runtime reaches in one process on the same test
-   texts (`bench.serve_ceiling`: batch sizes up to serve.max_batch, thread layouts on the
+   texts (`bench.serve_ceiling_measure`: batch sizes up to serve.max_batch, thread layouts on the
    same 2 cores, padding schemes, spinning), and raw batch-1 latency.
 4. `python -m deploy.serve` follows @champion. HTTP batch-1 latency from a sequential
    client; then saturation: --sat-clients concurrent clients for --seconds with the CPU of
@@ -165,7 +165,7 @@ def load_with_champion_move(params: Params, url: str, texts_file: Path, args, ne
     from components.registry.versions import promote
 
     client = subprocess.Popen(
-        [sys.executable, "-m", "bench.serve_load", "load", "--url", url, "--texts",
+        [sys.executable, "-m", "bench.serve_measure", "load", "--url", url, "--texts",
          str(texts_file), "--clients", str(args.clients), "--seconds", str(args.seconds),
          "--per-request", str(args.per_request)],
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -185,7 +185,7 @@ def saturation(url: str, pid: int, texts_file: Path, args, seconds: float,
                ceiling: float) -> dict:
     """--sat-clients clients, no champion move; CPU accounted per thread and per stage."""
     cpu0, counters0 = thread_cpu(pid), server_counters(url)
-    load = run_isolated("bench.serve_load", "load", "--url", url, "--texts", str(texts_file),
+    load = run_isolated("bench.serve_measure", "load", "--url", url, "--texts", str(texts_file),
                         "--clients", str(args.sat_clients), "--seconds", str(seconds),
                         "--per-request", str(args.sat_per_request))
     cpu1, counters1 = thread_cpu(pid), server_counters(url)
@@ -204,12 +204,12 @@ def interleaved(url: str, pid: int, bundle: Path, texts_file: Path, args, cell: 
     on other jobs: it bounds what the throughput ratio can reach on idle cores.
     """
     key = {k: cell[k] for k in ("threads", "streams", "batch", "padding", "spinning")}
-    run_isolated("bench.serve_load", "load", "--url", url, "--texts", str(texts_file),
+    run_isolated("bench.serve_measure", "load", "--url", url, "--texts", str(texts_file),
                  "--clients", str(args.sat_clients), "--seconds", "3")  # warm-up
     rounds = []
     for _ in range(3 * args.rounds):
         with ForeignLoad(pid) as ort_side:
-            ort = run_isolated("bench.serve_ceiling", "--bundle", str(bundle), "--texts",
+            ort = run_isolated("bench.serve_ceiling_measure", "--bundle", str(bundle), "--texts",
                                str(texts_file), "--cell", json.dumps(key), "--seconds",
                                str(args.round_seconds))
         with ForeignLoad(pid) as http_side:
@@ -255,10 +255,10 @@ def run(args: argparse.Namespace) -> dict:
     raw_args = ["raw", "--bundle", str(bundles[0]), "--texts", str(texts_file),
                 "--repeats", str(args.repeats), "--threads", str(params.serve.threads),
                 *(["--spinning"] if params.serve.ort_spinning else [])]
-    raw_before = run_isolated("bench.serve_load", *raw_args)
+    raw_before = run_isolated("bench.serve_measure", *raw_args)
     cfg = params.serve
     ceiling = run_isolated(
-        "bench.serve_ceiling", "--bundle", str(bundles[0]), "--texts", str(texts_file),
+        "bench.serve_ceiling_measure", "--bundle", str(bundles[0]), "--texts", str(texts_file),
         "--max-batch", str(cfg.max_batch), "--threads", str(cfg.threads), "--workers",
         str(cfg.workers), "--call-cost", str(cfg.bucket_call_cost_tokens),
         "--seconds", "1", "--repeats", "2", *(["--spinning"] if cfg.ort_spinning else []))
@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> dict:
     server = start_server(params, work, port)
     try:
         first = wait_ready(url, server)
-        latency = run_isolated("bench.serve_load", "latency", "--url", url, "--texts",
+        latency = run_isolated("bench.serve_measure", "latency", "--url", url, "--texts",
                                str(texts_file), "--repeats", str(args.repeats))
         sat = interleaved(url, server.pid, bundles[0], texts_file, args, ceiling["ceiling"])
         load = load_with_champion_move(params, url, texts_file, args, versions[1])
@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         server.terminate()
         server.wait(30)
-    raw_after = run_isolated("bench.serve_load", *raw_args)
+    raw_after = run_isolated("bench.serve_measure", *raw_args)
     args.loadavg = {"before": load_before, "after": os.getloadavg()}
     return summarize(params, model, versions, first, final, raw_before, raw_after, latency,
                      load, server_metrics, args, ceiling, sat)

@@ -63,16 +63,10 @@ def bench_accuracy(overrides: list[str]) -> dict:
 
 def paired_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_labels: int,
                       noise: NoiseConfig) -> dict:
-    """Accuracy of predictions `a` minus `b` on gold `y`, with the gate's noise measures: a
-    paired bootstrap interval and McNemar's p (params.yaml gate.noise)."""
-    from components.evaluate.stats import bootstrap_delta_ci, mcnemar_pvalue
+    """`components.evaluate.stats.paired_accuracy` (the gate's noise measures)."""
+    from components.evaluate.stats import paired_accuracy
 
-    lo, hi = bootstrap_delta_ci(y, a, b, "accuracy", n_labels, noise)
-    return {"delta": float((a == y).mean() - (b == y).mean()),
-            "ci": [lo, hi], "confidence": noise.confidence,
-            "mcnemar_p": mcnemar_pvalue(a == y, b == y),
-            "model_only_right": int(np.sum((a == y) & (b != y))),
-            "baseline_only_right": int(np.sum((a != y) & (b == y)))}
+    return paired_accuracy(y, a, b, noise)
 
 
 def bench_mlm() -> dict:

@@ -10,10 +10,10 @@ Every run starts from the same model: all-MiniLM-L6-v2 (params.yaml head, mean p
 with a linear-probe head fitted once on the demo corpus's training split and saved
 (bench/.cache/zo_budget/start), and every run uses the same seed, batches and
 evaluation schedule. A configuration's step cost is measured first, all configurations
-in one process taking turns on the same batches (bench/zo_budget_run.py calibrate), and
+in one process taking turns on the same batches (bench/zo_budget_measure.py calibrate), and
 its step count is the budget divided by that cost: every method gets the same CPU time
 for its steps, whatever the machine's load during its own run. Evaluation and
-checkpointing are not counted. Each run is its own process (bench/zo_budget_run.py).
+checkpointing are not counted. Each run is its own process (bench/zo_budget_measure.py).
 
 - search: short runs over lr / eps / sigma per strategy x target (SEARCH below),
   validation accuracy only -> bench/results/zo_search.json. Choose on validation.
@@ -38,7 +38,7 @@ import numpy as np
 
 from bench.common import BENCH_DIR, PROJECT_ROOT, RESULTS_DIR, run_isolated, write_result
 
-RUNNER = "bench.zo_budget_run"
+RUNNER = "bench.zo_budget_measure"
 CACHE = BENCH_DIR / ".cache" / "zo_budget"
 N_EVALS = {"search": 4, "final": 10}
 

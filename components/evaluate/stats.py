@@ -99,3 +99,16 @@ def paired_bootstrap(items_a: np.ndarray, items_b: np.ndarray,
         lo, hi = np.quantile(np.concatenate(deltas[m]), [alpha / 2, 1 - alpha / 2])
         out[m] = (float(lo), float(hi))
     return out
+
+
+def paired_accuracy(y: np.ndarray, a: np.ndarray, b: np.ndarray, cfg: NoiseConfig
+                    ) -> dict[str, float | int | list[float]]:
+    """Accuracy of predictions `a` minus `b` on gold `y` with the gate's noise measures:
+    the paired bootstrap interval, McNemar's p and the discordant counts."""
+    y, a, b = (np.asarray(v) for v in (y, a, b))
+    n_labels = int(max(y.max(), a.max(), b.max())) + 1 if len(y) else 1
+    lo, hi = bootstrap_delta_ci(y, a, b, "accuracy", n_labels, cfg)
+    return {"delta": float((a == y).mean() - (b == y).mean()), "ci": [lo, hi],
+            "confidence": cfg.confidence, "mcnemar_p": mcnemar_pvalue(a == y, b == y),
+            "model_only_right": int(np.sum((a == y) & (b != y))),
+            "baseline_only_right": int(np.sum((a != y) & (b == y))), "n": int(len(y))}

@@ -1,9 +1,9 @@
 """Measurement processes for bench_serve (each run alone via bench.common.run_isolated).
 
-    python -m bench.serve_load raw --bundle B --texts F [--repeats R] [--threads T]
-    python -m bench.serve_load latency --url U --texts F [--repeats R]
-    python -m bench.serve_load load --url U --texts F --clients N --seconds T [--per-request K]
-    python -m bench.serve_load open --url U --texts F --phases RATE:SECONDS,... [--per-request K]
+    python -m bench.serve_measure raw --bundle B --texts F [--repeats R] [--threads T]
+    python -m bench.serve_measure latency --url U --texts F [--repeats R]
+    python -m bench.serve_measure load --url U --texts F --clients N --seconds T [--per-request K]
+    python -m bench.serve_measure open --url U --texts F --phases RATE:SECONDS,... [--per-request K]
         [--client-timeout S] [--max-connections C]
 
 Each prints one JSON line. The HTTP client is a minimal keep-alive HTTP/1.1 client on

@@ -1,12 +1,12 @@
 """One run of the budgeted zeroth-order benchmark, in its own process (bench/bench_zo_budget.py).
 
-    python -m bench.zo_budget_run probe --out DIR
+    python -m bench.zo_budget_measure probe --out DIR
         Fit the linear probe once (params.yaml head + backbone) and save the probed model
         as DIR/start, the common start of every run; scores it on validation and test.
-    python -m bench.zo_budget_run calibrate --start DIR --plan PLAN.json --out DIR
+    python -m bench.zo_budget_measure calibrate --start DIR --plan PLAN.json --out DIR
         CPU seconds per step of every configuration in PLAN (name -> overrides), all in
         this process, taking turns on the same batches.
-    python -m bench.zo_budget_run train --start DIR --out DIR --steps N --eval-every E
+    python -m bench.zo_budget_measure train --start DIR --out DIR --steps N --eval-every E
             --budget-cpu-s B [--set k=v ...]
         The real `finetune.train` from the start (no early stopping), a checkpoint at every
         evaluation; then every checkpoint is scored on the test split. CPU time counts the

@@ -1,7 +1,8 @@
 """In-process ceiling of ONNX Runtime on the demo texts: the number HTTP serving is held to.
 
-    python -m bench.serve_ceiling --bundle B --texts F [--max-batch 32] [--seconds 1.5]
-    python -m bench.serve_ceiling --bundle B --texts F --cell '{"threads": 1, ...}' --seconds 6
+    python -m bench.serve_ceiling_measure --bundle B --texts F [--max-batch 32] [--seconds 1.5]
+    python -m bench.serve_ceiling_measure --bundle B --texts F \
+        --cell '{"threads": 1, ...}' --seconds 6
 
 Runs in its own process (bench_serve starts it before the server) and prints one JSON line:
 
