@@ -81,8 +81,8 @@ def compare(params: Any, summary: dict[str, Any]) -> dict[str, Any]:
     from components.model.modeling import META_FILE
     from components.release.gate import compare_to_champion
     from components.stages.spec import fingerprint
-    from components.train.sweep import with_values
-    from components.train.sweep.space import current_values
+    from components.sweep import with_values
+    from components.sweep.space import current_values
 
     torch.set_num_threads(params.model.num_threads)
     folder = Path(summary["sweep"]["folder"]).parent

@@ -22,9 +22,9 @@ from prefect.futures import as_completed
 from prefect.states import Completed, Failed, State
 from pydantic import Field
 
+from components import sweep as sweeps
 from components.config import Params, load_params, named_overrides
-from components.train import sweep as sweeps
-from components.train.sweep import SweepPlan
+from components.sweep import SweepPlan
 from pipelines import stage_tasks
 from pipelines.guard import check_deployment_request
 from pipelines.quiet import quiet_libraries
@@ -159,7 +159,7 @@ def publish(found: dict[str, Any]) -> None:
     """The trial table and the sweep's summary as Prefect artifacts."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from components.train.sweep.summary import render_markdown
+    from components.sweep.summary import render_markdown
 
     create_table_artifact(sweeps.table(found["trials"]), key="sweep-trials",
                           description=f"Trials of study {found['study']}")

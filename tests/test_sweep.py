@@ -36,7 +36,7 @@ def test_one_bound_of_a_range_can_be_set_and_an_entry_removed():
 
 
 def test_choices_and_searched_keys_are_checked_before_a_sweep_starts():
-    from components.train.sweep import check_space
+    from components.sweep import check_space
 
     with pytest.raises(ConfigError, match=r"peft\.method: choice 'lorax' is invalid"):
         check_space(load_params(overrides=["sweep.space={peft.method: {choices: [lora, lorax]}}"]))
@@ -45,7 +45,7 @@ def test_choices_and_searched_keys_are_checked_before_a_sweep_starts():
 
 
 def test_values_become_overrides_that_give_them_back_exactly():
-    from components.train.sweep import as_overrides
+    from components.sweep import as_overrides
 
     values = {"finetune.adamw.lr": 1.2345678901234567e-05, "finetune.max_steps": 300,
               "peft.method": "lora", "finetune.freeze_embeddings": False}
@@ -59,7 +59,7 @@ def _one_choice_sweep(tmp_path, backbone, n_trials: int):
     """A prepared tiny project whose sweep space has one choice: every trial asks for the
     same values. Returns the params as workers see them."""
     from components import stages
-    from components.train.sweep import for_workers
+    from components.sweep import for_workers
 
     (tmp_path / "raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tiny_rows(20)))
     sets = tiny_overrides(tmp_path, backbone) + [
@@ -78,7 +78,7 @@ def test_trials_reuse_a_repeated_record_and_an_interrupted_study_resumes(
     from mlflow import MlflowClient
 
     from components import stages
-    from components.train.sweep import TrialQueue, load_study, open_sweep, run_trial
+    from components.sweep import TrialQueue, load_study, open_sweep, run_trial
 
     monkeypatch.chdir(tmp_path)
     params = _one_choice_sweep(tmp_path, tiny_backbone_dir, n_trials=3)
@@ -126,8 +126,8 @@ def test_a_trial_that_crashes_mid_training_is_recorded_as_failed_and_the_next_on
         tmp_path, tiny_backbone_dir, monkeypatch):
     from mlflow import MlflowClient
 
-    from components.train.sweep import TrialQueue, load_study, open_sweep, run_trial
-    from components.train.sweep import trial as trial_module
+    from components.sweep import TrialQueue, load_study, open_sweep, run_trial
+    from components.sweep import trial as trial_module
 
     monkeypatch.chdir(tmp_path)
     params = _one_choice_sweep(tmp_path, tiny_backbone_dir, n_trials=2)

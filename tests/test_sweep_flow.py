@@ -29,7 +29,7 @@ def test_four_trials_on_two_dask_workers_and_the_winner_through_the_gate(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from components.train.sweep import load_study, open_sweep
+    from components.sweep import load_study, open_sweep
     from pipelines.sweep import sweep
 
     monkeypatch.chdir(tmp_path)

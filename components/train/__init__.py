@@ -1,1 +1,1 @@
-"""Training: fine-tuning (gradient and zeroth-order), domain pretraining, distillation, sweeps."""
+"""Training: fine-tuning (gradient and zeroth-order), domain pretraining, distillation."""

@@ -40,8 +40,8 @@ def sweep(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt =
     Bad input and bad params fail here, in one line, before any server starts.
     """
     from components.stages import check_inputs
-    from components.train.sweep import check_space
-    from components.train.sweep.summary import render_markdown
+    from components.sweep import check_space
+    from components.sweep.summary import render_markdown
     from pipelines.reporting import render_summary
 
     data_path = str(input_.resolve()) if input_ else None

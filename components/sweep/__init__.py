@@ -9,11 +9,11 @@
 The drivers (the `sweep` flow, fanning trials out on Dask) only decide where trials run.
 """
 
-from components.train.sweep.space import as_overrides, check_space, search_space, with_values
-from components.train.sweep.study import SweepPlan, load_study, open_sweep, stop_reason
-from components.train.sweep.summary import place_winner, summarize, table
-from components.train.sweep.trial import TrialQueue, run_trial, trial_params
-from components.train.sweep.workers import for_workers
+from components.sweep.space import as_overrides, check_space, search_space, with_values
+from components.sweep.study import SweepPlan, load_study, open_sweep, stop_reason
+from components.sweep.summary import place_winner, summarize, table
+from components.sweep.trial import TrialQueue, run_trial, trial_params
+from components.sweep.workers import for_workers
 
 __all__ = ["SweepPlan", "TrialQueue", "as_overrides", "check_space", "for_workers", "load_study",
            "open_sweep", "place_winner", "run_trial", "search_space", "stop_reason",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Params
-from components.train.sweep.space import (
+from components.sweep.space import (
     anchor_values,
     check_space,
     current_values,

@@ -27,8 +27,8 @@ from typing import Any
 
 from components.config import Params
 from components.io import atomic_write_json
-from components.train.sweep.space import suggest, with_values
-from components.train.sweep.study import SweepPlan, load_study, open_storage
+from components.sweep.space import suggest, with_values
+from components.sweep.study import SweepPlan, load_study, open_storage
 
 log = logging.getLogger("tuneline.sweep")
 

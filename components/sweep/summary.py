@@ -18,8 +18,8 @@ from typing import Any
 
 from components.config import Params
 from components.io import atomic_dir, atomic_write_json, atomic_write_text
-from components.train.sweep.space import as_overrides
-from components.train.sweep.study import SweepPlan, cpu_seconds_used, load_study
+from components.sweep.space import as_overrides
+from components.sweep.study import SweepPlan, cpu_seconds_used, load_study
 
 log = logging.getLogger("tuneline.sweep")
 PLOT_FILE = "sweep.png"
@@ -187,7 +187,7 @@ def place_winner(params: Params, plan: SweepPlan, best: dict[str, Any]) -> bool:
     from components.model.modeling import WEIGHTS_FILE
     from components.stages.base import stored_result
     from components.stages.spec import fingerprint
-    from components.train.sweep.space import with_values
+    from components.sweep.space import with_values
 
     winner = with_values(params, best["params"])
     fp = fingerprint("finetune", winner)
