@@ -424,6 +424,13 @@ class AlertsConfig(Section):
     max_model_age_days: float = Field(14, gt=0)
     max_psi: float = Field(0.25, gt=0)
     drift_for_minutes: int = Field(30, ge=0)
+    reload_failing_for_minutes: int = Field(15, ge=0)
+    not_ready_for_minutes: int = Field(5, ge=0)
+    version_skew_for_minutes: int = Field(10, ge=0)
+    absent_for_minutes: int = Field(5, ge=0)
+    scrape_job: str = Field("tuneline-serve", min_length=1)
+    runbook_base_url: str = Field("https://tuneline.example.com/operations/runbooks/",
+                                  min_length=1)
 
 
 class MonitoringConfig(Section):

@@ -28,6 +28,7 @@ from components.train.finetune import checkpoint as ckpt
 from components.train.finetune import train
 from components.train.finetune.distributed import Dist, check_precision, resolve_device
 from tests.conftest import tiny_overrides, tiny_rows, write_prepared
+from tests.k8s_support import config_data, one, render
 from tests.test_modeling import _with
 
 GLOBAL_BATCH = 8
@@ -271,14 +272,12 @@ def test_every_rank_starts_from_the_backbone_the_pretrain_guard_kept(tmp_path, s
 
 
 def test_training_job_manifest_parses_and_runs_the_worker():
-    docs = list(yaml.safe_load_all((PROJECT_ROOT / "deploy" / "k8s" /
-                                    "training-job.yaml").read_text()))
-    kinds = {d["kind"]: d for d in docs}
-    assert set(kinds) == {"ConfigMap", "Service", "Job"}
-    job, svc = kinds["Job"], kinds["Service"]
+    docs = render("prod")
+    job, svc = one(docs, "Job", "tuneline-train"), one(docs, "Service", "tuneline-train")
     spec = job["spec"]
     assert spec["completionMode"] == "Indexed"
-    assert spec["completions"] == spec["parallelism"] == int(kinds["ConfigMap"]["data"]["NNODES"])
+    assert spec["completions"] == spec["parallelism"] == int(
+        config_data(docs, "tuneline-train")["NNODES"])
     pod = spec["template"]["spec"]
     assert pod["subdomain"] == svc["metadata"]["name"] and svc["spec"]["clusterIP"] == "None"
     command = " ".join(pod["containers"][0]["args"])

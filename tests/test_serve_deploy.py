@@ -1,4 +1,4 @@
-"""The serving image and manifest: torch-free imports, files copied, probes, entry point."""
+"""The serving image and manifests: torch-free imports, files copied, probes, entry point."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from tests.conftest import TINY_LABELS
+from tests.k8s_support import one, render
 from tests.serve_support import export_tiny_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,20 +63,19 @@ def test_k8s_probes_point_at_the_app_routes(tmp_path, bundle):
     from components.config import load_params
     from deploy.serve import create_app
 
-    docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "serving.yaml").read_text()))
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    docs = render("prod")
+    deployment = one(docs, "Deployment", "tuneline-serve")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     routes = {r.path for r in create_app(load_params(), bundle_dir=bundle).routes}
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert container[probe]["httpGet"]["path"] in routes
-    service = next(d for d in docs if d["kind"] == "Service")
+    service = one(docs, "Service", "tuneline-serve")
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
 def test_k8s_probes_see_a_stuck_batch_and_the_token_is_required():
-    docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "serving.yaml").read_text()))
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    deployment = one(render("prod"), "Deployment", "tuneline-serve")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     live, ready = container["livenessProbe"], container["readinessProbe"]
     # both routes answer 503 while a batch runs past serve.stuck_batch_s

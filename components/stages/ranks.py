@@ -7,7 +7,7 @@
 
     python -m components.stages.ranks --params params.yaml [--set k=v ...] [--resume]
         The whole finetune stage as N ranks on several machines, when torchrun is started
-        on each by the cluster (deploy/k8s/training-job.yaml): rank 0 runs the stage (MLflow
+        on each by the cluster (deploy/k8s/base/training.yaml): rank 0 runs the stage (MLflow
         run, record, model), the others train beside it. Every rank must see the same
         project folder (prepared data, checkpoints, model), e.g. a shared volume.
 """

@@ -3,8 +3,9 @@
     python -m deploy.monitoring.rules            # rewrite deploy/monitoring/tuneline-rules.yml
     python -m deploy.monitoring.rules --check    # exit 1 when the file differs from params
 
-The thresholds live once, in params.yaml; the rules file is generated from them and a
-test keeps the committed file equal to the rendering. Validate with
+The thresholds live once, in params.yaml (`monitoring.alerts`, and `serve.stuck_batch_s`
+for readiness); the rules file is generated from them and a test keeps the committed file
+equal to the rendering. Every alert links its section of docs/operations/runbooks.md. Validate with
 `promtool check rules` / `promtool test rules` (tests/test_monitoring_rules.py does both).
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from components.config import AlertsConfig, ConfigError, load_params
+from components.config import AlertsConfig, ConfigError, Params, load_params
 from components.io import atomic_write_text
 
 RULES_FILE = Path(__file__).resolve().parent / "tuneline-rules.yml"
@@ -30,6 +31,12 @@ HEADER = ("# Generated from params.yaml `monitoring.alerts` by `python -m deploy
 def _num(value: float) -> str:
     """A PromQL number literal without float noise (0.25, 1209600)."""
     return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def runbook_anchor(alert: str) -> str:
+    """The anchor of an alert's section in docs/operations/runbooks.md (a `## <alert>`
+    heading, slugged by mkdocs: lower case)."""
+    return alert.lower()
 
 
 def _alert(name: str, expr: str, minutes: int, severity: str, summary: str,
@@ -94,10 +101,57 @@ def alert_rules(a: AlertsConfig) -> list[dict[str, Any]]:
     ]
 
 
-def render_rules(alerts: AlertsConfig) -> str:
+def fleet_rules(a: AlertsConfig, stuck_batch_s: float) -> list[dict[str, Any]]:
+    """Alerts about the replicas as a set: loading, readiness, agreement, presence."""
+    up = f'up{{job="{a.scrape_job}"}}'
+    return [
+        _alert("TunelineReloadFailing", "tuneline_model_reload_failing == 1",
+               a.reload_failing_for_minutes, "warning",
+               "{{ $labels.instance }}: loading a new model version keeps failing",
+               "Every load attempt of the version @champion names has failed for "
+               f"{a.reload_failing_for_minutes}m; the replica keeps serving its previous "
+               "version (if any). /readyz shows failed_version and last_reload_error."),
+        _alert("TunelineReplicaNotReady",
+               f"({up} == 0) or (tuneline_model_ready == 0) "
+               f"or (tuneline_batch_running_seconds > {_num(stuck_batch_s)})",
+               a.not_ready_for_minutes, "warning",
+               "{{ $labels.instance }}: replica not ready",
+               f"For {a.not_ready_for_minutes}m the replica has been down, without a loaded "
+               f"model, or running a batch for more than {_num(stuck_batch_s)} s "
+               "(serve.stuck_batch_s); it gets no traffic. See /readyz and the pod's events."),
+        _alert("TunelineModelVersionSkew",
+               'count by (job) (count by (job, version) (tuneline_model_info{version!=""})) > 1',
+               a.version_skew_for_minutes, "warning",
+               "{{ $labels.job }}: replicas serve different model versions",
+               "{{ $value }} model versions have been served at once for "
+               f"{a.version_skew_for_minutes}m: the same text gets different answers "
+               "depending on the replica. Some replica failed to load the new version "
+               "or cannot reach the registry."),
+        _alert("TunelineTargetAbsent",
+               f"absent({up}) or (sum by (job) ({up}) == 0)",
+               a.absent_for_minutes, "page",
+               "{{ $labels.job }}: no serving replica is up",
+               f"Prometheus has scraped no replica of job {a.scrape_job} for "
+               f"{a.absent_for_minutes}m: none is discovered (Deployment scaled to 0, labels "
+               "or scrape config changed) or none answers /metrics."),
+    ]
+
+
+def with_runbooks(rules: list[dict[str, Any]], base_url: str) -> list[dict[str, Any]]:
+    """Each alert's `runbook_url`: its section of the runbook page."""
+    for rule in rules:
+        rule["annotations"]["runbook_url"] = f"{base_url}#{runbook_anchor(rule['alert'])}"
+    return rules
+
+
+def render_rules(params: Params) -> str:
+    """The rules file of `params`: recording rules, then the alerts."""
+    alerts = params.monitoring.alerts
+    rules = alert_rules(alerts) + fleet_rules(alerts, params.serve.stuck_batch_s)
     doc = {"groups": [
         {"name": "tuneline-serve.recording", "rules": recording_rules(alerts)},
-        {"name": "tuneline-serve.alerts", "rules": alert_rules(alerts)},
+        {"name": "tuneline-serve.alerts",
+         "rules": with_runbooks(rules, alerts.runbook_base_url)},
     ]}
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=200)
 
@@ -113,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not write; exit 1 if --out differs from the rendering")
     args = parser.parse_args(argv)
     try:
-        text = render_rules(load_params(args.params, args.overrides).monitoring.alerts)
+        text = render_rules(load_params(args.params, args.overrides))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
