@@ -11,7 +11,7 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -101,9 +101,17 @@ class DemoConfig(Section):
     seed: int = 7
 
 
+AUTO = "auto"
+Steps = Annotated[int, Field(ge=1)] | Literal["auto"]
+
+
 class ModelConfig(Section):
     name_or_path: str = "packaged:all-MiniLM-L6-v2"
-    max_length: int = Field(64, ge=8)
+    # auto: the token length that keeps `length_coverage` of the training texts whole,
+    # rounded up to a multiple of 16, at most `max_length_cap` and the backbone's limit.
+    max_length: Annotated[int, Field(ge=8)] | Literal["auto"] = AUTO
+    length_coverage: float = Field(0.95, gt=0, le=1)
+    max_length_cap: int = Field(256, ge=8)
     pooling: Literal["cls", "mean"] = "mean"
     num_threads: int = Field(2, ge=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -163,9 +171,18 @@ class PretrainConfig(Section):
 
 
 class EarlyStoppingConfig(Section):
+    """Stop after `patience` evaluations that fall below the best by more than noise.
+
+    With `noise_z` > 0 an evaluation within `noise_z` standard errors of the best
+    (accuracy / macro-F1: sqrt(p (1 - p) / n) on the n validation items) counts as no
+    worse, and the model shipped is the latest such evaluation, not a lucky early peak.
+    """
+
     metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
     patience: int = Field(4, ge=0)
     min_delta: float = Field(0.0, ge=0.0)
+    noise_z: float = Field(1.0, ge=0.0)
+    min_fraction: float = Field(0.3, ge=0.0, le=1.0)  # never stop before this share of steps
 
 
 class StrategySection(Section):
@@ -270,10 +287,14 @@ class FinetuneConfig(Section):
     batch_size: int = Field(16, ge=1)
     eval_batch_size: int = Field(64, ge=1)
     sort_window: int = Field(20, ge=0)
-    max_steps: int = Field(500, ge=1)
-    eval_every: int = Field(50, ge=1)
+    # auto: `epochs` passes over the train split, at least `min_steps`, at most `max_auto_steps`
+    max_steps: Steps = AUTO
+    epochs: float = Field(3.0, gt=0)
+    min_steps: int = Field(500, ge=1)
+    max_auto_steps: int = Field(3000, ge=1)
+    eval_every: Steps = AUTO        # auto: a tenth of max_steps
     eval_max_batches: int = Field(0, ge=0)
-    checkpoint_every: int = Field(50, ge=1)
+    checkpoint_every: Steps = AUTO  # auto: eval_every
     keep_checkpoints: int = Field(2, ge=1)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     adamw: AdamWConfig = Field(default_factory=AdamWConfig)
@@ -562,10 +583,9 @@ class BudgetConfig(Section):
 
 def _default_space() -> dict[str, SearchRange]:
     return {"finetune.adamw.lr": SearchRange(low=3e-5, high=5e-4, log=True),
-            "finetune.max_steps": SearchRange(low=300, high=900, step=100),
+            "finetune.epochs": SearchRange(low=2.0, high=8.0),
             "finetune.adamw.warmup_ratio": SearchRange(low=0.0, high=0.2),
-            "finetune.early_stopping.patience": SearchRange(choices=[0, 4]),
-            "model.max_length": SearchRange(choices=[64, 128])}
+            "model.max_length": SearchRange(choices=["auto", 64, 128, 256])}
 
 
 class SweepConfig(Section):
@@ -654,10 +674,11 @@ class Params(Section):
                 raise ValueError(f"sweep.space.{key}: {key.split('.')[0]}.* cannot be searched")
             if isinstance(value, BaseModel | dict | list):
                 raise ValueError(f"sweep.space.{key}: a section, not a single value")
-            numeric = isinstance(value, int | float) and not isinstance(value, bool)
+            whole = value == AUTO or (isinstance(value, int) and not isinstance(value, bool))
+            numeric = whole or isinstance(value, float)
             if spec.choices is None and not numeric:
                 raise ValueError(f"sweep.space.{key}: not a number; search it with choices")
-            if (spec.choices is None and isinstance(value, int)
+            if (spec.choices is None and whole
                     and not all(float(v).is_integer() for v in (spec.low, spec.high,
                                                                  spec.step or 1))):
                 raise ValueError(f"sweep.space.{key}: an integer; low, high and step must be "

@@ -39,7 +39,10 @@ def retrain_form_defaults(params: Params, params_file: Path | None,
     """The retrain form's initial values: what params.yaml (+ deploy overrides) says."""
     return {"data_path": str(params.paths.raw), "strategy": params.finetune.strategy,
             "peft_method": params.peft.method, "pretrain": params.pretrain.enabled,
-            "max_steps": params.finetune.max_steps, "nproc": params.finetune.nproc,
+            # auto (from the train size) shows as empty: the form's None means params.yaml
+            "max_steps": (params.finetune.max_steps
+                          if isinstance(params.finetune.max_steps, int) else None),
+            "nproc": params.finetune.nproc,
             "overrides": list(overrides or []),
             "params_file": _params_path(params_file)}
 

@@ -44,6 +44,8 @@ def summarize(params: Params, done: dict[str, StageResult], *,
         "strategy": params.finetune.strategy, "peft_method": params.peft.method,
         "steps": done["finetune"].get("steps"),
         "train_seconds": done["finetune"].get("train_seconds"),
+        "max_length": done["finetune"].get("max_length"),
+        "truncated_share": done["finetune"].get("truncated_share"),
         "test": {k: v for k, v in done["evaluate"].result.items() if isinstance(v, float)},
         "challenger": {m: verdict["metrics"][m] for m in metrics},
         "champion": ({m: verdict["champion_metrics"][m] for m in metrics}

@@ -57,6 +57,7 @@ class TunelineClassifier(PythonModel):
         # The bundle's task type answers: labels + scores, or entities (see `predict`).
         self.runtime = of_bundle(export).load_runtime(
             bundle, threads=int(config.get("threads", 2)), verify=True)
+        self.clf = self.runtime.onnx  # the int8 graph's session (sha256, labels)
         expected = config.get("sha256")
         if expected and self.runtime.sha256 != expected:
             raise BundleIntegrityError(

@@ -274,7 +274,10 @@ def export_model(model: Any, tokenizer: Any, labels: list[str], out_dir: str | P
     if not texts:
         raise ValueError("export needs at least one parity row (the test split is empty)")
     model = merge_for_export(model).eval()
-    max_length = int((meta or {}).get("max_length", params.model.max_length))
+    max_length = (meta or {}).get("max_length", params.model.max_length)
+    if not isinstance(max_length, int):
+        raise ValueError("export needs the model's max_length (its folder's metadata, or a "
+                         "number in model.max_length)")
     task = (meta or {}).get("task", "sequence_classification")
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:

@@ -129,6 +129,8 @@ def _resumed_run(params: Params, checkpoints: Path) -> str | None:
 def describe(m: dict[str, Any]) -> str:
     val = m.get("val_accuracy")
     val_text = f", validation accuracy {val:.4f}" if isinstance(val, float) else ""
+    length = (f", max_length {m['max_length']} ({m['truncated_share']:.1%} of training texts "
+              "truncated)" if isinstance(m.get("truncated_share"), float) else "")
     return (f"{m['strategy']} (peft {m['peft_method']}): {m['steps']} steps in "
-            f"{m['train_seconds']:.0f} s{val_text} (best at step {m['best_step']}); "
+            f"{m['train_seconds']:.0f} s{val_text} (shipped step {m['best_step']}){length}; "
             f"MLflow run {m.get('mlflow_run_id')}")

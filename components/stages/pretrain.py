@@ -41,9 +41,11 @@ def pretrain(params: Params, *, force: bool = False, logger: Any = None) -> Stag
 
 
 def _adapt_and_guard(params: Params, out: Path, logger: Any) -> dict[str, Any]:
+    from components.train import auto
     from components.train.pretrain import PretrainDiverged, adapt_backbone, judge, probe_backbone
 
     prepared = params.paths.prepared
+    params, _ = auto.resolve(params, prepared)  # the input length finetune will use
     texts, source, n_dropped = pretraining_texts(params)
     probe_before = probe_backbone(params, None, prepared)
     log.info("pretrain: linear probe on the original backbone: validation accuracy %.4f",

@@ -124,9 +124,20 @@ def _card(params: Params, run_id: str, verdict: dict[str, Any], report: dict[str
         parity=read_json(parity_file) if parity_file.exists() else {}, verdict=verdict,
         lineage=lineage,
         training={"strategy": params.finetune.strategy, "PEFT method": params.peft.method,
-                  "backbone": params.model.name_or_path,
-                  "max steps": params.finetune.max_steps,
-                  "max length": params.model.max_length})
+                  "backbone": params.model.name_or_path, **_trained_with(params)})
+
+
+def _trained_with(params: Params) -> dict[str, Any]:
+    """Steps and input length the shipped model was trained with (`auto` resolved)."""
+    from components.model.modeling import META_FILE
+    from components.stages.chain import shipped_model_dir
+
+    meta_file = Path(shipped_model_dir(params)) / META_FILE
+    meta = read_json(meta_file) if meta_file.exists() else {}
+    metrics = meta.get("metrics", {})
+    return {"steps": metrics.get("steps", params.finetune.max_steps),
+            "max length": meta.get("max_length", params.model.max_length),
+            "truncated share": metrics.get("truncated_share")}
 
 
 def _shipped_tags(params: Params) -> dict[str, str]:

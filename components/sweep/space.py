@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from components.config import ConfigError, Params, SearchRange, lookup, validate_params
+from components.config import AUTO, ConfigError, Params, SearchRange, lookup, validate_params
 
 # Decided once, before the trials: the sweep runs pretrain with the base params.
 NOT_PER_TRIAL = ("pretrain",)
@@ -35,7 +35,7 @@ def distribution(key: str, spec: SearchRange, params: Params) -> Any:
     if spec.choices is not None:
         return CategoricalDistribution([typed_value(params, key, c) for c in spec.choices])
     current = lookup(params, key)
-    if isinstance(current, int) and not isinstance(current, bool):
+    if current == AUTO or (isinstance(current, int) and not isinstance(current, bool)):
         return IntDistribution(int(spec.low), int(spec.high), log=spec.log,
                                step=int(spec.step or 1))
     return FloatDistribution(float(spec.low), float(spec.high), log=spec.log, step=spec.step)

@@ -74,6 +74,7 @@ class Runtime:
 
     labels: list[str]
     sha256: str
+    onnx: Any  # the bundle's OnnxClassifier (its int8 session, labels, sha256)
     distribution: ClassVar[bool] = True  # answers are class probabilities (drift applies)
 
     def answer(self, texts: list[str], timings: Any = None) -> list[Any]:
@@ -155,6 +156,13 @@ class TaskType:
     def output_schema(self) -> list[tuple[str, str]] | None:
         """pyfunc output columns as (name, MLflow type); None: no fixed schema."""
         return None
+
+
+def model_summary(meta: dict[str, Any]) -> dict[str, Any]:
+    """What an evaluation report says about the model it scored (from its folder's meta)."""
+    return {**{k: meta.get(k) for k in ("strategy", "peft_method", "params_hash", "backbone",
+                                        "max_length")},
+            "truncated_share": meta.get("metrics", {}).get("truncated_share")}
 
 
 def register_task_type(cls: type[TaskType]) -> type[TaskType]:

@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from components.task_types.base import ParityRows, Runtime, Scores, TaskType, register_task_type
+from components.task_types.base import (
+    ParityRows,
+    Runtime,
+    Scores,
+    TaskType,
+    model_summary,
+    register_task_type,
+)
 
 
 class SequenceRuntime(Runtime):
@@ -110,9 +117,7 @@ class SequenceClassification(TaskType):
         logits = torch_logits(trained.model, trained.tokenizer, rows.texts, max_length,
                               params.evaluate.batch_size)
         report = compute_report(rows.targets, logits, trained.labels, params.evaluate.ece_bins)
-        report.update(split="test", model={k: trained.meta.get(k) for k in
-                                           ("strategy", "peft_method", "params_hash",
-                                            "backbone")})
+        report.update(split="test", model=model_summary(trained.meta))
         write_report(report, out_dir)
         return headline_metrics(report)
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from components.io import atomic_dir, atomic_write_json, atomic_write_text
+from components.task_types.base import model_summary
 from components.task_types.tagging import (
     TaggedWords,
     bio_entities,
@@ -95,8 +96,7 @@ def evaluate_token_model(trained: Any, prepared_dir: str | Path, out_dir: str | 
     report = entity_report([[labels[t] for t in g] for g in gold], tag_names(tagged, labels),
                            types_of(labels))
     report.update(split="test", task="token_classification", labels=labels,
-                  model={k: trained.meta.get(k) for k in
-                         ("strategy", "peft_method", "params_hash", "backbone")})
+                  model=model_summary(trained.meta))
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         atomic_write_json(tmp / REPORT_FILE, report)

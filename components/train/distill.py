@@ -63,9 +63,10 @@ def distillation_loss(temperature: float, alpha: float):
     return loss
 
 
-def student_params(params: Params) -> Params:
+def student_params(params: Params, max_length: int | None = None) -> Params:
     """The loop's settings for distillation: `compress.*` where it has its own, the rest of
-    `finetune` as is (AdamW, a head that is kept: it comes from the teacher)."""
+    `finetune` as is (AdamW, a head that is kept: it comes from the teacher), and the
+    teacher's input length."""
     cfg = params.compress
     finetune = params.finetune.model_copy(update={
         "strategy": "adamw", "head_init": "random",
@@ -73,7 +74,9 @@ def student_params(params: Params) -> Params:
         "eval_every": cfg.eval_every, "checkpoint_every": cfg.eval_every,
         "adamw": params.finetune.adamw.model_copy(update={"lr": cfg.lr})})
     # The student is a plain model: any LoRA / IA3 of the teacher is merged into it.
-    return params.model_copy(update={"finetune": finetune,
+    model = params.model if max_length is None else params.model.model_copy(
+        update={"max_length": max_length})
+    return params.model_copy(update={"finetune": finetune, "model": model,
                                      "peft": params.peft.model_copy(update={"method": "none"})})
 
 
@@ -100,7 +103,7 @@ def distill(params: Params, teacher_dir: str | Path, prepared_dir: str | Path,
     student = keep_layers(merged, list(cfg.keep_layers)).train()
     texts, labels = load_split(prepared_dir, "train")
     extra = unlabeled if cfg.unlabeled else []
-    max_length = int(teacher.meta.get("max_length", params.model.max_length))
+    max_length = int(teacher.meta["max_length"])
     soft = torch_logits(merged, teacher.tokenizer, texts + extra, max_length,
                         params.evaluate.batch_size)
     data: Encoded = encode(teacher.tokenizer, texts + extra, labels + [-1] * len(extra),
@@ -108,7 +111,7 @@ def distill(params: Params, teacher_dir: str | Path, prepared_dir: str | Path,
     data.targets = torch.from_numpy(soft)
     if params.finetune.freeze_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)
-    metrics = train(student_params(params), prepared_dir, out_dir,
+    metrics = train(student_params(params, max_length), prepared_dir, out_dir,
                     checkpoint_dir=checkpoint_dir, logger=logger,
                     prebuilt=Prebuilt(student, teacher.tokenizer, data,
                                       distillation_loss(cfg.temperature, cfg.alpha)))

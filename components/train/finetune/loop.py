@@ -32,7 +32,9 @@ from components.config import Params
 from components.data.files import data_version, load_label_map
 from components.model.encoding import Encoded
 from components.model.modeling import build_classifier, save_trained, trainable_parameters
+from components.model.unwrap import base_model_of
 from components.task_types import task_type
+from components.train import auto
 from components.train.finetune import checkpoint as ckpt
 from components.train.finetune import distributed
 from components.train.finetune.base import LossFn, Strategy, build_strategy
@@ -99,7 +101,8 @@ class RunContext:
     loader: ShuffledLoader | None = None
     stopper: EarlyStopper | None = None
     run: RunState = field(default_factory=RunState)
-    best: dict | None = None   # trainable weights of the best evaluation so far
+    best: dict | None = None   # trainable weights of the evaluation to ship so far
+    chosen: dict[str, Any] = field(default_factory=dict)  # what `auto` settings became
 
 
 def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
@@ -142,20 +145,30 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, *,
 
 
 def _train(ctx: RunContext, resume: bool, prebuilt: Prebuilt | None) -> dict[str, Any]:
-    params, d, log, root = ctx.params, ctx.d, ctx.log, ctx.root
-    cfg = params.finetune
+    d, log, root = ctx.d, ctx.log, ctx.root
     # The ranks of one machine share its cores.
-    threads = params.model.num_threads
+    threads = ctx.params.model.num_threads
     torch.set_num_threads(max(1, threads // d.local_world) if d.device.type == "cpu"
                           else threads)
-    seed_everything(cfg.seed)
+    seed_everything(ctx.params.finetune.seed)
     ctx.labels = load_label_map(ctx.prepared_dir)
     if prebuilt is None:
-        ctx.model, ctx.tokenizer = build_classifier(params, ctx.labels, ctx.init_dir)
-        train_data = _encode_split(ctx.tokenizer, ctx.prepared_dir, "train", params)
+        ctx.model, ctx.tokenizer = build_classifier(ctx.params, ctx.labels, ctx.init_dir)
     else:
         ctx.model, ctx.tokenizer = prebuilt.model, prebuilt.tokenizer
+    # `auto` lengths and step counts become numbers for this data (the same on every rank).
+    ctx.params, ctx.chosen = auto.resolve(ctx.params, ctx.prepared_dir, ctx.tokenizer, d.world,
+                                          base_model_of(ctx.model).config)
+    params = ctx.params
+    cfg = params.finetune
+    if prebuilt is None:
+        train_data = _encode_split(ctx.tokenizer, ctx.prepared_dir, "train", params)
+    else:
         train_data = prebuilt.train_data
+    if d.is_main:
+        progress_log.info("max_length %d (%.1f%% of training texts truncated), %d steps",
+                          ctx.chosen["max_length"], 100 * ctx.chosen["truncated_share"],
+                          cfg.max_steps)
     model = ctx.model
     val_data = _encode_split(ctx.tokenizer, ctx.prepared_dir, "validation", params)
     model.to(d.device)
@@ -163,7 +176,7 @@ def _train(ctx: RunContext, resume: bool, prebuilt: Prebuilt | None) -> dict[str
     # Every rank draws the same global batch (per-rank batch x ranks) and takes its share.
     loader = ctx.loader = ShuffledLoader(train_data, cfg.batch_size * d.world, cfg.seed,
                                          cfg.sort_window)
-    stopper = ctx.stopper = EarlyStopper.from_config(cfg.early_stopping)
+    stopper = ctx.stopper = EarlyStopper.from_config(cfg.early_stopping, cfg.max_steps)
     run = ctx.run
     latest = d.broadcast(ckpt.latest_checkpoint(root) if resume and d.is_main else None)
     if latest is not None:
@@ -380,13 +393,15 @@ def _finish(ctx: RunContext, save: bool = True) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         **{f"val_{k}": v for k, v in run.best_eval.items()},
         "steps": run.step, "best_step": ctx.stopper.best_step,
+        "peak_step": ctx.stopper.peak_step, "shipped_because": ctx.stopper.reason,
         "stopped_early": run.stopped_early,
         "train_seconds": round(run.train_seconds, 3),
         "train_cpu_seconds": round(run.train_cpu_seconds, 3), "resumed_from": run.resumed_from,
         "train_loss_initial": float(np.mean(run.losses[:window])),
         "train_loss_final": float(np.mean(run.losses[-window:])),
         "trainable_params": n_train, "total_params": n_total,
-        "strategy": params.finetune.strategy, "peft_method": params.peft.method}
+        "strategy": params.finetune.strategy, "peft_method": params.peft.method,
+        **{k: v for k, v in ctx.chosen.items() if not k.endswith("_auto")}}
     if save:  # rank 0 only
         save_trained(model, ctx.tokenizer, ctx.labels, params, ctx.out_dir,
                      extra={"metrics": metrics, "data_version": data_version(ctx.prepared_dir),
