@@ -129,34 +129,36 @@ def build_deployments(params: Params, params_file: Path | None = None,
             for spec in deployment_specs(params, params_file, overrides)]
 
 
-def run_forms(params: Params, params_file: Path | None = None,
-              overrides: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Each deployment's Custom run form (its parameter schema), by deployment name.
-
-    Prefect's `parameter_schema` is the schema it would register itself, read from the
-    flow's signature and docstring; `form_schema` makes it plain and fills it.
-    """
+def run_form(spec: dict[str, Any]) -> dict[str, Any]:
+    """A deployment's Custom run form (its parameter schema): the schema Prefect itself
+    would register, read from the flow's signature and docstring by `parameter_schema`,
+    made plain and filled with the spec's parameters by `form_schema`."""
     from prefect.utilities.callables import parameter_schema
 
-    return {spec["name"]: form_schema(parameter_schema(spec["flow"]).model_dump(),
-                                      spec["parameters"])
+    return form_schema(parameter_schema(spec["flow"]).model_dump(), spec["parameters"])
+
+
+def run_forms(params: Params, params_file: Path | None = None,
+              overrides: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Each deployment's form, by deployment name."""
+    return {spec["name"]: run_form(spec)
             for spec in deployment_specs(params, params_file, overrides)}
 
 
-def publish_forms(ids: dict[str, Any], forms: dict[str, dict[str, Any]]) -> None:
-    """Replace the schema each registered deployment got from its flow with its form.
+def publish_forms(forms: dict[Any, dict[str, Any]]) -> None:
+    """Set each registered deployment's parameter schema (by id) to its form.
 
-    Registering a deployment stores the flow's own schema, and no public argument of
-    `to_deployment` takes another one; the API's deployment update does. The server then
-    checks every run against the form (`enforce_parameter_schema`).
+    Registering a deployment stores its flow's own schema, and no public argument of
+    `to_deployment` or `deploy` takes another one; the API's deployment update does. The
+    server then checks every run against the form (`enforce_parameter_schema`).
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
 
     with get_client(sync_client=True) as client:
-        for name, deployment_id in ids.items():
-            client.update_deployment(
-                deployment_id, DeploymentUpdate(parameter_openapi_schema=forms[name]))
+        for deployment_id, form in forms.items():
+            client.update_deployment(deployment_id,
+                                     DeploymentUpdate(parameter_openapi_schema=form))
 
 
 def deploy_to_pool(params: Params, pool: str, params_file: Path | None = None,
@@ -181,8 +183,7 @@ def deploy_to_pool(params: Params, pool: str, params_file: Path | None = None,
     if len(ids) != len(deployments):  # `deploy` reports a failed one in its table only
         raise RuntimeError(f"{len(deployments) - len(ids)} of {len(deployments)} deployments "
                            "were not registered (see the table above)")
-    publish_forms({spec["name"]: i for spec, i in zip(specs, ids, strict=True)},
-                  run_forms(params, params_file, overrides))
+    publish_forms({i: run_form(spec) for spec, i in zip(specs, ids, strict=True)})
     ensure_notifications(params)
     return [str(i) for i in ids]
 
@@ -200,12 +201,13 @@ def serve_deployments(params: Params, params_file: Path | None = None,
     from pipelines.events import ensure_notifications
 
     runner = Runner(limit=limit)
-    ids = {d.name: runner.add_deployment(d)
-           for d in build_deployments(params, params_file, overrides)}
-    publish_forms(ids, run_forms(params, params_file, overrides))
+    specs = deployment_specs(params, params_file, overrides)
+    publish_forms({runner.add_deployment(_to_deployment(spec["flow"], spec)): run_form(spec)
+                   for spec in specs})
     ensure_notifications(params)
     os.environ.update(deployed_with(_params_path(params_file), overrides))  # runs inherit it
-    print(f"serving deployments {', '.join(ids)}; Ctrl-C stops", flush=True)
+    print(f"serving deployments {', '.join(s['name'] for s in specs)}; Ctrl-C stops",
+          flush=True)
     with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
         asyncio.run(runner.start())
 
