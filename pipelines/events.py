@@ -11,6 +11,7 @@ wait for each other, see pipelines/limits.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 from pathlib import Path
@@ -36,23 +37,46 @@ def emit_data_changed(file: str | Path, md5: str, source: str, *, flush: bool = 
     """Send `tuneline.data.changed` to the Prefect API; returns the event's id.
 
     Args:
-        flush: wait until the event has left this process (a command about to exit);
-            inside a flow run the engine does that when the run ends.
+        flush: send it now, over a connection of its own, and return once it has left
+            this process (a command about to exit); otherwise it is queued to Prefect's
+            events worker, which a flow run's engine drains when the run ends.
 
     Raises:
         RuntimeError: the event could not be sent.
     """
-    from prefect.events import emit_event
-    from prefect.events.worker import EventsWorker
+    from prefect.events import Event, emit_event
 
-    event = emit_event(**data_changed_event(file, md5, source))
+    fields = data_changed_event(file, md5, source)
+    if flush:
+        return str(send_event(Event(**fields)).id)
+    event = emit_event(**fields)
     if event is None:
         raise RuntimeError(f"{DATA_CHANGED} was not sent (see the Prefect log above)")
-    if flush:
-        # The worker logs a "still processing" warning for the event it is sending.
-        logging.getLogger(EventsWorker.__name__).setLevel(logging.ERROR)
-        EventsWorker.drain_all(timeout=30, at_exit=False)
     return str(event.id)
+
+
+def send_event(event: Any) -> Any:
+    """Send one event and return it once sent; for a process with no flow run to drain
+    Prefect's background events worker before it exits.
+
+    The events client sends over a websocket as `emit` is awaited, and leaving its context
+    closes the socket with a handshake the server answers after reading what came
+    before it, so the event has reached the server when this returns.
+
+    Raises:
+        RuntimeError: the event could not be sent.
+    """
+    from prefect.events import get_events_client
+
+    async def send() -> None:
+        async with get_events_client() as client:
+            await client.emit(event)
+
+    try:
+        asyncio.run(send())
+    except Exception as exc:  # the client's own errors: refused, timed out, no API URL
+        raise RuntimeError(f"{event.event} was not sent: {exc}") from exc
+    return event
 
 
 def data_changed_trigger(params: Params) -> Any:

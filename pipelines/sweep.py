@@ -105,27 +105,42 @@ def api_for_workers() -> Iterator[None]:
 
 @flow(name="sweep", description="Search finetune settings; gate and register the best.")
 def sweep(
-    data_path: Annotated[str | None, Field(description=(
-        "CSV, JSONL or Parquet with text and label columns. Empty: paths.raw."))] = None,
-    strategy: Annotated[StrategyName | None, Field(description=(
-        "Fine-tuning strategy. Empty: finetune.strategy."))] = None,
-    peft_method: Annotated[PeftName | None, Field(description=(
-        "PEFT method. Empty: peft.method."))] = None,
-    pretrain: Annotated[bool | None, Field(description=(
-        "Domain pretraining first. Empty: pretrain.enabled."))] = None,
-    max_steps: Annotated[int | None, Field(ge=1, description=(
-        "Training steps when not searched. Empty: finetune.max_steps."))] = None,
-    n_trials: Annotated[int | None, Field(ge=1, description=(
-        "Trials in the study. Empty: sweep.n_trials."))] = None,
-    dask_address: Annotated[str | None, Field(description=(
-        "Scheduler of an existing Dask cluster. Empty: a local cluster."))] = None,
-    overrides: Annotated[list[str] | None, Field(description=(
-        "More params.yaml overrides, each key.path=value, e.g. sweep.budget.cpu_seconds=3600."))
-    ] = None,
-    params_file: Annotated[str | None, Field(description=(
-        "params.yaml to read. Empty: the project's."))] = None,
+    data_path: str | None = None,
+    strategy: StrategyName | None = None,
+    peft_method: PeftName | None = None,
+    pretrain: bool | None = None,
+    max_steps: Annotated[int | None, Field(ge=1)] = None,
+    n_trials: Annotated[int | None, Field(ge=1)] = None,
+    dask_address: str | None = None,
+    overrides: list[str] | None = None,
+    params_file: str | None = None,
 ) -> dict[str, Any] | State:
-    """Run the sweep, then `retrain` with the winner's values; returns both summaries."""
+    """Run the sweep, then `retrain` with the winner's values; returns both summaries.
+
+    Each parameter left empty (None) takes its value from params.yaml. The Prefect UI's
+    form shows these descriptions (a description in the annotation would not reach it).
+
+    Args:
+        data_path: CSV, JSONL or Parquet file with text and label columns, on the machine
+            that runs the flow; from a deployment, inside the project folder or
+            ui.data_roots. params.yaml: paths.raw.
+        strategy: Fine-tuning strategy of every trial unless sweep.space searches it.
+            params.yaml: finetune.strategy.
+        peft_method: Which weights train, unless sweep.space searches it. params.yaml:
+            peft.method.
+        pretrain: Domain pretraining once before the trials. params.yaml: pretrain.enabled.
+        max_steps: Training steps of a trial when sweep.space does not search them.
+            params.yaml: finetune.max_steps.
+        n_trials: Trials in the study, counting earlier runs of it. params.yaml:
+            sweep.n_trials.
+        dask_address: Scheduler of an existing Dask cluster (tcp://host:8786); empty: a
+            local cluster of sweep.workers processes. params.yaml: sweep.dask_address.
+        overrides: More params.yaml values, one key.path=value each, applied last, e.g.
+            sweep.budget.cpu_seconds=3600. A run started from a deployment may change
+            only the keys in ui.allowed_overrides.
+        params_file: The params.yaml to read (empty: the project's); from a deployment,
+            one inside the project folder.
+    """
     quiet_libraries()
     named = {"data_path": data_path, "strategy": strategy, "peft_method": peft_method,
              "pretrain": pretrain, "max_steps": max_steps}

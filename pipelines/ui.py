@@ -213,6 +213,8 @@ def walkthrough(servers: UIServers, auth: bool, deploy: bool) -> str:
             f"               or MLflow > Models > the version's tags ({m})",
             "Promote:       Deployments > promote > Run > Custom run: version and reason",
             "Roll back:     Deployments > rollback > Run > Custom run: reason",
+            "Sweep:         Deployments > sweep > Run > Custom run: trials, then the winner "
+            "is gated",
             "New data:      tuneline data ingest FILE --notify  (starts retrain on FILE)", ""]
     lines.append(f"Other shells, to use these servers: export PREFECT_API_URL={servers.api_url}")
     if auth:

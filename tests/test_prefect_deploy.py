@@ -1,5 +1,6 @@
 """A real Prefect server on 127.0.0.1, the served deployments, and a run triggered
-through the API with a non-default parameter that must reach Completed."""
+through the API with a non-default parameter that must reach Completed; the sweep
+deployment and its form as both ways of deploying leave them."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import yaml
 
 from components.config import load_params
 from tests.conftest import tiny_overrides, tiny_rows
+from tests.prefect_support import Proc, running, tiny_project_server, wait_for
 
 BIN = Path(sys.executable).parent
 
@@ -123,3 +125,59 @@ def test_deployment_run_from_the_api_completes_with_its_parameter(tmp_path, tiny
             _stop(runner)
         _stop(server)
     assert server.poll() is not None and (runner is None or runner.poll() is not None)
+
+
+def _published_form(api, name: str) -> dict | None:
+    """The deployment once its form is published (no `T | None` toggle left), else None."""
+    dep = api.deployment(name)
+    props = (dep or {}).get("parameter_openapi_schema", {}).get("properties", {})
+    if not props or any("anyOf" in p for p in props.values()):
+        return None
+    return dep
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_deploy_registers_the_sweep_with_its_typed_form(tmp_path, tiny_backbone_dir):
+    """`tuneline deploy --pool` and `tuneline deploy` (served) both leave a `sweep`
+    deployment whose form is typed, documented and filled from params.yaml."""
+    with tiny_project_server(tmp_path, tiny_backbone_dir, ["sweep.n_trials=5"]) as project:
+        env, api = project.env, project.api
+        subprocess.run([str(BIN / "prefect"), "work-pool", "create", "idle", "--type",
+                        "process"], env=env, check=True, capture_output=True, timeout=120)
+        pooled = subprocess.run([str(BIN / "tuneline"), "deploy", "--pool", "idle",
+                                 "--params", str(project.params_file)], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=600)
+        assert pooled.returncode == 0, pooled.stdout + pooled.stderr
+        assert "registered 5 deployments" in pooled.stdout
+        _assert_sweep_form(_published_form(api, "sweep"), project.params_file, pool="idle")
+
+        runner = Proc([str(BIN / "tuneline"), "deploy", "--params",
+                       str(project.params_file)], env, tmp_path, tmp_path / "deploy.log")
+        with running(runner):
+            wait_for(lambda: "serving deployments" in runner.log.read_text(), 300,
+                     "the runner to register its deployments", [runner, project.server])
+            dep = wait_for(lambda: _published_form(api, "sweep"), 60, "the sweep form",
+                           [runner, project.server])
+            _assert_sweep_form(dep, project.params_file, pool=None)
+            retrain = wait_for(lambda: _published_form(api, "retrain"), 60,
+                               "the retrain form", [runner, project.server])
+            assert retrain["parameter_openapi_schema"]["properties"]["strategy"]["enum"][0] \
+                == "adamw"
+
+
+def _assert_sweep_form(dep: dict | None, params_file, pool: str | None) -> None:
+    assert dep is not None, "no sweep deployment with a published form"
+    assert dep["entrypoint"].endswith("pipelines/sweep.py:sweep")
+    assert dep["enforce_parameter_schema"] is True
+    if pool is not None:
+        assert dep["work_pool_name"] == pool
+    assert dep["tags"] == ["tuneline"] and dep["schedules"] == []
+    props = dep["parameter_openapi_schema"]["properties"]
+    assert props["n_trials"]["type"] == "integer" and props["n_trials"]["minimum"] == 1
+    assert props["n_trials"]["default"] == 5 == dep["parameters"]["n_trials"]
+    assert props["strategy"]["enum"] == ["adamw", "cem", "es", "mezo", "zo_sign"]
+    assert props["dask_address"] == {**props["dask_address"], "type": "string", "default": ""}
+    assert props["params_file"]["default"] == str(params_file)
+    for name, prop in props.items():
+        assert prop["description"] and "\n" not in prop["description"], name

@@ -93,7 +93,7 @@ def deploy(params: ParamsOpt = None, set_: SetOpt = None,
                help="Register on this work pool instead of serving here; run "
                     "`prefect worker start --pool POOL` to execute.")] = None) -> None:
     """Serve the deployments: retrain (schedule, new-data trigger, UI), watch-data, promote,
-    rollback.
+    rollback, sweep.
 
     Needs a Prefect server (`tuneline ui`, or PREFECT_API_URL); runs until interrupted.
     """
