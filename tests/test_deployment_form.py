@@ -52,7 +52,7 @@ def test_sweep_form_is_plain_typed_fields_with_params_yaml_values():
     # An empty address is a local cluster; the schema's type still holds for it.
     assert sweep.parameters == {
         "data_path": str(params.paths.raw), "strategy": "mezo", "peft_method": "none",
-        "pretrain": False, "max_steps": params.finetune.max_steps, "n_trials": 9,
+        "pretrain": False, "max_steps": None, "n_trials": 9,  # max_steps auto: empty
         "dask_address": "", "overrides": [], "params_file": str(DEFAULT_PARAMS)}
     assert {k: p["default"] for k, p in props.items()} == sweep.parameters
 
