@@ -570,15 +570,21 @@ def _merge(old: Any, new: Any) -> Any:
 
 
 class PrunerConfig(Section):
-    method: Literal["median", "successive_halving", "none"] = "median"
+    method: Literal["hyperband", "successive_halving", "median", "none"] = "hyperband"
     startup_trials: int = Field(2, ge=0)
-    warmup_steps: int = Field(150, ge=0)
+    warmup_steps: int = Field(100, ge=0)
     reduction_factor: int = Field(3, ge=2)
 
 
 class BudgetConfig(Section):
-    cpu_seconds: float = Field(0.0, ge=0)
+    cpu_seconds: float = Field(3600.0, ge=0)
     wall_seconds: float = Field(0.0, ge=0)
+
+
+def _default_portfolio() -> list[dict[str, Any]]:
+    return [{"model.max_length": 256, "finetune.epochs": 5.0},
+            {"finetune.adamw.lr": 1.0e-4, "finetune.epochs": 6.0},
+            {"model.max_length": 128, "finetune.adamw.lr": 3.0e-4, "finetune.epochs": 3.0}]
 
 
 def _default_space() -> dict[str, SearchRange]:
@@ -599,6 +605,9 @@ class SweepConfig(Section):
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
     enqueue_current: bool = True
     enqueue: list[dict[str, Any]] = Field(default_factory=list)
+    # Settings that do well across corpora, tried first; keys outside sweep.space (or
+    # values outside its ranges) are dropped from a point, an emptied point is skipped.
+    portfolio: list[dict[str, Any]] = Field(default_factory=_default_portfolio)
     workers: int = Field(2, ge=1)
     threads_per_worker: int = Field(1, ge=1)
     dask_address: str | None = None
@@ -609,7 +618,7 @@ class SweepConfig(Section):
     def _flat_keys(cls, value: Any) -> Any:
         return flatten_space(value)
 
-    @field_validator("enqueue", mode="before")
+    @field_validator("enqueue", "portfolio", mode="before")
     @classmethod
     def _flat_enqueue(cls, value: Any) -> Any:
         if not isinstance(value, list):

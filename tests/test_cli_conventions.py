@@ -62,7 +62,7 @@ def test_version_prints_the_package_version(flag):
 
 
 def test_choices_come_from_params_and_reject_a_bad_value():
-    from pipelines.cli.flows import PeftMethod, Strategy
+    from pipelines.cli.app import PeftMethod, Strategy
 
     assert [s.value for s in Strategy] == strategy_names()
     assert [m.value for m in PeftMethod] == list(

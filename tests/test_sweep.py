@@ -161,3 +161,54 @@ def test_a_trial_that_crashes_mid_training_is_recorded_as_failed_and_the_next_on
     assert run.data.tags["sweep_reason"] == crashed["reason"]
     assert "train/loss" in run.data.metrics
     assert not (plan.folder / "trials" / f"{crashed['number']:04d}" / "checkpoints").exists()
+
+
+def test_the_default_search_is_multi_fidelity_and_starts_from_a_portfolio():
+    import optuna
+
+    from components.sweep.study import make_pruner
+
+    params = load_params()
+    assert isinstance(make_pruner(params), optuna.pruners.HyperbandPruner)
+    assert params.sweep.budget.cpu_seconds > 0 and len(params.sweep.portfolio) >= 3
+
+
+@pytest.mark.slow
+def test_successive_halving_stops_a_trial_that_trails_at_its_first_rung(
+        tmp_path, tiny_backbone_dir, monkeypatch):
+    """Four trials on the tiny model; a reporter stands in for their validation scores so
+    the ranking is known: the last one trails at step 3 and stops there."""
+    from components import stages
+    from components.sweep import TrialQueue, for_workers, load_study, open_sweep, run_trial
+    from components.sweep import trial as trial_module
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tiny_rows(20)))
+    lrs = [1.0e-3, 2.0e-3, 3.0e-3, 4.0e-3]
+    score = dict(zip(lrs, [0.9, 0.8, 0.85, 0.1], strict=True))
+    sets = tiny_overrides(tmp_path, tiny_backbone_dir) + [
+        f"paths.sweep={tmp_path / 'sweep'}", "finetune.max_steps=6", "finetune.eval_every=3",
+        "sweep.space={finetune.adamw.lr: {choices: [" + ", ".join(map(str, lrs)) + "]}}",
+        "sweep.enqueue_current=false",
+        "sweep.enqueue=[" + ", ".join(f"{{finetune.adamw.lr: {lr}}}" for lr in lrs) + "]",
+        "sweep.n_trials=4", "sweep.pruner.method=successive_halving",
+        "sweep.pruner.warmup_steps=3", "sweep.pruner.reduction_factor=3"]
+    params = for_workers(load_params(overrides=sets))
+    stages.ingest(params)
+    stages.prepare(params)
+
+    class KnownScores(trial_module.StudyReporter):
+        def __call__(self, metrics, step):
+            if self.key in metrics:
+                metrics = {**metrics, self.key: score[self.trial.params["finetune.adamw.lr"]]}
+            super().__call__(metrics, step)
+
+    monkeypatch.setattr(trial_module, "StudyReporter", KnownScores)
+    plan = open_sweep(params)
+    queue = TrialQueue(params, plan)
+    records = [run_trial(params, plan, *queue.next()) for _ in lrs]
+    assert records[0]["state"] == "COMPLETE"
+    assert records[-1]["state"] == "PRUNED" and "pruned at step 3" in records[-1]["reason"]
+    trials = {t.number: t for t in load_study(params, plan).trials}
+    assert trials[records[0]["number"]].intermediate_values == {3: 0.9, 6: 0.9}
+    assert trials[records[-1]["number"]].intermediate_values == {3: 0.1}

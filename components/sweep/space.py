@@ -125,3 +125,13 @@ def check_space(params: Params) -> None:
             with_values(params, point)
         except ConfigError as exc:
             raise ConfigError(f"sweep.enqueue[{i}]: {exc}") from None
+
+
+def in_space(spec: SearchRange, value: Any) -> bool:
+    """Whether `value` is one of the choices, or within [low, high]."""
+    if spec.choices is not None:
+        return value in spec.choices
+    try:
+        return float(spec.low) <= float(value) <= float(spec.high)
+    except (TypeError, ValueError):
+        return False

@@ -23,6 +23,7 @@ from components.sweep.space import (
     anchor_values,
     check_space,
     current_values,
+    in_space,
     typed_value,
     with_values,
 )
@@ -88,6 +89,9 @@ def make_pruner(params: Params) -> Any:
     if cfg.method == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials,
                                            n_warmup_steps=cfg.warmup_steps)
+    if cfg.method == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, cfg.warmup_steps),
+                                              reduction_factor=cfg.reduction_factor)
     if cfg.method == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, cfg.warmup_steps),
                                                       reduction_factor=cfg.reduction_factor)
@@ -136,6 +140,12 @@ def _enqueue_start(study: Any, params: Params) -> None:
     points = [(current_values(params), "current params")] if params.sweep.enqueue_current else []
     points += [({k: typed_value(params, k, v) for k, v in p.items()}, f"sweep.enqueue[{i}]")
                for i, p in enumerate(params.sweep.enqueue)]
+    for i, point in enumerate(params.sweep.portfolio):
+        values = {k: typed_value(params, k, v) for k, v in point.items()
+                  if k in params.sweep.space and in_space(params.sweep.space[k],
+                                                          typed_value(params, k, v))}
+        if values and all(values != v for v, _ in points):
+            points.append((values, f"sweep.portfolio[{i}]"))
     for values, source in points:
         # A repeated point is kept: its trial reuses the first one's record.
         study.enqueue_trial(values, user_attrs={"enqueued": source})

@@ -7,14 +7,21 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
 import pipelines  # noqa: F401  (environment defaults before any library import)
-from components.config import ConfigError, Params, load_params, named_overrides
+from components.config import (
+    ConfigError,
+    Params,
+    PeftConfig,
+    load_params,
+    named_overrides,
+    strategy_names,
+)
 from pipelines import DISTRIBUTION, package_version
 from pipelines.quiet import log_level, use_log_level
 
@@ -93,6 +100,24 @@ OutputOpt = Annotated[Path | None, typer.Option(
 InputOpt = Annotated[Path | None, typer.Option(
     "--input", help="Labeled CSV / JSONL / Parquet, anywhere on disk: the same as "
                     "--set paths.raw=FILE (default: paths.raw, the demo corpus).")]
+
+# Choices Typer checks and shell completion offers, read from what params.yaml accepts
+# (the strategy sections of `finetune`, the values of `peft.method`), so they never drift.
+Strategy = StrEnum("Strategy", {name: name for name in strategy_names()})
+PeftMethod = StrEnum("PeftMethod", {name: name for name in
+                                    get_args(PeftConfig.model_fields["method"].annotation)})
+
+StrategyOpt = Annotated[Strategy | None, typer.Option(
+    "--strategy", help="How the weights move (default: finetune.strategy).")]
+PeftOpt = Annotated[PeftMethod | None, typer.Option(
+    "--peft", help="Which weights train (default: peft.method).")]
+PretrainOpt = Annotated[bool | None, typer.Option(
+    "--pretrain/--no-pretrain", help="Domain pretraining first (default: pretrain.enabled).")]
+StepsOpt = Annotated[int | None, typer.Option(
+    "--max-steps", help="Training steps (default: finetune.max_steps).")]
+NprocOpt = Annotated[int | None, typer.Option(
+    "--nproc", min=1, help="Fine-tune as this many ranks under torchrun "
+    "(default: finetune.nproc).")]
 
 
 def fail(message: str, code: int = ExitCode.USAGE) -> None:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import signal
 import time
-from enum import StrEnum
-from typing import Annotated, get_args
+from typing import Annotated
 
 import typer
 
-from components.config import PeftConfig, strategy_names
 from pipelines.cli.app import (
     ExitCode,
     InputOpt,
     JsonOpt,
+    NprocOpt,
     OutputOpt,
     ParamsOpt,
+    PeftOpt,
+    PretrainOpt,
     SetOpt,
+    StepsOpt,
+    StrategyOpt,
     app,
     emit,
     exit_for_verdict,
@@ -25,28 +28,13 @@ from pipelines.cli.app import (
     user_errors,
 )
 
-# Choices Typer checks and shell completion offers, read from what params.yaml accepts
-# (the strategy sections of `finetune`, the values of `peft.method`), so they never drift.
-Strategy = StrEnum("Strategy", {name: name for name in strategy_names()})
-PeftMethod = StrEnum("PeftMethod", {name: name for name in
-                                    get_args(PeftConfig.model_fields["method"].annotation)})
-
-StrategyOpt = Annotated[Strategy | None, typer.Option(
-    "--strategy", help="How the weights move (default: finetune.strategy).")]
-PeftOpt = Annotated[PeftMethod | None, typer.Option(
-    "--peft", help="Which weights train (default: peft.method).")]
-PretrainOpt = Annotated[bool | None, typer.Option(
-    "--pretrain/--no-pretrain", help="Domain pretraining first (default: pretrain.enabled).")]
-StepsOpt = Annotated[int | None, typer.Option(
-    "--max-steps", help="Training steps (default: finetune.max_steps).")]
-NprocOpt = Annotated[int | None, typer.Option(
-    "--nproc", min=1, help="Fine-tune as this many ranks under torchrun "
-    "(default: finetune.nproc).")]
-
 
 @app.command("run")
 def run(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt = None,
         pretrain: PretrainOpt = None, max_steps: StepsOpt = None, nproc: NprocOpt = None,
+        tune: Annotated[bool, typer.Option(
+            "--tune", help="Search the settings first (`tuneline sweep`, its budget in "
+                           "sweep.*), then ship the winner through the gate.")] = False,
         params: ParamsOpt = None, set_: SetOpt = None, as_json: JsonOpt = False,
         output: OutputOpt = None) -> None:
     """The main job: ingest -> ... -> gate -> register, as a Prefect flow run.
@@ -55,6 +43,14 @@ def run(input_: InputOpt = None, strategy: StrategyOpt = None, peft: PeftOpt = N
     when the version passed the gate, 4 when the gate rejected it (it is @challenger and
     @champion did not move), 5 when another run of the model holds its slot.
     """
+    if tune:
+        if nproc is not None:
+            fail("--tune runs each trial as one process: drop --nproc")
+        from pipelines.cli.sweep import sweep
+
+        sweep(input_=input_, strategy=strategy, peft=peft, pretrain=pretrain,
+              max_steps=max_steps, params=params, set_=set_, as_json=as_json, output=output)
+        return
     from components.stages import check_inputs
     from pipelines.reporting import render_summary
 

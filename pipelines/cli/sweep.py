@@ -13,14 +13,17 @@ from pipelines.cli.app import (
     JsonOpt,
     OutputOpt,
     ParamsOpt,
+    PeftOpt,
+    PretrainOpt,
     SetOpt,
+    StepsOpt,
+    StrategyOpt,
     app,
     emit,
     exit_for_verdict,
     params_or_exit,
     user_errors,
 )
-from pipelines.cli.flows import PeftOpt, PretrainOpt, StepsOpt, StrategyOpt
 
 
 @app.command("sweep")
