@@ -106,8 +106,11 @@ class TaskType:
         raise NotImplementedError
 
     def texts(self, prepared_dir: str | Path, split: str) -> list[str]:
-        """The split's inputs as plain texts (examples, pretraining, drift)."""
-        raise NotImplementedError
+        """The split's inputs as plain texts (examples, pretraining, drift, lengths): every
+        prepared row has a `text` (word lists keep their words joined by spaces)."""
+        from components.data.files import load_texts
+
+        return load_texts(prepared_dir, split)
 
     # training
     def encode_split(self, tokenizer: Any, prepared_dir: str | Path, split: str,

@@ -78,11 +78,6 @@ class SequenceClassification(TaskType):
 
         return prepare_dataset(input_path, out_dir, cfg)
 
-    def texts(self, prepared_dir: str | Path, split: str) -> list[str]:
-        from components.data.files import load_texts
-
-        return load_texts(prepared_dir, split)
-
     def encode_split(self, tokenizer: Any, prepared_dir: str | Path, split: str,
                      params: Any) -> Any:
         from components.data.files import load_split
