@@ -295,6 +295,7 @@ class FinetuneConfig(Section):
     eval_every: Steps = AUTO        # auto: a tenth of max_steps
     eval_max_batches: int = Field(0, ge=0)
     checkpoint_every: Steps = AUTO  # auto: eval_every
+    budget_cpu_s: float = Field(0.0, ge=0)  # > 0: stop once the steps used this CPU time
     keep_checkpoints: int = Field(2, ge=1)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     adamw: AdamWConfig = Field(default_factory=AdamWConfig)
@@ -327,8 +328,11 @@ class CompressConfig(Section):
     keep_layers: list[int] = Field(default_factory=lambda: [0, 2, 4])
     temperature: float = Field(2.0, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)
+    hidden_weight: float = Field(1.0, ge=0)
+    augment_copies: int = Field(2, ge=0)
     unlabeled: bool = True
     max_steps: int = Field(600, ge=1)
+    budget_cpu_s: float = Field(0.0, ge=0)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-4, gt=0)
     eval_every: int = Field(100, ge=1)

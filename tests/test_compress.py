@@ -100,3 +100,82 @@ def test_retrain_with_compression_registers_a_gated_student(tmp_path, tiny_backb
     exported = load_trained(params.paths.compressed)
     assert exported.model.config.num_hidden_layers == 1
     assert result["gate_decision"].startswith(("PASSED", "REJECTED"))
+
+
+def test_student_layers_are_mapped_evenly_onto_the_teacher():
+    from components.train.distill import layer_map
+
+    assert layer_map(3, 6) == [2, 4, 6]       # the last learns the last (the sentence vector)
+    assert layer_map(2, 6) == [3, 6]
+    assert layer_map(1, 2) == [2]
+    assert layer_map(6, 6) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("term", ["soft", "gold", "hidden"])
+def test_each_loss_term_lowers_its_own_value(teacher, term):
+    from components.train.distill import layer_map, loss_terms, teacher_targets
+
+    trained = load_trained(teacher["model"])
+    student = keep_layers(trained.model, [0]).train()
+    texts = [r["text"] for r in tiny_rows(16, seed=5)]
+    layers = layer_map(1, trained.model.config.num_hidden_layers)
+    soft, hidden = teacher_targets(trained.model, trained.tokenizer, texts, 32, 8, layers)
+    enc = trained.tokenizer(texts, padding=True, truncation=True, max_length=32,
+                            return_tensors="pt")
+    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+             "labels": torch.tensor([i % len(trained.labels) for i in range(len(texts))]),
+             "teacher_logits": soft, "teacher_hidden": hidden}
+    # Start the student away from the teacher: its kept layer's weights perturbed.
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in student.bert.encoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    opt = torch.optim.AdamW(student.parameters(), lr=3e-3)
+
+    def value() -> float:
+        with torch.no_grad():
+            return float(loss_terms(student, batch, 2.0, hidden=True)[term])
+
+    before = value()
+    for _ in range(15):
+        opt.zero_grad()
+        loss_terms(student, batch, 2.0, hidden=True)[term].backward()
+        opt.step()
+    assert value() < 0.8 * before, (term, before, value())
+
+
+@pytest.mark.slow
+def test_teacher_outputs_are_computed_once_and_distillation_resumes_exactly(
+        teacher, tmp_path, tiny_backbone_dir, monkeypatch):
+    from safetensors.torch import load_file
+
+    from components.train import distill as distill_module
+    from tests.model_support import tiny_test_params
+
+    params = _with(tiny_test_params(tmp_path, tiny_backbone_dir), **{
+        "compress.enabled": True, "compress.keep_layers": [1], "compress.max_steps": 20,
+        "compress.eval_every": 10, "compress.batch_size": 8, "compress.lr": 3e-3,
+        "compress.augment_copies": 1, "model.num_threads": 1})
+    calls = []
+    real = distill_module.teacher_targets
+
+    def counted(model, tokenizer, texts, *args):
+        calls.append(len(texts))
+        return real(model, tokenizer, texts, *args)
+
+    monkeypatch.setattr(distill_module, "teacher_targets", counted)
+    unlabeled = [r["text"] for r in tiny_rows(6, seed=3)]
+    reference = distill_module.distill(params, teacher["model"], teacher["prepared"],
+                                       tmp_path / "a", unlabeled, checkpoint_dir=tmp_path / "ck")
+    rows = reference["distilled_rows"] + reference["distilled_unlabeled_rows"]
+    assert reference["distilled_augmented_rows"] == rows           # one copy of each
+    assert calls == [2 * rows]          # every row's teacher outputs, once, before training
+    assert reference["layer_map"] == [2]
+    # The run left its step-10 checkpoint: resuming from it ends on the same weights.
+    resumed = distill_module.distill(params, teacher["model"], teacher["prepared"],
+                                     tmp_path / "b", unlabeled, checkpoint_dir=tmp_path / "ck",
+                                     resume=True)
+    assert resumed["resumed_from"] == 10
+    a = load_file(str(tmp_path / "a" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

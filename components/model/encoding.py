@@ -15,12 +15,15 @@ class Encoded:
 
     `targets`, when set, are a teacher's logits for each example (distillation); a label
     of -1 then marks a row with no gold label (unlabeled text, soft targets only).
+    `hidden_targets`, when set, are the teacher's mean-pooled hidden states at the layers
+    the student's layers are mapped to, [examples, student layers, hidden size].
     """
 
     input_ids: list[list[int]]
     labels: list[int] | list[list[int]]
     pad_id: int
-    targets: Any = None  # a torch.Tensor
+    targets: Any = None         # a torch.Tensor
+    hidden_targets: Any = None  # a torch.Tensor
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -34,6 +34,16 @@ def compress(params: Params, *, force: bool = False) -> StageResult:
                          logger=(lambda m, step: mlflow({f"compress/{k}": v
                                                          for k, v in m.items()}, step))
                          if mlflow else None)
+        from components.data.files import load_texts
+        from components.train.distill import speed_vs_teacher
+
+        texts = load_texts(params.paths.prepared, "validation")[:128]
+        if texts:
+            result.update(speed_vs_teacher(out, params.paths.model, texts,
+                                           params.evaluate.batch_size))
+        teacher_val = result.get("teacher_val_accuracy")
+        if isinstance(teacher_val, float) and isinstance(result.get("val_accuracy"), float):
+            result["val_accuracy_vs_teacher"] = result["val_accuracy"] - teacher_val
         if run_id:
             tracking.log_stage(params, run_id, "compress", result)
         return {"enabled": True, **result}
@@ -44,7 +54,11 @@ def compress(params: Params, *, force: bool = False) -> StageResult:
 def describe(r: dict[str, Any]) -> str:
     if not r.get("enabled"):
         return "off (compress.enabled: false); the fine-tuned model ships"
+    versus = (f" ({r['val_accuracy_vs_teacher']:+.4f} vs the teacher)"
+              if "val_accuracy_vs_teacher" in r else "")
+    speed = (f", {r['speedup_vs_teacher']:.2f}x the teacher's texts/s"
+             if "speedup_vs_teacher" in r else "")
     return (f"student with layers {r['keep_layers']} of {r['teacher_layers']} "
             f"({r['total_params'] / 1e6:.1f}M of {r['teacher_params'] / 1e6:.1f}M parameters): "
-            f"validation accuracy {r.get('val_accuracy', float('nan')):.4f} after "
-            f"{r['steps']} steps")
+            f"validation accuracy {r.get('val_accuracy', float('nan')):.4f}{versus} after "
+            f"{r['steps']} steps{speed}")

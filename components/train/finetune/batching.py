@@ -41,6 +41,8 @@ def collate(data: Encoded, indices: list[int]) -> Batch:
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     if data.targets is not None:
         batch["teacher_logits"] = data.targets[indices]
+    if data.hidden_targets is not None:
+        batch["teacher_hidden"] = data.hidden_targets[indices]
     return batch
 
 

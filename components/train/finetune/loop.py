@@ -62,6 +62,7 @@ class RunState:
     last_eval: dict[str, float] = field(default_factory=dict)
     best_eval: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
+    stopped_by_budget: bool = False
     resumed_from: int = 0
     started_at: float = field(default_factory=time.perf_counter)
 
@@ -199,7 +200,7 @@ def _train(ctx: RunContext, resume: bool, prebuilt: Prebuilt | None) -> dict[str
     loss_fn = _with_precision(loss_fn, d)
     bar = tqdm(total=cfg.max_steps, initial=run.step, desc="finetune",
                disable=None if d.is_main else True)
-    while run.step < cfg.max_steps and not run.stopped_early:
+    while run.step < cfg.max_steps and not run.stopped_early and not _over_budget(ctx):
         t0, cpu0 = time.perf_counter(), time.process_time()
         out = _one_step(forward_model, strategy, loader.next_batch(), run.step, loss_fn)
         run.train_seconds += time.perf_counter() - t0
@@ -234,6 +235,15 @@ def _train(ctx: RunContext, resume: bool, prebuilt: Prebuilt | None) -> dict[str
         metrics.update(ranks=d.world, ranks_agree=len(set(digests)) == 1,
                        rank_weight_digests=digests)
     return metrics
+
+
+def _over_budget(ctx: RunContext) -> bool:
+    """`finetune.budget_cpu_s` used up (the same answer on every rank)."""
+    budget = ctx.params.finetune.budget_cpu_s
+    over = bool(budget) and ctx.run.train_cpu_seconds >= budget
+    if over and not ctx.run.stopped_by_budget:
+        ctx.run.stopped_by_budget = True
+    return bool(ctx.d.broadcast(over)) if ctx.d.active else over
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -394,6 +404,7 @@ def _finish(ctx: RunContext, save: bool = True) -> dict[str, Any]:
         **{f"val_{k}": v for k, v in run.best_eval.items()},
         "steps": run.step, "best_step": ctx.stopper.best_step,
         "peak_step": ctx.stopper.peak_step, "shipped_because": ctx.stopper.reason,
+        "stopped_by_budget": run.stopped_by_budget,
         "stopped_early": run.stopped_early,
         "train_seconds": round(run.train_seconds, 3),
         "train_cpu_seconds": round(run.train_cpu_seconds, 3), "resumed_from": run.resumed_from,
