@@ -293,6 +293,38 @@ def sweep(d: dict[str, Any]) -> Headline:
          f", holds on test: {yes(d['decision']['winner_holds_on_test'])}"])
 
 
+@extractor("overload")
+def overload(d: dict[str, Any]) -> Headline:
+    b, u, g = d["bounded"], d["unbounded"], d["goals"]
+    refused = b["overload_refused_latency"]
+    return Headline(
+        [f"{d['overload_factor']:g}x saturation ({d['saturation_texts_per_s']:.0f} texts/s) "
+         f"offered open-loop: with back-pressure {b['overload_share_503']:.0%} refused with "
+         f"503 in p99 {refused['p99_ms']:.0f} ms, goodput "
+         f"{b['overload_goodput_over_saturation']:.2f}x saturation, "
+         f"{b['overload_share_client_timeout']:.0%} client timeouts, queue peak "
+         f"{b['queued_texts_peak']:.0f} texts, recovered in {b['recovered_after_s']} s, RSS "
+         f"+{b['rss_growth_mb']:.0f} MB",
+         f"without it: {u['overload_share_client_timeout']:.0%} client timeouts, goodput "
+         f"{u['overload_goodput_over_saturation']:.2f}x, queue peak "
+         f"{u['queued_texts_peak']:,.0f} texts"],
+        [met(name.replace("_", " "), ok) for name, ok in g["met"].items()])
+
+
+@extractor("cv_demo", "cv_long")
+def cross_validated(d: dict[str, Any]) -> Headline:
+    base = d["baseline"]
+    lines = [f"{d['rows']:,} texts, {d['folds']}-fold, seeds {d['seeds']}: every text "
+             "scored once per setting"]
+    for name, r in d["results"].items():
+        line = (f"{name}: accuracy {r['accuracy']:.3f}, max_length {r['mean_max_length']:.0f} "
+                f"({r['mean_truncated_share']:.0%} truncated), {r['mean_steps']:.0f} steps")
+        if f"vs_{base}" in r:
+            line += f"; vs {base} {paired(r[f'vs_{base}']['pooled'])}"
+        lines.append(line)
+    return Headline(lines)
+
+
 def generic(d: dict[str, Any]) -> Headline:
     goals = [met("goal", d["goal_met"])] if isinstance(d.get("goal_met"), bool) else []
     keys = sorted(k for k in d if k not in ("benchmark", "command", "machine", "measured_at"))
