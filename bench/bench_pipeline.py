@@ -45,7 +45,7 @@ def measure(workdir: Path) -> dict:
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if ".venv" not in p)
     env["PREFECT_HOME"] = str(workdir / "prefect-home")
     install_s, _ = _timed(["make", "install"], clone, env)
-    run_s, out = _timed([str(clone / ".venv/bin/tuneline"), "run", "--json",
+    run_s, out = _timed([str(clone / ".venv/bin/tuneline"), "run", "--json", "-o",
                          str(workdir / "run.json")], clone, env)
     result = json.loads((workdir / "run.json").read_text())
     stages = sum(result["stage_seconds"].values())

@@ -50,7 +50,7 @@ def bench_sets(cpu_budget: float, trials: int, extra: list[str]) -> list[str]:
 def run_sweep(sets: list[str]) -> tuple[dict[str, Any], float, str]:
     out = WORK / "sweep-summary.json"
     cmd = [str(BIN / "tuneline"), "sweep", *[a for s in sets for a in ("--set", s)],
-           "--json", str(out)]
+           "--json", "-o", str(out)]
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
