@@ -98,3 +98,33 @@ def test_no_stop_before_the_minimum_share_of_steps():
     assert not s.should_stop
     s.update({"accuracy": 0.5, "n": 100}, 300)
     assert s.should_stop
+
+
+def test_a_model_trained_with_auto_settings_records_them_and_exports(tmp_path,
+                                                                     tiny_backbone_dir):
+    import json
+
+    from components.evaluate.scoring import evaluate_model
+    from components.model.modeling import load_trained
+    from components.release.bundle import export_bundle
+    from components.train.finetune import train
+    from tests.conftest import TINY_HEAD
+
+    prepared = write_prepared(tmp_path / "prepared", tiny_rows(30))
+    params = load_params(overrides=[
+        f"model.name_or_path={tiny_backbone_dir}", *TINY_HEAD, "finetune.batch_size=8",
+        "finetune.min_steps=12", "finetune.epochs=1", "model.num_threads=1",
+        "export.latency_repeats=2", f"paths.checkpoints={tmp_path / 'ck'}"])
+    assert params.model.max_length == "auto" and params.finetune.max_steps == "auto"
+    metrics = train(params, prepared, tmp_path / "model")
+    assert metrics["steps"] == metrics["max_steps"] == 12 and metrics["eval_every"] == 1
+    meta = load_trained(tmp_path / "model").meta
+    assert meta["max_length"] == metrics["max_length"] and isinstance(meta["max_length"], int)
+    report = evaluate_model(tmp_path / "model", prepared, tmp_path / "eval", params)
+    assert report["n"] > 0
+    saved = json.loads((tmp_path / "eval" / "report.json").read_text())["model"]
+    assert saved["max_length"] == meta["max_length"]
+    assert saved["truncated_share"] == metrics["truncated_share"]
+    export_bundle(tmp_path / "model", prepared, tmp_path / "bundle", params)
+    config = json.loads((tmp_path / "bundle" / "export_config.json").read_text())
+    assert config["max_length"] == meta["max_length"]
