@@ -28,8 +28,13 @@ def stage_module(name: str) -> str:
     return f"{PACKAGE}/stages/{name}.py"
 
 
-def code_closure(start: str | tuple[str, ...], root: Path = PROJECT_ROOT) -> tuple[str, ...]:
-    """Every project file (relative to `root`, sorted) reachable by imports from `start`."""
+def code_closure(start: str | tuple[str, ...], root: Path = PROJECT_ROOT, *,
+                 at_import: bool = False) -> tuple[str, ...]:
+    """Every project file (relative to `root`, sorted) reachable by imports from `start`.
+
+    `at_import`: from the files `start` imports, follow only the imports that run when a
+    module is imported (not those inside functions): what importing them loads.
+    """
     starts = (start,) if isinstance(start, str) else start
     seen: set[str] = set()
     todo = list(starts)
@@ -41,18 +46,30 @@ def code_closure(start: str | tuple[str, ...], root: Path = PROJECT_ROOT) -> tup
         if rel in NOT_FOLLOWED or not rel.endswith(".py"):
             continue
         path = root / rel
-        todo.extend(_imports(path.as_posix(), path.stat().st_mtime_ns, root.as_posix()))
+        todo.extend(_imports(path.as_posix(), path.stat().st_mtime_ns, root.as_posix(),
+                             at_import and rel not in starts))
     return tuple(sorted(seen))
 
 
+def _module_level(tree: ast.AST) -> list[ast.AST]:
+    """The nodes that run at import: everything outside function bodies."""
+    out, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
 @lru_cache(maxsize=4096)
-def _imports(path: str, mtime_ns: int, root: str) -> tuple[str, ...]:
+def _imports(path: str, mtime_ns: int, root: str, at_import: bool = False) -> tuple[str, ...]:
     """Project files one file imports (cached while the file is unchanged)."""
     base = Path(root)
     tree = ast.parse(Path(path).read_text(), filename=path)
     here = Path(path).relative_to(base).with_suffix("").parts
     found: list[str] = []
-    for node in ast.walk(tree):
+    for node in (_module_level(tree) if at_import else ast.walk(tree)):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 found += _module_files(alias.name.split("."), base)

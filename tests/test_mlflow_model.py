@@ -148,3 +148,15 @@ def test_mlflow_models_serve_answers_like_the_pyfunc(registered, tmp_path):
     assert [p["label"] for p in preds] == json.loads(proc.stdout.strip().splitlines()[-1])[
         "labels"]
     assert set(preds[0]["scores"]) == {"sports", "weather", "finance"}
+
+
+def test_the_model_ships_only_what_it_loads_and_never_the_project_root():
+    """Loading a version re-imports its code folder's modules in the loading process; a
+    shipped config.py would move PROJECT_ROOT (and every stage's code) for that process."""
+    from components.registry.mlflow_model import model_code_files
+
+    files = set(model_code_files())
+    assert {"components/release/predictor.py", "components/task_types/sequence.py",
+            "components/task_types/token.py", "components/task_types/tagging.py"} <= files
+    assert "components/config.py" not in files
+    assert not {f for f in files if f.startswith(("components/stages/", "components/train/"))}

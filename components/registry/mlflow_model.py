@@ -69,8 +69,14 @@ def signature(task: TaskType) -> Any:
 
 
 def model_code_files() -> tuple[str, ...]:
-    """The project files model.py can import: shipped in the model's code folder."""
-    return tuple(f for f in code_closure(MODEL_CODE) if f != MODEL_CODE)
+    """The project files model.py loads: the modules it imports and what importing them
+    loads (the task types' torch-free runtimes), shipped in the model's code folder.
+
+    Only those: loading a model puts its code folder first on sys.path and re-imports these
+    modules from it, so shipping e.g. config.py would move the project root of a process
+    that also runs stages.
+    """
+    return tuple(f for f in code_closure(MODEL_CODE, at_import=True) if f != MODEL_CODE)
 
 
 def build_pyfunc_model(bundle_dir: str | Path, out_dir: str | Path, params: Params, *,

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from components.release.inference import BucketedClassifier
+from components.release.predictor import OnnxClassifier, softmax
 from components.task_types.base import (
     ParityRows,
     Runtime,
@@ -30,8 +32,6 @@ class SequenceRuntime(Runtime):
     distribution = True
 
     def __init__(self, clf: Any, call_cost_tokens: int = 0, max_rows: int = 0) -> None:
-        from components.release.inference import BucketedClassifier
-
         self.onnx = clf
         self.labels, self.sha256 = clf.labels, clf.sha256
         self.bucketed = (BucketedClassifier(clf, call_cost_tokens, max_rows)
@@ -43,8 +43,6 @@ class SequenceRuntime(Runtime):
     def answer(self, texts: list[str], timings: Any = None) -> np.ndarray:
         if self.bucketed is not None:
             return self.bucketed.probabilities(texts, timings)
-        from components.release.predictor import softmax
-
         return softmax(self.onnx.logits(texts)) if texts else np.zeros((0, len(self.labels)))
 
     def render(self, result: Any) -> dict[str, Any]:
@@ -162,8 +160,6 @@ class SequenceClassification(TaskType):
     def load_runtime(self, bundle_dir: str | Path, *, threads: int, verify: bool = True,
                      session_config: dict[str, str] | None = None,
                      call_cost_tokens: int = 0, max_rows: int = 0) -> SequenceRuntime:
-        from components.release.predictor import OnnxClassifier
-
         clf = OnnxClassifier(bundle_dir, threads=threads, verify=verify,
                              session_config=session_config)
         return SequenceRuntime(clf, call_cost_tokens, max_rows)

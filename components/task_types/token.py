@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from components.task_types.base import ParityRows, Runtime, Scores, TaskType, register_task_type
+from components.task_types.tagging import OnnxTagger
 
 
 class TokenRuntime(Runtime):
@@ -139,7 +140,5 @@ class TokenClassification(TaskType):
     def load_runtime(self, bundle_dir: str | Path, *, threads: int, verify: bool = True,
                      session_config: dict[str, str] | None = None,
                      call_cost_tokens: int = 0, max_rows: int = 0) -> TokenRuntime:
-        from components.task_types.tagging import OnnxTagger
-
         return TokenRuntime(OnnxTagger(bundle_dir, threads=threads, verify=verify,
                                        session_config=session_config))

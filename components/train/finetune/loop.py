@@ -167,7 +167,7 @@ def _train(ctx: RunContext, resume: bool, prebuilt: Prebuilt | None) -> dict[str
     else:
         train_data = prebuilt.train_data
     if d.is_main:
-        progress_log.info("max_length %d (%.1f%% of training texts truncated), %d steps",
+        progress_log.debug("max_length %d (%.1f%% of training texts truncated), %d steps",
                           ctx.chosen["max_length"], 100 * ctx.chosen["truncated_share"],
                           cfg.max_steps)
     model = ctx.model
