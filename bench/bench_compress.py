@@ -1,143 +1,166 @@
-"""Smaller to serve: the fine-tuned MiniLM-L6 teacher vs distilled students with 3 and 2 of
-its layers, on the demo corpus, through the real stages (ingest, prepare, finetune,
-compress, export) with params.yaml defaults and only the output folders moved.
+"""Smaller to serve: the fine-tuned MiniLM-L6 teacher against distilled students that keep
+3 and 2 of its layers, cross-validated on the demo corpus (every text scored once, paired).
 
-Students are distilled on the train split plus the demo's unlabeled docstrings (those
-that are not validation or test texts: their text must stay unseen). For each int8
-bundle: test accuracy with the gate's paired bootstrap interval against the teacher, and,
-alternating the models round by round so all see the same machine load, batch-32
-throughput and batch-1 latency of the serving classifier (tokenize + ONNX Runtime, the
-code the server runs per batch). Goal: a student at >= 1.8x the teacher's throughput
-within 1 pt of its accuracy.
+    .venv/bin/python -m bench.bench_compress [--folds 3] [--rounds 5] \\
+        [--students L3=0,2,4 L2=0,3 'L3x2=0,2,4;compress.max_steps=1200']
 
-    flock /tmp/tuneline-cpu.lock .venv/bin/python -m bench.bench_compress [--rounds 5]
+The corpus is cut into the stratified folds of `bench.bench_cv` (the same prepared folders
+and the same teachers: the `fixed64` setting, 64 tokens and 500 steps, so the benchmark
+fits in well under an hour of CPU). For each fold the teacher's int8 bundle and each
+student's (distilled by the compress stage's code: its layers kept, logit + label +
+hidden-state terms, the train split plus the unlabeled docstrings that are not that fold's
+validation or test texts, augmented; params.yaml `compress.*` unless the student names its
+own settings) score the fold's test texts with the int8 ONNX model the server runs. Each
+student's accuracy is compared with the teacher's on all texts: the difference with the
+gate's paired bootstrap interval and McNemar's p. Throughput: batch-32 texts/s and batch-1
+latency of the serving classifier, the models alternated round by round in this process
+(fold 0's bundles). Goal: a 3-layer student within 1 pt of the teacher (interval's lower
+end above -1.5 pt) at >= 1.8x its texts/s.
+Each fold/model runs in its own process (bench/compress_measure.py), cached under
+bench/.cache/compress/, so an interrupted run resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from bench.common import PROJECT_ROOT, write_result
+from bench.bench_cv import CACHE as CV_CACHE
+from bench.bench_cv import SETTINGS, corpus_rows, fold_of, write_fold
+from bench.bench_cv import run as cv_run
+from bench.common import BENCH_DIR, PROJECT_ROOT, run_isolated, write_result
 
-STUDENTS = {"L3": [0, 2, 4], "L2": [0, 3]}
-GOAL_SPEEDUP, GOAL_DROP_PT = 1.8, 1.0
-
-
-def _params(work: Path, name: str, extra: list[str]):
-    from components.config import load_params
-
-    own = {"compressed": f"compressed-{name}", "export": f"export-{name}",
-           "eval": f"eval-{name}", "gate": f"gate-{name}", "metrics": f"metrics-{name}"}
-    shared = ("input", "prepared", "pretrained", "model", "checkpoints")
-    sets = [f"paths.{k}={work / k}" for k in shared]
-    sets += [f"paths.{k}={work / v}" for k, v in own.items()]
-    sets += [f"paths.unlabeled={work / 'unlabeled.txt'}", f"registry.artifact_root={work}/mla",
-             f"registry.tracking_uri=sqlite:///{work}/mlflow.db"]
-    return load_params(PROJECT_ROOT / "params.yaml", sets + extra)
+CACHE = BENCH_DIR / ".cache" / "compress"
+TEACHER_SETTING = "fixed64"
+DEFAULT_STUDENTS = ["L3=0,2,4", "L2=0,3"]
+GOAL_SPEEDUP, GOAL_DROP_PT, GOAL_LOWER_PT = 1.8, 1.0, -1.5
 
 
-def build(work: Path) -> dict[str, dict]:
-    """Teacher and students through the stage functions (reused when already current)."""
-    from components import stages
-    from components.data.files import load_split
+def unlabeled_for(fold_dir: Path, out: Path) -> Path:
+    """The corpus' unlabeled docstrings minus the fold's validation and test texts."""
+    from components.data.files import load_texts
 
-    base = _params(work, "teacher", [])
-    stages.ingest(base.model_copy(update={"paths": base.paths.model_copy(
-        update={"unlabeled": None})}))
-    stages.prepare(base)
-    seen = set(load_split(base.paths.prepared, "validation")[0]) | set(
-        load_split(base.paths.prepared, "test")[0])
-    docs = (PROJECT_ROOT / base.paths.corpus / "unlabeled.txt").read_text().splitlines()
-    (work / "unlabeled.txt").write_text("\n".join(d for d in docs if d not in seen) + "\n")
-    stages.ingest(base)
-    models = {}
-    for name, keep in {"teacher": None, **STUDENTS}.items():
-        extra = [] if keep is None else ["compress.enabled=true",
-                                         f"compress.keep_layers={keep}"]
-        params = _params(work, name, extra)
-        t0 = time.perf_counter()
-        trained = stages.finetune(params)
-        compressed = stages.compress(params)
-        exported = stages.export(params)
-        models[name] = {"bundle": Path(params.paths.export), "layers": keep or list(range(6)),
-                        "train": (compressed if keep else trained).result,
-                        "stage_seconds": round(time.perf_counter() - t0, 1),
-                        "parity": {k: v for k, v in exported.result.items()
-                                   if not isinstance(v, dict)}}
-    return models
+    seen = set(load_texts(fold_dir, "validation")) | set(load_texts(fold_dir, "test"))
+    docs = (CV_CACHE / "corpus" / "unlabeled.txt").read_text().splitlines()
+    out.write_text("\n".join(d for d in docs if d and d not in seen) + "\n")
+    return out
 
 
-def measure(models: dict[str, dict], texts: list[str], rounds: int) -> dict[str, dict]:
+def measure_model(name: str, spec: str, k: int, prepared: Path, teacher: Path,
+                  unlabeled: Path) -> dict[str, Any]:
+    cached = CACHE / f"{name}-fold{k}.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    keep, *sets = spec.split(";") if spec else [""]
+    work = CACHE / "work" / f"{name}-fold{k}"
+    args = ["--prepared", str(prepared), "--teacher", str(teacher), "--out", str(work)]
+    if keep:
+        args += ["--keep", keep, "--unlabeled", str(unlabeled)]
+    for s in sets:
+        args += ["--set", s]
+    result = run_isolated("bench.compress_measure", *args, timeout=4 * 3600)
+    result["bundle"] = str(work / "bundle")
+    cached.write_text(json.dumps(result))
+    return result
+
+
+def speed(bundles: dict[str, Path], texts: list[str], rounds: int) -> dict[str, dict]:
     from components.config import load_params
     from components.release.predictor import INT8_MODEL, OnnxClassifier
 
     threads = load_params(PROJECT_ROOT / "params.yaml").serve.threads
-    clfs = {n: OnnxClassifier(m["bundle"], INT8_MODEL, threads=threads) for n, m in
-            models.items()}
-    speed: dict[str, dict[str, list[float]]] = {n: {"b32": [], "b1": []} for n in clfs}
+    clfs = {n: OnnxClassifier(b, INT8_MODEL, threads=threads) for n, b in bundles.items()}
+    got: dict[str, dict[str, list[float]]] = {n: {"b32": [], "b1": []} for n in clfs}
     for _ in range(rounds):
         for name, clf in clfs.items():
             clf.logits(texts[:32], 32)   # warm
             t0 = time.perf_counter()
             clf.logits(texts, 32)
-            speed[name]["b32"].append(len(texts) / (time.perf_counter() - t0))
+            got[name]["b32"].append(len(texts) / (time.perf_counter() - t0))
             for text in texts[:60]:
                 t0 = time.perf_counter()
                 clf.logits([text], 1)
-                speed[name]["b1"].append((time.perf_counter() - t0) * 1e3)
+                got[name]["b1"].append((time.perf_counter() - t0) * 1e3)
     return {n: {"texts_per_s_b32": statistics.median(s["b32"]),
-                "b1_p50_ms": statistics.median(s["b1"]),
-                "logits": clfs[n].logits(texts, 32)} for n, s in speed.items()}
+                "b1_p50_ms": statistics.median(s["b1"])} for n, s in got.items()}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=PROJECT_ROOT / "artifacts/bench-compress")
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    from components.data.files import load_split
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--students", nargs="+", default=DEFAULT_STUDENTS,
+                    help="name=layers[;key=value...], e.g. 'L3=0,2,4;compress.max_steps=1200'")
+    args = ap.parse_args()
+    from components.config import load_params
+    from components.data.files import load_texts
     from components.evaluate.stats import paired_accuracy
 
-    args.work.mkdir(parents=True, exist_ok=True)
-    models = build(args.work)
-    prepared = _params(args.work, "teacher", []).paths.prepared
-    texts, gold = load_split(prepared, "test")
-    y = np.asarray(gold)
-    measured = measure(models, texts, args.rounds)
-    noise = _params(args.work, "teacher", []).gate.noise
-    teacher_pred = measured["teacher"]["logits"].argmax(1)
-    teacher_speed = measured["teacher"]["texts_per_s_b32"]
-    rows = {}
-    for name, model in models.items():
-        pred = measured[name]["logits"].argmax(1)
-        lo, hi = paired_accuracy(y, pred, teacher_pred, noise)["ci"]
-        accuracy = float(np.mean(pred == y))
-        rows[name] = {
-            "layers": model["layers"], "test_accuracy_int8": accuracy,
-            "vs_teacher_pt": 100 * (accuracy - float(np.mean(teacher_pred == y))),
-            "vs_teacher_ci_pt": [100 * lo, 100 * hi],
-            "texts_per_s_b32": measured[name]["texts_per_s_b32"],
-            "speedup_vs_teacher": measured[name]["texts_per_s_b32"] / teacher_speed,
-            "b1_p50_ms": measured[name]["b1_p50_ms"],
-            "size_mb_int8": model["parity"]["size_mb_int8"],
-            "val_accuracy": model["train"].get("val_accuracy"),
-            "train_steps": model["train"].get("steps"),
-            "stage_seconds": model["stage_seconds"]}
-    met = {n: r["speedup_vs_teacher"] >= GOAL_SPEEDUP and r["vs_teacher_pt"] >= -GOAL_DROP_PT
-           for n, r in rows.items() if n != "teacher"}
+    students = dict(s.split("=", 1) for s in args.students)
+    models = {"teacher": "", **students}
+    rows = corpus_rows("demo")
+    folds = fold_of(rows, args.folds)
+    (CV_CACHE / "demo").mkdir(parents=True, exist_ok=True)
+    (CACHE / "work").mkdir(parents=True, exist_ok=True)
+    gold = np.full(len(rows), -1)
+    preds = {n: np.full(len(rows), -1) for n in models}
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in models}
+    bundles: dict[str, Path] = {}
+    for k in range(args.folds):
+        prepared = write_fold(rows, folds, k, CV_CACHE / "demo" / f"folds{args.folds}" / str(k))
+        cv_run("demo", TEACHER_SETTING, SETTINGS[TEACHER_SETTING], 42, k, prepared)
+        teacher = CV_CACHE / "demo" / "work" / f"{TEACHER_SETTING}-seed42-fold{k}" / "model"
+        unlabeled = unlabeled_for(prepared, CACHE / f"unlabeled-fold{k}.txt")
+        test_rows = [i for i in range(len(rows)) if folds[i] == k]
+        for name, spec in models.items():
+            r = measure_model(name, spec, k, prepared, teacher, unlabeled)
+            preds[name][test_rows] = r["pred"]
+            gold[test_rows] = r["gold"]
+            runs[name].append({key: v for key, v in r.items() if key not in ("pred", "gold")}
+                              | {"fold": k})
+            if k == 0:
+                bundles[name] = Path(r["bundle"])
+    texts = load_texts(CV_CACHE / "demo" / f"folds{args.folds}" / "0", "test")
+    speeds = speed(bundles, texts, args.rounds)
+    noise = load_params(PROJECT_ROOT / "params.yaml").gate.noise
+    teacher_acc = float(np.mean(preds["teacher"] == gold))
+    out: dict[str, Any] = {}
+    for name in models:
+        acc = float(np.mean(preds[name] == gold))
+        entry: dict[str, Any] = {
+            "layers": students.get(name, "0,1,2,3,4,5").split(";")[0],
+            "settings": students.get(name, "").split(";")[1:],
+            "accuracy_int8": acc, **speeds[name],
+            "speedup_vs_teacher": speeds[name]["texts_per_s_b32"]
+            / speeds["teacher"]["texts_per_s_b32"],
+            "size_mb_int8": float(np.mean([r["size_mb_int8"] for r in runs[name]])),
+            "runs": runs[name]}
+        if name != "teacher":
+            paired = paired_accuracy(gold, preds[name], preds["teacher"], noise)
+            entry["vs_teacher_pt"] = 100 * (acc - teacher_acc)
+            entry["vs_teacher_ci_pt"] = [100 * paired["ci"][0], 100 * paired["ci"][1]]
+            entry["vs_teacher"] = paired
+            entry["goal_met"] = bool(entry["speedup_vs_teacher"] >= GOAL_SPEEDUP
+                                     and entry["vs_teacher_pt"] >= -GOAL_DROP_PT
+                                     and entry["vs_teacher_ci_pt"][0] > GOAL_LOWER_PT)
+        out[name] = entry
+    met = [n for n, e in out.items() if e.get("goal_met")]
     write_result("compress", {
-        "command": "flock /tmp/tuneline-cpu.lock .venv/bin/python -m bench.bench_compress "
-                   + " ".join(sys.argv[1:]),
-        "test_rows": len(texts), "rounds": args.rounds, "models": rows,
-        "goal": {"min_speedup": GOAL_SPEEDUP, "max_accuracy_drop_pt": GOAL_DROP_PT},
-        "goal_met": any(met.values()), "goal_met_by": [n for n, ok in met.items() if ok]})
+        "command": ".venv/bin/python -m bench.bench_compress --folds "
+                   f"{args.folds} --rounds {args.rounds} --students {' '.join(args.students)}",
+        "corpus": "demo", "rows": len(rows), "folds": args.folds,
+        "teacher_setting": {TEACHER_SETTING: SETTINGS[TEACHER_SETTING]},
+        "speed_texts": len(texts), "rounds": args.rounds, "models": out,
+        "goal": {"min_speedup": GOAL_SPEEDUP, "max_accuracy_drop_pt": GOAL_DROP_PT,
+                 "min_interval_lower_pt": GOAL_LOWER_PT},
+        "goal_met": bool(met), "goal_met_by": met})
 
 
 if __name__ == "__main__":

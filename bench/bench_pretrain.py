@@ -118,11 +118,11 @@ def bench_search(fresh: bool) -> dict:
 
 def bench_compare(search: dict, fresh: bool) -> dict:
     from components.config import load_params
-    from components.data.files import load_label_map, load_split
+    from components.data.files import load_split
+    from components.evaluate.stats import paired_accuracy
 
     params = load_params(PROJECT_ROOT / "params.yaml")
     gold = np.asarray(load_split(DATA / "prepared", "test")[1])
-    n_labels = len(load_label_map(DATA / "prepared"))
     chosen = compare_variants(search)
     results = {name: cached_variant(name, o, SEEDS, fresh) for name, (_, o) in chosen.items()}
     base = results["none"]["finetune"]
@@ -135,19 +135,13 @@ def bench_compare(search: dict, fresh: bool) -> dict:
             entry = {k: ft[k] for k in ("test_accuracy", "test_macro_f1", "val_accuracy",
                                         "best_step", "wall_seconds")}
             if name != "none":
-                entry["vs_none"] = paired(gold, pred, np.asarray(base[seed]["test_pred"]),
-                                          n_labels, params.gate.noise)
+                entry["vs_none"] = paired_accuracy(gold, pred, np.asarray(base[seed]["test_pred"]),
+                                                    params.gate.noise)
             row["seeds"][seed] = entry
         row["mean_test_accuracy"] = float(np.mean([s["test_accuracy"]
                                                    for s in row["seeds"].values()]))
         out[name] = row
     return out
-
-
-def paired(gold: np.ndarray, a: np.ndarray, b: np.ndarray, n_labels: int, noise) -> dict:
-    from components.evaluate.stats import paired_accuracy
-
-    return paired_accuracy(gold, a, b, noise)
 
 
 def main() -> None:

@@ -75,9 +75,9 @@ def compare(params: Any, summary: dict[str, Any]) -> dict[str, Any]:
     """Winner vs defaults on the test split (fp32 torch models, the same rows)."""
     import torch
 
-    from bench.bench_train import paired_difference
     from components.data.files import load_label_map, load_split
     from components.evaluate.report import accuracy, macro_f1
+    from components.evaluate.stats import paired_accuracy
     from components.model.modeling import META_FILE
     from components.release.gate import compare_to_champion
     from components.stages.spec import fingerprint
@@ -102,8 +102,8 @@ def compare(params: Any, summary: dict[str, Any]) -> dict[str, Any]:
                      "finetune_fingerprint": path.name if name == "defaults" else None}
     out["winner_is_defaults"] = (fingerprint("finetune", with_values(
         params, summary["sweep"]["best"]["params"])) == defaults_fp)
-    out["paired_winner_minus_defaults"] = paired_difference(
-        gold, pred["winner"], pred["defaults"], n_labels, params.gate.noise)
+    out["paired_winner_minus_defaults"] = paired_accuracy(
+        gold, pred["winner"], pred["defaults"], params.gate.noise)
     # The gate's own champion rules, with the defaults' model in the champion's place.
     out["gate_rules_vs_defaults"] = compare_to_champion(gold, pred["winner"], pred["defaults"],
                                                         n_labels, params.gate)

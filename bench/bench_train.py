@@ -22,7 +22,6 @@ import tempfile
 import numpy as np
 
 from bench.common import PROJECT_ROOT, RESULTS_DIR, run_isolated, write_result
-from components.config import NoiseConfig
 
 MODULE = "bench.train_measure"
 PARTS = ("steps", "accuracy", "mlm")
@@ -35,7 +34,8 @@ def bench_steps(repeats: int) -> dict:
 
 def bench_accuracy(overrides: list[str]) -> dict:
     from components.config import load_params
-    from components.data.files import load_label_map, load_split
+    from components.data.files import load_split
+    from components.evaluate.stats import paired_accuracy
 
     sets = [a for o in overrides for a in ("--set", o)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -46,12 +46,10 @@ def bench_accuracy(overrides: list[str]) -> dict:
     params = load_params()
     prepared = PROJECT_ROOT / params.paths.prepared
     gold = np.asarray(load_split(prepared, "test")[1])
-    n_labels = len(load_label_map(prepared))
     model_pred = np.asarray(finetuned.pop("test_pred"))
 
     def versus(baseline_pred: list[int]) -> dict:
-        return paired_difference(gold, model_pred, np.asarray(baseline_pred), n_labels,
-                                 params.gate.noise)
+        return paired_accuracy(gold, model_pred, np.asarray(baseline_pred), params.gate.noise)
 
     return {"adamw_full": finetuned, "tfidf_logreg": baseline,
             "margin": finetuned["test_accuracy"] - baseline["test_accuracy"],
@@ -59,14 +57,6 @@ def bench_accuracy(overrides: list[str]) -> dict:
             "paired_vs_tfidf_first_tokens": versus(baseline["first_tokens_only"].pop("test_pred")),
             "params": "params.yaml defaults" if not overrides else "params.yaml + overrides",
             "command": command}
-
-
-def paired_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_labels: int,
-                      noise: NoiseConfig) -> dict:
-    """`components.evaluate.stats.paired_accuracy` (the gate's noise measures)."""
-    from components.evaluate.stats import paired_accuracy
-
-    return paired_accuracy(y, a, b, noise)
 
 
 def bench_mlm() -> dict:

@@ -136,15 +136,14 @@ def run_one(name: str, overrides: list[str], start: str, budget: float, cpu_per_
 
 
 def paired_vs_probe(pred: list[int], probe_pred: list[int]) -> dict[str, Any]:
-    from bench.bench_train import paired_difference
     from components.config import load_params
-    from components.data.files import load_label_map, load_split
+    from components.data.files import load_split
+    from components.evaluate.stats import paired_accuracy
 
     params = load_params()
     prepared = PROJECT_ROOT / params.paths.prepared
     gold = np.asarray(load_split(prepared, "test")[1])
-    return paired_difference(gold, np.asarray(pred), np.asarray(probe_pred),
-                             len(load_label_map(prepared)), params.gate.noise)
+    return paired_accuracy(gold, np.asarray(pred), np.asarray(probe_pred), params.gate.noise)
 
 
 def summarize(run: dict[str, Any], probe: dict[str, Any]) -> dict[str, Any]:

@@ -13,8 +13,6 @@ for its kind of data and model, every question whose answer differs between task
     serving   `load_runtime`: the torch-free runtime of a bundle (texts in, one JSON answer
               per text out); `reference`: the test-split prediction distribution that drift
               is measured against (None where answers are not one label per text)
-    flags     `distillable`, `probe_guard`: whether the compress stage and the pretraining
-              guard's probe apply
 
 Task types register by name (`@register_task_type`), as training strategies do; importing
 `components.task_types` registers the built-in ones. Task types import their heavy engines
@@ -94,8 +92,6 @@ class TaskType:
     name: ClassVar[str]
     metrics: ClassVar[tuple[str, ...]]  # the metrics the gate may judge
     peft_task_type: ClassVar[str]       # the member of peft.TaskType
-    distillable: ClassVar[bool] = False
-    probe_guard: ClassVar[bool] = False
     unit: ClassVar[str] = "row"         # what one test item is, in reports
 
     # data

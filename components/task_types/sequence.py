@@ -62,8 +62,6 @@ class SequenceClassification(TaskType):
     name = "sequence_classification"
     metrics = ("accuracy", "macro_f1")
     peft_task_type = "SEQ_CLS"
-    distillable = True
-    probe_guard = True
     unit = "text"
 
     def check(self, input_path: str | Path, cfg: Any) -> Any:
