@@ -57,6 +57,15 @@ def tracking_uri(params: Params) -> str:
     return uri
 
 
+def version_url(params: Params, version: str) -> str | None:
+    """The model version's page in the MLflow UI when MLflow is a server (http/https)."""
+    uri = tracking_uri(params)
+    if not uri.startswith(("http://", "https://")):
+        return None
+    bare = _USERINFO.sub(r"\g<scheme>", uri).rstrip("/")  # never a password in a link
+    return f"{bare}/#/models/{params.registry.model_name}/versions/{version}"
+
+
 def get_client(params: Params) -> Any:
     """An MlflowClient bound to the tracking URI (also used as the registry URI)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
