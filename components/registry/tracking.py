@@ -15,12 +15,14 @@ Typical use by the orchestration:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +239,25 @@ def log_stage(params: Params, run_id: str, stage: str, metrics: dict[str, Any] |
         MlflowLogger(params, run_id)({f"{stage}/{k}": v for k, v in metrics.items()}, 0)
     if folder is not None and Path(folder).is_dir():
         get_client(params).log_artifacts(run_id, str(folder), stage)
+
+
+@contextlib.contextmanager
+def system_metrics(params: Params, run_id: str) -> Iterator[None]:
+    """While inside, log this machine's CPU, memory, disk and network use to the run as
+    `system/*` metrics every `registry.system_metrics_interval_s` (MLflow's system metrics
+    monitor); does nothing unless `registry.system_metrics` is on."""
+    if not params.registry.system_metrics:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, tracking_uri=tracking_uri(params),
+                                   sampling_interval=params.registry.system_metrics_interval_s)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def end_run(params: Params, run_id: str, status: str = "FINISHED") -> None:
