@@ -328,6 +328,9 @@ def test_a_version_carries_its_card_datasets_and_model_metrics(project):
 
     card = registry.model_card(params, "1")
     assert card.startswith(f"# Model card: {params.registry.model_name} v1\n")
+    # MLflow's version page shows the description: the verdict, then the card.
+    assert mv.description.startswith("gate passed\n\n")
+    assert "## Intended use" in mv.description and "## Lineage" in mv.description
     for section in ("## Intended use", "## Data", "## Metrics on the test split", "## Gate",
                     "## Limitations", "## Lineage"):
         assert section in card

@@ -31,6 +31,7 @@ import yaml
 from components.config import PROJECT_ROOT, Params
 
 LOCAL_SCHEMES = ("sqlite:", "file:")
+MLFLOW_UI_ENV = "TUNELINE_MLFLOW_UI_URL"  # the MLflow UI links point at (see version_url)
 MAX_PARAM_CHARS = 6000  # MLflow rejects longer param values
 # The user-info part of a URI (`scheme://user:password@host`): never logged.
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
@@ -60,8 +61,10 @@ def tracking_uri(params: Params) -> str:
 
 
 def version_url(params: Params, version: str) -> str | None:
-    """The model version's page in the MLflow UI when MLflow is a server (http/https)."""
-    uri = tracking_uri(params)
+    """The model version's page in the MLflow UI: the one named by TUNELINE_MLFLOW_UI_URL
+    (`tuneline ui` sets it for its flows), else the tracking server when MLflow is one
+    (http/https); None when neither names one."""
+    uri = os.environ.get(MLFLOW_UI_ENV) or tracking_uri(params)
     if not uri.startswith(("http://", "https://")):
         return None
     bare = _USERINFO.sub(r"\g<scheme>", uri).rstrip("/")  # never a password in a link
