@@ -1,7 +1,12 @@
 # Every target sets up .venv first (torch CPU wheel before everything else, so no
 # dependency can pull a multi-GB CUDA build), then runs the project's own commands.
 VENV   ?= .venv
-PYTHON ?= python3
+# The first supported interpreter that runs (a pyenv shim of an inactive version does not);
+# `make PYTHON=/path/to/python3.x` picks one by hand.
+SUPPORTED_PYTHONS := python3.12 python3.11 python3
+PYTHON ?= $(shell for p in $(SUPPORTED_PYTHONS); do \
+    $$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 13))' \
+    2>/dev/null && { command -v $$p; break; }; done)
 PY     := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
@@ -13,6 +18,11 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 .PHONY: install run test test-fast lint docs repro bench ui serve clean
 
 $(VENV)/.installed: pyproject.toml
+	@[ -n "$(PYTHON)" ] || { echo "No Python 3.11 or 3.12 found (tried: $(SUPPORTED_PYTHONS))." \
+	    "Install one (Debian/Ubuntu: apt-get install python3.11-venv) or run" \
+	    "make install PYTHON=/path/to/python3.11" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; (3, 11) <= v < (3, 13) or \
+	    sys.exit("$(PYTHON) is Python %d.%d: tuneline needs 3.11 or 3.12" % v)'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q "torch==2.13.0"

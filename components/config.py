@@ -402,6 +402,8 @@ class RegistryConfig(Section):
     experiment: str = "tuneline"
     tracking_uri: str = "sqlite:///mlflow.db"
     artifact_root: Path = Path("mlartifacts")
+    system_metrics: bool = False
+    system_metrics_interval_s: float = Field(10, gt=0)
 
 
 class ServeConfig(Section):

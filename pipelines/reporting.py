@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
 from typing import Any
 
 from components.config import Params
@@ -62,10 +64,15 @@ def summarize(params: Params, done: dict[str, StageResult], *,
 
 
 def publish_artifacts(result: dict[str, Any], verdict: dict[str, Any],
-                      card: str | None = None) -> None:
-    """Gate report (Markdown), metrics table, MLflow ids and the version's model card as
-    Prefect artifacts."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+                      card: str | None = None, plots: list[Path] | None = None,
+                      version_url: str | None = None) -> None:
+    """Gate report (Markdown), metrics table, MLflow ids, the version's model card, its
+    evaluation plots and a link to the version in the MLflow UI as Prefect artifacts."""
+    from prefect.artifacts import (
+        create_link_artifact,
+        create_markdown_artifact,
+        create_table_artifact,
+    )
 
     from components.release.gate import render_verdict
 
@@ -79,6 +86,25 @@ def publish_artifacts(result: dict[str, Any], verdict: dict[str, Any],
     if card:
         create_markdown_artifact(card, key="model-card",
                                  description="The version's model card")
+    if plots:
+        create_markdown_artifact(render_plots(plots), key="evaluation-plots",
+                                 description="Confusion matrix, reliability, per-class F1 and "
+                                             "the gate's bootstrap distributions")
+    if version_url:
+        create_link_artifact(version_url, link_text=f"{result['model_name']} "
+                             f"v{result['version']} in MLflow", key="mlflow-model-version",
+                             description="The registered model version in the MLflow UI")
+
+
+def render_plots(plots: list[Path]) -> str:
+    """Markdown embedding each PNG inline (a data URI: the Prefect UI needs no access to
+    MLflow's artifact store to show it)."""
+    out = []
+    for path in plots:
+        data = base64.b64encode(Path(path).read_bytes()).decode()
+        out += [f"### {Path(path).stem.replace('_', ' ')}", "",
+                f"![{Path(path).stem}](data:image/png;base64,{data})", ""]
+    return "\n".join(out)
 
 
 def render_summary(result: dict[str, Any]) -> str:

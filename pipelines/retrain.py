@@ -25,6 +25,8 @@ from components.config import (
     named_overrides,
     strategy_names,
 )
+from components.evaluate.plots import plot_files
+from components.registry.tracking import version_url
 from components.registry.versions import is_complete, model_card
 from pipelines import stage_tasks
 from pipelines.events import emit_model_event
@@ -101,7 +103,9 @@ def retrain(
     if result["status"] == "unchanged":
         return result
     publish_artifacts(result, result.pop("verdict"),
-                      card=model_card(params, result["version"]))
+                      card=model_card(params, result["version"]),
+                      plots=plot_files(params.paths.eval, params.paths.gate),
+                      version_url=version_url(params, result["version"]))
     emit_model_event(params, "promoted" if result["gate_passed"] else "rejected",
                      result["version"], reasons=result["gate_reasons"],
                      moves=result.get("moves", []), by="the gate")

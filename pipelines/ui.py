@@ -34,6 +34,7 @@ from pathlib import Path
 import httpx
 
 from components.config import Params
+from components.registry.tracking import MLFLOW_UI_ENV
 
 BIN = Path(sys.executable).parent
 AUTH_VARIABLES = ("PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_USERNAME",
@@ -148,7 +149,8 @@ def runner_command(params_file: Path | None, overrides: list[str], api_url: str,
         cmd += ["--params", str(params_file)]
     for item in overrides:
         cmd += ["--set", item]
-    env = {**os.environ, "PREFECT_API_URL": api_url}
+    # Where the flows' links to a model version point: the MLflow UI started here.
+    env = {**os.environ, "PREFECT_API_URL": api_url, MLFLOW_UI_ENV: mlflow_url}
     if auth:
         env.setdefault("MLFLOW_TRACKING_URI", mlflow_url)
     return cmd, env

@@ -38,3 +38,18 @@ def test_a_card_with_nothing_to_worry_about_says_so():
                              verdict={"passed": True, "rules": []}, lineage={},
                              training={})
     assert "## Limitations\n\n- none measured" in card and "passed the gate" in card
+
+
+def test_the_version_description_is_the_verdict_then_the_card_within_mlflows_limit():
+    from components.registry.versions import MAX_TAG_CHARS, version_description
+
+    card = render_model_card(name="m", version=None, task="sequence_classification",
+                             data=DATA, report=REPORT, parity={}, verdict=VERDICT,
+                             lineage={}, training={})
+    text = version_description(VERDICT, card)
+    assert text.startswith("gate rejected: vs_champion.accuracy: significant drop\n\n")
+    assert "# Model card" not in text and "## Intended use" in text
+    long = card + "".join(f"| tag{i} | `{'x' * 60}` |\n" for i in range(200))
+    cut = version_description(VERDICT, long)
+    assert len(cut) <= MAX_TAG_CHARS and cut.endswith("reports/card/model_card.md)\n")
+    assert version_description({"passed": True, "reasons": []}) == "gate passed"

@@ -328,6 +328,9 @@ def test_a_version_carries_its_card_datasets_and_model_metrics(project):
 
     card = registry.model_card(params, "1")
     assert card.startswith(f"# Model card: {params.registry.model_name} v1\n")
+    # MLflow's version page shows the description: the verdict, then the card.
+    assert mv.description.startswith("gate passed\n\n")
+    assert "## Intended use" in mv.description and "## Lineage" in mv.description
     for section in ("## Intended use", "## Data", "## Metrics on the test split", "## Gate",
                     "## Limitations", "## Lineage"):
         assert section in card
@@ -347,3 +350,39 @@ def test_a_version_carries_its_card_datasets_and_model_metrics(project):
     assert metrics["test_accuracy"].dataset_digest == test_set.digest
     report = json.loads((Path(params.paths.eval) / "report.json").read_text())
     assert metrics["test_accuracy"].value == pytest.approx(report["accuracy"])
+
+
+def test_a_version_carries_its_evaluation_plots(project, tmp_path):
+    """A release judged against a champion: its LoggedModel holds the confusion matrix, the
+    reliability diagram, per-class F1 against the champion and the gate's bootstrap
+    distributions, each a PNG that reads back through the MLflow client."""
+    import mlflow
+    from PIL import Image
+
+    from components.registry.tracking import tracking_uri
+
+    params = new_release(project)
+    verdict = json.loads((Path(params.paths.gate) / "verdict.json").read_text())
+    assert not verdict["first_model"] and verdict["champion_report"]["per_class"]
+    version = stages.register(params).result["version"]
+    client = registry.get_client(params)
+    mv = client.get_model_version(params.registry.model_name, version)
+    model_id = mv.tags["model_id"]
+    listed = {f.path for folder in ("reports/eval", "reports/gate")
+              for f in client.list_logged_model_artifacts(model_id, folder)}
+    expected = {"reports/eval/confusion_matrix.png", "reports/eval/reliability.png",
+                "reports/gate/per_class_f1.png", "reports/gate/bootstrap_accuracy.png",
+                "reports/gate/bootstrap_macro_f1.png"}
+    assert expected <= listed, listed
+    for path in sorted(expected):
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{mv.source}/{path}", dst_path=str(tmp_path / Path(path).stem),
+            tracking_uri=tracking_uri(params))
+        with Image.open(local) as image:
+            assert image.format == "PNG" and min(image.size) >= 200, path
+            image.verify()
+    # The distribution drawn is the one the gate judged: same resamples, same interval.
+    rule = next(r for r in verdict["rules"] if r["name"] == "vs_champion.accuracy")
+    hist = rule["bootstrap"]
+    assert sum(hist["counts"]) == params.gate.noise.resamples
+    assert hist["edges"][0] <= rule["ci_low"] <= rule["ci_high"] <= hist["edges"][-1]

@@ -73,3 +73,26 @@ def test_training_prints_one_line_per_evaluation(tiny_params, tiny_prepared, tmp
     assert lines[0].startswith("step 10/30  train loss ")
     assert "validation accuracy" in lines[0] and "elapsed" in lines[0] and "ETA" in lines[0]
     assert lines[-1].startswith("step 30/30") and lines[-1].endswith("ETA 0m00s")
+
+
+def test_system_metrics_switched_on_reach_the_training_run(tmp_path, tiny_backbone_dir):
+    """registry.system_metrics: the model's MLflow run gets MLflow's system/* metrics
+    (sampled here every 0.2 s so the tiny training lasts several samples)."""
+    import json
+
+    from components import stages
+    from components.registry.tracking import get_client
+    from tests.conftest import tiny_rows
+
+    (tmp_path / "raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tiny_rows(30)))
+    params = load_params(overrides=tiny_overrides(tmp_path, tiny_backbone_dir) + [
+        "model.num_threads=1", "registry.system_metrics=true",
+        "registry.system_metrics_interval_s=0.2"])
+    for stage in ("ingest", "prepare", "version_data", "pretrain"):
+        getattr(stages, stage)(params)
+    run_id = stages.finetune(params).result["mlflow_run_id"]
+    metrics = get_client(params).get_run(run_id).data.metrics
+    system = {k for k in metrics if k.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"
+            } <= system, sorted(metrics)
+    assert "finetune/steps" in metrics  # the training's own numbers are still there

@@ -3,15 +3,22 @@
 `tuneline ui` on non-default ports (Prefect server, MLflow server, the deployments' runner);
 then, in the browser: Deployments > retrain > Run > Custom run, strategy `mezo` and PEFT
 `lora` picked from dropdowns, 8 steps typed, Submit, View run, wait for Completed. MLflow
-must then hold a version trained that way. Then `promote` and `rollback` are run from
+must then hold a version trained that way; its page in MLflow's UI, its LoggedModel (the
+test-split dataset of its metrics, the model card and the evaluation plots) and the Prefect
+automation `tuneline deploy` made are opened too. Then `promote` and `rollback` are run from
 their own Custom run forms and MLflow must record who, when and why on the versions.
-Screenshots of the forms and the finished run land in the test's output folder.
+
+Screenshots of every page land in the test's output folder, or, with
+TUNELINE_WRITE_SCREENSHOTS=1, in docs/ as the pages' illustrations (`ui-*.png`):
+
+    TUNELINE_WRITE_SCREENSHOTS=1 .venv/bin/python -m pytest tests/test_ui_browser.py
 """
 
 from __future__ import annotations
 
 import calendar
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -39,8 +46,19 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 MODEL = "tuneline-classifier"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+WEBHOOK = "http://127.0.0.1:9/tuneline-hook"  # nothing listens: only the automation is seen
 UI_ERRORS = ("[object Object]", "__prefect_kind", 'Property is type "None"',
              "Can't connect to Server API")
+
+
+def screenshots_dir(tmp_path: Path) -> Path:
+    """docs/ when TUNELINE_WRITE_SCREENSHOTS=1 (regenerating the docs' images), else tmp."""
+    if os.environ.get("TUNELINE_WRITE_SCREENSHOTS") == "1":
+        return DOCS
+    shots = tmp_path / "screenshots"
+    shots.mkdir(exist_ok=True)
+    return shots
 
 
 def open_custom_run(page, base_url: str, deployment: str, first_field: str) -> None:
@@ -84,9 +102,9 @@ def test_a_person_retrains_promotes_and_rolls_back_in_the_prefect_ui(tmp_path,
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), "Debian's chromium package is needed (.ci/run installs it)"
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    params_file = write_tiny_project(tmp_path, tiny_backbone_dir)
+    shots = screenshots_dir(tmp_path)
+    params_file = write_tiny_project(tmp_path, tiny_backbone_dir,
+                                     [f"notify.webhook_url={WEBHOOK}"])
     ui, prefect_port, mlflow_port = start_tuneline_ui(tmp_path, params_file, base_env(tmp_path))
     base = f"http://127.0.0.1:{prefect_port}"
     api, mlflow = PrefectAPI(f"{base}/api"), MlflowREST(f"http://127.0.0.1:{mlflow_port}")
@@ -113,8 +131,9 @@ def test_a_person_retrains_promotes_and_rolls_back_in_the_prefect_ui(tmp_path,
                 pick(page, "strategy", "mezo")
                 pick(page, "peft_method", "lora")
                 page.get_by_label("max_steps (Optional)").fill("8")
-                page.screenshot(path=str(shots / "retrain-form.png"), full_page=True)
-                run = submit_and_watch(page, api, [ui], shots / "retrain-run.png")
+                page.screenshot(path=str(shots / "ui-retrain-form.png"), full_page=True)
+                run = submit_and_watch(page, api, [ui], shots / "ui-retrain-run.png")
+                run_url = page.url
                 assert run["parameters"]["strategy"] == "mezo"
                 assert run["parameters"]["max_steps"] == 8
                 assert "__prefect_kind" not in str(run["parameters"])
@@ -127,7 +146,7 @@ def test_a_person_retrains_promotes_and_rolls_back_in_the_prefect_ui(tmp_path,
                 page.get_by_role("heading", name="Gate PASSED (first model: absolute rules only)"
                                  ).wait_for()
                 page.wait_for_load_state("networkidle")
-                page.screenshot(path=str(shots / "gate-report.png"), full_page=True)
+                page.screenshot(path=str(shots / "ui-gate-report.png"), full_page=True)
 
                 versions = mlflow.versions(MODEL)
                 assert [v["version"] for v in versions] == ["1"]
@@ -135,6 +154,10 @@ def test_a_person_retrains_promotes_and_rolls_back_in_the_prefect_ui(tmp_path,
                 assert (tags["strategy"], tags["peft_method"]) == ("mezo", "lora")
                 assert tags["gate_passed"] == "true"
                 assert mlflow.aliases(MODEL) == {"champion": "1"}
+                see_plots_and_version_link(page, run_url, shots)
+                see_version_in_mlflow(page, mlflow, f"http://127.0.0.1:{mlflow_port}", tags,
+                                      shots)
+                see_automation(page, base, shots)
 
                 # 2. A second version (held back by the gate) promoted by hand, then undone.
                 second = register_challenger(params_file, tmp_path)
@@ -142,7 +165,7 @@ def test_a_person_retrains_promotes_and_rolls_back_in_the_prefect_ui(tmp_path,
                 page.get_by_label("version", exact=True).fill(second)
                 page.get_by_label("reason", exact=True).fill("INC-7: v1 mislabels refunds")
                 page.get_by_label("requested_by (Optional)").fill("Dana Ops")
-                page.screenshot(path=str(shots / "promote-form.png"), full_page=True)
+                page.screenshot(path=str(shots / "ui-promote-form.png"), full_page=True)
                 submit_and_watch(page, api, [ui])
                 assert mlflow.aliases(MODEL) == {"champion": second, "previous": "1"}
                 tags = mlflow.tags(MODEL, second)
@@ -153,18 +176,80 @@ def test_a_person_retrains_promotes_and_rolls_back_in_the_prefect_ui(tmp_path,
 
                 open_custom_run(page, base, "rollback", "reason")
                 page.get_by_label("reason", exact=True).fill("INC-8: v2 slower than promised")
-                submit_and_watch(page, api, [ui], shots / "rollback-run.png")
+                submit_and_watch(page, api, [ui], shots / "ui-rollback-run.png")
                 assert mlflow.aliases(MODEL) == {"champion": "1"}
                 tags = mlflow.tags(MODEL, second)
                 assert tags["rollback_reason"] == "INC-8: v2 slower than promised"
                 assert "Prefect flow run" in tags["rolled_back_by"] and tags["rolled_back_at"]
             except Exception:
-                page.screenshot(path=str(shots / "failure.png"), full_page=True)
+                page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
                 raise
             finally:
                 browser.close()
-    for name in ("retrain-form.png", "retrain-run.png"):
-        assert (shots / name).stat().st_size > 10_000
+    for name in ("retrain-form", "retrain-run", "gate-report", "evaluation-plots",
+                 "promote-form", "mlflow-version", "mlflow-logged-model", "mlflow-model-card",
+                 "prefect-automation"):
+        assert (shots / f"ui-{name}.png").stat().st_size > 10_000, name
+
+
+def see_plots_and_version_link(page, run_url: str, shots: Path) -> None:
+    """The run's Artifacts tab: the plots render as images; a link leads to the version."""
+    page.goto(run_url, wait_until="networkidle")
+    page.get_by_role("tab", name="Artifacts").click()
+    page.get_by_text("mlflow-model-version", exact=True).first.wait_for()
+    page.get_by_text("evaluation-plots", exact=True).first.click()
+    page.get_by_role("link", name=re.compile(r"^[0-9a-f]{8}$")).first.click()
+    images = page.locator("img[alt='reliability'], img[alt='per_class_f1'], "
+                          "img[alt='confusion_matrix']")
+    images.first.wait_for()
+    page.wait_for_load_state("networkidle")
+    widths = images.evaluate_all("els => els.map(e => e.naturalWidth)")
+    assert len(widths) == 3 and min(widths) > 200, widths  # decoded PNGs, not broken icons
+    page.screenshot(path=str(shots / "ui-evaluation-plots.png"), full_page=True)
+
+
+def see_version_in_mlflow(page, mlflow: MlflowREST, url: str, tags: dict, shots: Path) -> None:
+    """MLflow's UI: the version page (verdict and model card in its description), its
+    LoggedModel (metrics on the test dataset, the datasets used) and the card's file."""
+    page.goto(f"{url}/#/models/{MODEL}/versions/1", wait_until="domcontentloaded")
+    page.get_by_text("Intended use").first.wait_for()  # the card, rendered as Markdown
+    page.get_by_text("release_fingerprint").first.wait_for()
+    close_assistant(page)
+    page.screenshot(path=str(shots / "ui-mlflow-version.png"), full_page=True)
+    model = mlflow.http.get(f"/ajax-api/2.0/mlflow/logged-models/{tags['model_id']}").json()
+    logged = f"{url}/#/experiments/{model['model']['info']['experiment_id']}/models/" \
+             f"{tags['model_id']}"
+    page.goto(logged, wait_until="domcontentloaded")
+    page.get_by_text("Datasets used").first.wait_for()
+    page.get_by_text("test_accuracy").first.wait_for()
+    test_set = page.get_by_text(re.compile(f"^{MODEL}-test \\(#[0-9a-f]{{32}}\\)$"))
+    assert test_set.count() >= 2  # beside each metric, and among the datasets used
+    close_assistant(page)
+    page.screenshot(path=str(shots / "ui-mlflow-logged-model.png"), full_page=True)
+    page.goto(f"{logged}/artifacts", wait_until="domcontentloaded")
+    for name in ("reports", "card", "model_card.md"):
+        page.get_by_text(name, exact=True).first.click()
+    page.get_by_role("heading", name="Intended use").wait_for()
+    close_assistant(page)
+    page.screenshot(path=str(shots / "ui-mlflow-model-card.png"), full_page=True)
+
+
+def close_assistant(page) -> None:
+    """MLflow's assistant panel opens by itself; a screenshot shows the page without it."""
+    page.wait_for_timeout(1000)  # let the panel mount before looking for it
+    close = page.get_by_role("button", name="Close", exact=True)
+    if close.count():
+        close.first.click()
+    page.wait_for_timeout(500)
+
+
+def see_automation(page, base: str, shots: Path) -> None:
+    """The notification automations `tuneline deploy` made, on Prefect's Automations page."""
+    page.goto(f"{base}/automations", wait_until="networkidle")
+    for event in ("rejected", "rolled-back", "retrain-failed"):
+        page.get_by_text(f"tuneline notify: {MODEL} {event}", exact=True).first.wait_for()
+    page.get_by_text("tuneline-notify").first.wait_for()  # the webhook block they send with
+    page.screenshot(path=str(shots / "ui-prefect-automation.png"), full_page=True)
 
 
 def register_challenger(params_file: Path, tmp_path: Path) -> str:

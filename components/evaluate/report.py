@@ -9,22 +9,28 @@ Report folder (`paths.eval`):
                            confusion matrix, labels, source model meta
     report.md              the same as readable tables
     confusion_matrix.png   row-normalised heat map with counts
+    reliability.png        accuracy vs confidence per ECE bin (components/evaluate/plots.py)
 """
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from components.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
+from components.evaluate.plots import (
+    CONFUSION_FILE,
+    RELIABILITY_FILE,
+    plot_confusion_matrix,
+    plot_reliability,
+)
+from components.io import atomic_dir, atomic_write_json, atomic_write_text
 from components.release.predictor import softmax
 
 REPORT_FILE = "report.json"
 MARKDOWN_FILE = "report.md"
-PLOT_FILE = "confusion_matrix.png"
+PLOT_FILE = CONFUSION_FILE
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int) -> np.ndarray:
@@ -63,18 +69,34 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int) -> float:
     return float(per_class_scores(cm)["f1"][present].mean())
 
 
+def calibration_bins(probs: np.ndarray, y_true: np.ndarray, bins: int) -> dict[str, Any]:
+    """Equal-width confidence bins: {"edges", "count", "confidence" (mean), "accuracy"}.
+
+    A bin without rows has confidence and accuracy 0; confidence 1.0 falls into the last bin.
+    """
+    probs, y_true = np.asarray(probs, dtype=np.float64), np.asarray(y_true)
+    count = np.zeros(bins)
+    conf_sum, acc_sum = np.zeros(bins), np.zeros(bins)
+    if len(y_true):
+        confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
+        idx = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+        count = np.bincount(idx, minlength=bins).astype(np.float64)
+        conf_sum = np.bincount(idx, weights=confidence, minlength=bins)
+        acc_sum = np.bincount(idx, weights=(predicted == y_true).astype(np.float64),
+                              minlength=bins)
+    safe = np.maximum(count, 1)
+    return {"edges": np.linspace(0, 1, bins + 1).tolist(), "count": count.astype(int).tolist(),
+            "confidence": (conf_sum / safe).tolist(), "accuracy": (acc_sum / safe).tolist()}
+
+
 def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int) -> float:
     """ECE: |accuracy - confidence| of equal-width confidence bins, weighted by bin size."""
-    probs, y_true = np.asarray(probs, dtype=np.float64), np.asarray(y_true)
     if len(y_true) == 0:
         return 0.0
-    confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
-    correct = (predicted == y_true).astype(np.float64)
-    # Bin index in [0, bins-1]; confidence 1.0 falls into the last bin.
-    idx = np.minimum((confidence * bins).astype(np.int64), bins - 1)
-    conf_sum = np.bincount(idx, weights=confidence, minlength=bins)
-    acc_sum = np.bincount(idx, weights=correct, minlength=bins)
-    return float(np.abs(acc_sum - conf_sum).sum() / len(y_true))
+    cal = calibration_bins(probs, y_true, bins)
+    count = np.asarray(cal["count"], dtype=np.float64)
+    gap = np.abs(np.asarray(cal["accuracy"]) - np.asarray(cal["confidence"]))
+    return float((gap * count).sum() / len(y_true))
 
 
 def compute_report(y_true: list[int] | np.ndarray, logits: np.ndarray, labels: list[str],
@@ -95,7 +117,8 @@ def compute_report(y_true: list[int] | np.ndarray, logits: np.ndarray, labels: l
     return {"n": int(len(y_true)), "accuracy": accuracy(y_true, y_pred),
             "macro_f1": macro_f1(y_true, y_pred, len(labels)),
             "ece": expected_calibration_error(softmax(logits), y_true, ece_bins),
-            "labels": list(labels), "per_class": per_class, "confusion_matrix": cm.tolist()}
+            "labels": list(labels), "per_class": per_class, "confusion_matrix": cm.tolist(),
+            "calibration": calibration_bins(softmax(logits), y_true, ece_bins)}
 
 
 def headline_metrics(report: dict[str, Any]) -> dict[str, float]:
@@ -125,41 +148,16 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_confusion_matrix(cm: list[list[int]], labels: list[str], path: Path) -> Path:
-    """Row-normalised confusion-matrix heat map with the raw counts written in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    counts = np.asarray(cm, dtype=np.float64)
-    rows = counts.sum(axis=1, keepdims=True)
-    norm = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-    size = max(4.0, 0.6 * len(labels) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            ax.text(j, i, int(counts[i, j]), ha="center", va="center",
-                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
 def write_report(report: dict[str, Any], out_dir: str | Path) -> Path:
-    """Write report.json, report.md and the confusion-matrix PNG into `out_dir` atomically."""
+    """Write report.json, report.md, the confusion matrix and the reliability diagram into
+    `out_dir` atomically."""
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         atomic_write_json(tmp / REPORT_FILE, report)
         atomic_write_text(tmp / MARKDOWN_FILE, render_markdown(report))
         plot_confusion_matrix(report["confusion_matrix"], report["labels"], tmp / PLOT_FILE)
+        if report.get("calibration"):
+            plot_reliability(report["calibration"], report["ece"], tmp / RELIABILITY_FILE)
     return out_dir
 
 

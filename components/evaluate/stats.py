@@ -74,10 +74,10 @@ def confusion_metrics(counts: np.ndarray) -> dict[str, np.ndarray]:
             "macro_f1": (f1 * present).sum(-1) / np.maximum(present.sum(-1), 1)}
 
 
-def paired_bootstrap(items_a: np.ndarray, items_b: np.ndarray,
-                     metrics_of: Callable[[np.ndarray], dict[str, np.ndarray]],
-                     names: Sequence[str], cfg: NoiseConfig) -> dict[str, tuple[float, float]]:
-    """Paired bootstrap interval of metric(a) - metric(b) for each metric in `names`.
+def paired_bootstrap_draws(items_a: np.ndarray, items_b: np.ndarray,
+                           metrics_of: Callable[[np.ndarray], dict[str, np.ndarray]],
+                           names: Sequence[str], cfg: NoiseConfig) -> dict[str, np.ndarray]:
+    """metric(a) - metric(b) on each of `cfg.resamples` paired resamples, per metric.
 
     `items_a` / `items_b` are [n, d] count rows of the same n items; each resample draws n
     items with replacement and scores both models on that draw.
@@ -93,12 +93,29 @@ def paired_bootstrap(items_a: np.ndarray, items_b: np.ndarray,
         ma, mb = metrics_of(weights @ items_a), metrics_of(weights @ items_b)
         for m in names:
             deltas[m].append(ma[m] - mb[m])
-    alpha = 1.0 - cfg.confidence
-    out = {}
-    for m in names:
-        lo, hi = np.quantile(np.concatenate(deltas[m]), [alpha / 2, 1 - alpha / 2])
-        out[m] = (float(lo), float(hi))
-    return out
+    return {m: np.concatenate(deltas[m]) for m in names}
+
+
+def interval(draws: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The central `confidence` interval of bootstrap draws."""
+    alpha = 1.0 - confidence
+    lo, hi = np.quantile(draws, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def histogram(draws: np.ndarray, bins: int = 40) -> dict[str, list[float]]:
+    """{"edges", "counts"} of bootstrap draws: what a plot of the distribution needs."""
+    counts, edges = np.histogram(draws, bins=bins)
+    return {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}
+
+
+def paired_bootstrap(items_a: np.ndarray, items_b: np.ndarray,
+                     metrics_of: Callable[[np.ndarray], dict[str, np.ndarray]],
+                     names: Sequence[str], cfg: NoiseConfig) -> dict[str, tuple[float, float]]:
+    """Paired bootstrap interval of metric(a) - metric(b) for each metric in `names`
+    (`paired_bootstrap_draws` summarised at `cfg.confidence`)."""
+    draws = paired_bootstrap_draws(items_a, items_b, metrics_of, names, cfg)
+    return {m: interval(d, cfg.confidence) for m, d in draws.items()}
 
 
 def paired_accuracy(y: np.ndarray, a: np.ndarray, b: np.ndarray, cfg: NoiseConfig

@@ -15,12 +15,14 @@ Typical use by the orchestration:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ import yaml
 from components.config import PROJECT_ROOT, Params
 
 LOCAL_SCHEMES = ("sqlite:", "file:")
+MLFLOW_UI_ENV = "TUNELINE_MLFLOW_UI_URL"  # the MLflow UI links point at (see version_url)
 MAX_PARAM_CHARS = 6000  # MLflow rejects longer param values
 # The user-info part of a URI (`scheme://user:password@host`): never logged.
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
@@ -55,6 +58,17 @@ def tracking_uri(params: Params) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
         return prefix + str(Path(uri[len(prefix):]).absolute())
     return uri
+
+
+def version_url(params: Params, version: str) -> str | None:
+    """The model version's page in the MLflow UI: the one named by TUNELINE_MLFLOW_UI_URL
+    (`tuneline ui` sets it for its flows), else the tracking server when MLflow is one
+    (http/https); None when neither names one."""
+    uri = os.environ.get(MLFLOW_UI_ENV) or tracking_uri(params)
+    if not uri.startswith(("http://", "https://")):
+        return None
+    bare = _USERINFO.sub(r"\g<scheme>", uri).rstrip("/")  # never a password in a link
+    return f"{bare}/#/models/{params.registry.model_name}/versions/{version}"
 
 
 def get_client(params: Params) -> Any:
@@ -228,6 +242,25 @@ def log_stage(params: Params, run_id: str, stage: str, metrics: dict[str, Any] |
         MlflowLogger(params, run_id)({f"{stage}/{k}": v for k, v in metrics.items()}, 0)
     if folder is not None and Path(folder).is_dir():
         get_client(params).log_artifacts(run_id, str(folder), stage)
+
+
+@contextlib.contextmanager
+def system_metrics(params: Params, run_id: str) -> Iterator[None]:
+    """While inside, log this machine's CPU, memory, disk and network use to the run as
+    `system/*` metrics every `registry.system_metrics_interval_s` (MLflow's system metrics
+    monitor); does nothing unless `registry.system_metrics` is on."""
+    if not params.registry.system_metrics:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, tracking_uri=tracking_uri(params),
+                                   sampling_interval=params.registry.system_metrics_interval_s)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def end_run(params: Params, run_id: str, status: str = "FINISHED") -> None:

@@ -88,7 +88,8 @@ def _verdict_tags(verdict: dict[str, Any]) -> dict[str, str]:
 def publish(params: Params, run_id: str, bundle_dir: str | Path,
             verdict: dict[str, Any], tags: dict[str, str] | None = None,
             prepared_dir: str | Path | None = None,
-            reports: dict[str, Path] | None = None, **model_extras: Any) -> dict[str, Any]:
+            reports: dict[str, Path] | None = None, card: str | None = None,
+            **model_extras: Any) -> dict[str, Any]:
     """Register the bundle as a new version of `registry.model_name` and move aliases.
 
     Gate passed: the old @champion becomes @previous, the new version @champion.
@@ -104,6 +105,8 @@ def publish(params: Params, run_id: str, bundle_dir: str | Path,
     Args:
         tags: version tags; `release_fingerprint` names the release (one LoggedModel each).
         reports: {name: local folder} logged with the model under `reports/`.
+        card: the model card (Markdown): the version's description after the verdict, so
+            MLflow's version page shows it.
         model_extras: `metrics` and their `dataset` for the LoggedModel (`log_release_model`).
 
     Returns:
@@ -131,17 +134,33 @@ def publish(params: Params, run_id: str, bundle_dir: str | Path,
                if not k.startswith("mlflow.") and k not in RUN_REGISTRATION_TAGS}
     passed = bool(verdict["passed"])
     plan = {"passed": passed, "old_champion": get_alias_version(params, CHAMPION)}
-    description = "gate passed" if passed else "gate rejected: " + "; ".join(verdict["reasons"])
+    description = version_description(verdict, card)
     mv = client.create_model_version(
         name, source=model["source"], run_id=run_id, model_id=model["model_id"],
         tags={**lineage, **tags, **_verdict_tags(verdict), **model["tags"],
               "sha256": sha, "model_id": model["model_id"], "registered_at": _now(),
               PLAN_TAG: json.dumps(plan), REGISTRATION_TAG: PENDING},
-        description=description[:MAX_TAG_CHARS])
+        description=description)
     version = str(mv.version)
     done = complete_registration(params, version)
     return {"version": version, "passed": passed, "sha256": sha,
             "model_id": model["model_id"], "moves": done["moves"], "aliases": done["aliases"]}
+
+
+def version_description(verdict: dict[str, Any], card: str | None = None) -> str:
+    """The verdict in one line, then the model card without its title, within MLflow's
+    description limit (a longer card is cut at a line and says where the whole one is)."""
+    head = ("gate passed" if verdict["passed"]
+            else "gate rejected: " + "; ".join(verdict["reasons"]))[:MAX_TAG_CHARS]
+    if not card:
+        return head
+    body = card.partition("\n")[2].strip() if card.startswith("# ") else card.strip()
+    text = f"{head}\n\n{body}\n"
+    if len(text) <= MAX_TAG_CHARS:
+        return text
+    note = "\n\n(cut here: the whole card is the version's reports/card/model_card.md)\n"
+    cut = text[:MAX_TAG_CHARS - len(note)].rsplit("\n", 1)[0]
+    return cut + note
 
 
 def complete_registration(params: Params, version: str) -> dict[str, Any]:

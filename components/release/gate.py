@@ -33,7 +33,14 @@ from typing import Any
 import numpy as np
 
 from components.config import GATED_METRICS, GateConfig, Params
-from components.evaluate.stats import bootstrap_delta_ci, mcnemar_pvalue, paired_bootstrap
+from components.evaluate.plots import write_gate_plots
+from components.evaluate.stats import (
+    bootstrap_delta_ci,
+    histogram,
+    interval,
+    mcnemar_pvalue,
+    paired_bootstrap_draws,
+)
 from components.io import atomic_write_json, atomic_write_text, read_json
 from components.release.predictor import INT8_MODEL, verify_bundle
 from components.task_types import Scores, TaskType, task_type
@@ -173,11 +180,14 @@ def champion_rules(challenger: Scores, champion: Scores, task: TaskType, cfg: Ga
     pvalue = (mcnemar_pvalue(challenger.correct, champion.correct)
               if noise.method == "mcnemar" else None)
     names = [m for m in cfg.max_drop_vs_champion if m in task.metrics]
-    ci = paired_bootstrap(challenger.items, champion.items, task.metrics_of, names, noise)
+    draws = paired_bootstrap_draws(challenger.items, champion.items, task.metrics_of, names,
+                                   noise)
     ours = task.metrics_of(challenger.items.sum(0))
     theirs = task.metrics_of(champion.items.sum(0))
-    return [judge_delta(m, float(ours[m] - theirs[m]), *ci[m], len(challenger.items), pvalue,
-                        cfg) for m in names]
+    # The distribution (as a histogram) travels with the rule: the gate's plot draws it.
+    return [{**judge_delta(m, float(ours[m] - theirs[m]), *interval(draws[m], noise.confidence),
+                           len(challenger.items), pvalue, cfg),
+             "bootstrap": histogram(draws[m])} for m in names]
 
 
 def compare_to_champion(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray,
@@ -206,8 +216,9 @@ def run_gate(bundle_dir: str | Path, prepared_dir: str | Path, params: Params,
     human approves (`tuneline promote`), so it fails the gate with that reason.
 
     Returns:
-        {"passed", "rules", "reasons", "metrics", "champion_metrics", "first_model", "report"}
-        and, when `out_dir` is given, also writes verdict.json and verdict.md there.
+        {"passed", "rules", "reasons", "metrics", "champion_metrics", "first_model", "report",
+        "champion_report"} and, when `out_dir` is given, also writes verdict.json,
+        verdict.md and the plots there.
 
     Raises:
         BundleIntegrityError: a bundle file is missing or fails its sha256 check.
@@ -225,7 +236,7 @@ def run_gate(bundle_dir: str | Path, prepared_dir: str | Path, params: Params,
     latency = latency_ms(scores.timer, scores.texts, 1, params.export.latency_repeats)["p95_ms"]
     size_mb = (bundle_dir / INT8_MODEL).stat().st_size / 2**20
     rules += export_rules(read_json(bundle_dir / PARITY_FILE), latency, size_mb, cfg)
-    champion_metrics = None
+    champion_metrics = champion_report = None
     if champion_bundle_dir is not None:
         champion_dir = Path(champion_bundle_dir)
         champ_labels = read_json(champion_dir / "labels.json")["labels"]
@@ -236,11 +247,12 @@ def run_gate(bundle_dir: str | Path, prepared_dir: str | Path, params: Params,
         else:
             champion = task.rescore(champion_dir, scores, params)
             rules += champion_rules(scores, champion, task, cfg)
-            champion_metrics = champion.metrics
+            champion_metrics, champion_report = champion.metrics, champion.report
     verdict = {"passed": all(r["passed"] for r in rules), "rules": rules,
                "reasons": [describe_failure(r) for r in rules if not r["passed"]],
                "metrics": scores.metrics, "champion_metrics": champion_metrics,
-               "first_model": champion_bundle_dir is None, "report": scores.report}
+               "first_model": champion_bundle_dir is None, "report": scores.report,
+               "champion_report": champion_report}
     if out_dir is not None:
         write_verdict(verdict, out_dir)
     return verdict
@@ -266,8 +278,10 @@ def render_verdict(verdict: dict[str, Any]) -> str:
 
 
 def write_verdict(verdict: dict[str, Any], out_dir: str | Path) -> Path:
-    """verdict.json + verdict.md in `out_dir` (each written atomically)."""
+    """verdict.json + verdict.md and the gate's plots (per-class F1, bootstrap
+    distributions) in `out_dir` (each written atomically)."""
     out_dir = Path(out_dir)
     atomic_write_json(out_dir / VERDICT_FILE, verdict)
     atomic_write_text(out_dir / "verdict.md", render_verdict(verdict))
+    write_gate_plots(verdict, out_dir)
     return out_dir / VERDICT_FILE

@@ -38,7 +38,6 @@ def finetune(params: Params, *, resume: bool = False, force: bool = False,
         run_name: name of the model's MLflow run.
     """
     from components.registry import tracking
-    from components.train.finetune import train
 
     fp = fingerprint("finetune", params)
     checkpoints = Path(checkpoint_dir or params.paths.checkpoints)
@@ -51,14 +50,8 @@ def finetune(params: Params, *, resume: bool = False, force: bool = False,
         checkpoints.mkdir(parents=True, exist_ok=True)
         atomic_write_text(checkpoints / RUN_FILE, run_id)
         try:
-            if params.finetune.nproc > 1 and "WORLD_SIZE" not in os.environ:
-                # The ranks log to MLflow themselves (rank 0); an extra logger stays unused.
-                metrics = train_distributed(params, out, init, checkpoints, resume, run_id)
-            else:
-                metrics = train(params, params.paths.prepared, out,
-                                init_dir=init, checkpoint_dir=checkpoints, resume=resume,
-                                logger=_with_extra(tracking.MlflowLogger(params, run_id),
-                                                   logger))
+            with tracking.system_metrics(params, run_id):
+                metrics = _train(params, out, init, checkpoints, resume, run_id, logger)
         except BaseException:
             tracking.end_run(params, run_id, "FAILED")
             raise
@@ -68,6 +61,19 @@ def finetune(params: Params, *, resume: bool = False, force: bool = False,
         return {**metrics, "mlflow_run_id": run_id}
 
     return run_stage("finetune", params, compute, describe, force=force or resume)
+
+
+def _train(params: Params, out: Path, init: Path | None, checkpoints: Path, resume: bool,
+           run_id: str, logger: Any) -> dict[str, Any]:
+    from components.registry import tracking
+    from components.train.finetune import train
+
+    if params.finetune.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        # The ranks log to MLflow themselves (rank 0); an extra logger stays unused.
+        return train_distributed(params, out, init, checkpoints, resume, run_id)
+    return train(params, params.paths.prepared, out, init_dir=init,
+                 checkpoint_dir=checkpoints, resume=resume,
+                 logger=_with_extra(tracking.MlflowLogger(params, run_id), logger))
 
 
 def _with_extra(mlflow_logger: Any, extra: Any) -> Any:

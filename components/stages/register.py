@@ -91,9 +91,10 @@ def _register_new(params: Params, release: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tuneline-card-") as tmp:
         card = Path(tmp) / CARD_FOLDER
         card.mkdir()
-        (card / CARD_FILE).write_text(_card(params, run_id, verdict, test_report, tags))
+        text = _card(params, run_id, verdict, test_report, tags)
+        (card / CARD_FILE).write_text(text)
         published = publish(
-            params, run_id, params.paths.export, verdict, tags=tags,
+            params, run_id, params.paths.export, verdict, tags=tags, card=text,
             reports={"eval": Path(params.paths.eval), "gate": Path(params.paths.gate),
                      CARD_FOLDER: card},
             metrics={f"test_{k}": float(test_report[k]) for k in ("accuracy", "macro_f1",
