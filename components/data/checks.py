@@ -121,20 +121,29 @@ def assign_split(key: str, cfg: DataConfig) -> str:
     The hash maps the key to a point in [0, 1); the same key always lands in the same
     split, so appending rows never moves an existing row.
     """
-    digest = hashlib.sha256(f"{cfg.split_salt}\x00{key}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    if u < cfg.test_fraction:
-        return "test"
-    if u < cfg.test_fraction + cfg.validation_fraction:
-        return "validation"
-    return "train"
+    return split_assigner(cfg)(key)
+
+
+def split_assigner(cfg: DataConfig) -> Callable[[str], str]:
+    """`assign_split` for many keys: the salted hash state is made once."""
+    salted = hashlib.sha256(f"{cfg.split_salt}\x00".encode())
+    test, validation = cfg.test_fraction, cfg.test_fraction + cfg.validation_fraction
+
+    def assign(key: str) -> str:
+        h = salted.copy()
+        h.update(key.encode())
+        u = int.from_bytes(h.digest()[:8], "big") / 2**64
+        return "test" if u < test else "validation" if u < validation else "train"
+
+    return assign
 
 
 def split_stable(rows: list[dict[str, str]], cfg: DataConfig) -> dict[str, list[dict[str, str]]]:
     """Group accepted rows by `assign_split` of their group (or text), keeping input order."""
     out: dict[str, list[dict[str, str]]] = {s: [] for s in SPLITS}
+    assign = split_assigner(cfg)
     for row in rows:
-        out[assign_split(row.get("group", row["text"]), cfg)].append(row)
+        out[assign(row.get("group", row["text"]))].append(row)
     return out
 
 

@@ -121,19 +121,25 @@ def _csv_chunks(path: Path, fh: BinaryIO, fields: dict[str, str], size: int
             include_columns=list(fields.values()),
             column_types={c: pa.string() for c in fields.values()},
             strings_can_be_null=False, quoted_strings_can_be_null=False))
+    keys = (*fields, "line")
     line = 2  # the first data row
     pending: list[Row] = []
     for batch in reader:
         values = [batch.column(c).to_pylist() for c in fields.values()]
         bad = sorted((r.number, r.text) for r in invalid)
         invalid.clear()
-        for row in zip(*values, strict=True):
+        if not bad:
+            lines = range(line, line + batch.num_rows)
+            pending.extend(dict(zip(keys, row, strict=True))
+                           for row in zip(*values, lines, strict=True))
+            line += batch.num_rows
+        for row in zip(*values, strict=True) if bad else ():
             # A skipped row sits where its line number says (exact when no quoted field
             # spans lines, which would shift every later line number anyway).
             while bad and bad[0][0] is not None and bad[0][0] <= line:
                 pending.append(_malformed(bad.pop(0), line))
                 line += 1
-            pending.append({**dict(zip(fields, row, strict=True)), "line": line})
+            pending.append(dict(zip(keys, (*row, line), strict=True)))
             line += 1
         for item in bad:
             pending.append(_malformed(item, line))
@@ -172,11 +178,10 @@ def _parquet_chunks(path: Path, fields: dict[str, str], size: int) -> Iterator[l
             or pa.types.is_string_view(text_type) or pa.types.is_null(text_type)):
         raise DataValidationError(f"{path}: column {fields['text']!r} holds {text_type}, not "
                                   "text; set data.text_column to the column with the texts")
+    keys = (*fields, "line")
     line = 1
     for batch in pf.iter_batches(batch_size=size, columns=list(fields.values())):
         values = [batch.column(c).to_pylist() for c in fields.values()]
-        chunk = []
-        for row in zip(*values, strict=True):
-            chunk.append({**dict(zip(fields, row, strict=True)), "line": line})
-            line += 1
-        yield chunk
+        lines = range(line, line + batch.num_rows)
+        yield [dict(zip(keys, row, strict=True)) for row in zip(*values, lines, strict=True)]
+        line += batch.num_rows
