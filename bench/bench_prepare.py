@@ -13,6 +13,7 @@ variants, the worst case for the near-duplicate report. Goals: 1M rows in <= 60 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, nargs="+", default=[3, 3, 1])
     args = parser.parse_args()
     repeats = (args.repeats + args.repeats[-1:] * len(args.sizes))[: len(args.sizes)]
+    load_before = os.getloadavg()[0]
     sizes = [run_isolated("bench.prepare_measure", "--rows", str(n), "--repeats", str(r))
              for n, r in zip(args.sizes, repeats, strict=True)]
     by_rows = {s["rows"]: s for s in sizes}
@@ -72,6 +74,7 @@ def main() -> None:
         "command": COMMAND, "sizes": sizes, "growth_100k_to_1m": growth,
         "goal_s": GOAL_S, "goal_rss_mb": GOAL_RSS_MB, "goal_growth": GOAL_GROWTH,
         "goals": goals, "goal_met": all(goals.values()), "plot": "bench/results/prepare.png",
+        "loadavg_1m": {"before": load_before, "after": os.getloadavg()[0]},
     })
 
 

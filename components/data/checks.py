@@ -1,6 +1,6 @@
 """Validate, quarantine and split labeled text into the prepared folder.
 
-Prepared folder layout (written by `prepare_dataset`, read by every later stage):
+Prepared folder layout (written by `streaming.prepare_dataset`, read by every later stage):
     train.jsonl / validation.jsonl / test.jsonl   one {"text": str, "label": str} per line
     labels.json                                   {"labels": [name, ...]}  index = class id
     report.json                                   rows_in, rows_ok, quarantined, class counts,
