@@ -60,8 +60,8 @@ def prepared_data(params: Params, work: Path) -> Path:
     """The demo corpus prepared into the work folder (independent of paths.prepared)."""
     out = work / "prepared"
     if not (out / "test.jsonl").exists():
-        from components.data.checks import prepare_dataset
         from components.data.demo import build_demo_corpus
+        from components.data.streaming import prepare_dataset
 
         build_demo_corpus(work / "demo", params.demo)
         prepare_dataset(work / "demo" / "labeled.jsonl", out, params.data)

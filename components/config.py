@@ -86,6 +86,9 @@ class DataConfig(Section):
     split_salt: str = "tuneline"
     group_column: str | None = None
     near_duplicate_jaccard: float = Field(0.8, gt=0.0, le=1.0)
+    chunk_rows: int = Field(65536, ge=1)
+    max_rows: int | None = Field(20_000_000, ge=0)
+    max_bytes: int | None = Field(10_000_000_000, ge=0)
 
     @model_validator(mode="after")
     def _fractions_leave_training_rows(self) -> DataConfig:

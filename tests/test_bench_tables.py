@@ -33,12 +33,14 @@ def test_every_results_file_has_a_row(path):
         assert data["command"].strip() in row
 
 
-def test_prepare_row_shows_the_median_and_whether_the_goal_was_met():
+def test_prepare_row_shows_every_size_and_whether_each_goal_was_met():
     data = json.loads((RESULTS / "prepare.json").read_text())
     row = _row("prepare")
-    assert f"median {data['median_s']:.1f} s" in row
-    verdict = "met" if data["goal_met"] else "**not met**"
-    assert f"median < {data['goal_s']:g} s: {verdict} |" in row
+    for size in data["sizes"]:
+        assert f"{size['rows']:,} CSV rows" in row
+        assert f"{size['median_s']:.1f} s" in row and f"{size['peak_rss_mb']:,.0f} MB" in row
+    verdict = "met" if data["goals"]["seconds_1m"] else "**not met**"
+    assert f"1M rows <= {data['goal_s']:g} s: {verdict}" in row
 
 
 def test_sweep_row_shows_the_cpu_seconds_the_trials_used():

@@ -21,9 +21,9 @@ from components.data.checks import (
     TEXT_NOT_STRING,
     UNKNOWN_LABEL,
     assign_split,
-    prepare_dataset,
 )
 from components.data.files import SPLITS, DataValidationError, load_split, load_unlabeled
+from components.data.streaming import prepare_dataset
 from tests.conftest import tiny_rows
 
 

@@ -127,7 +127,7 @@ def test_jsonl_and_conll_are_validated_quarantined_and_split(tmp_path):
 
 
 def test_sequence_task_refuses_a_conll_file(tmp_path):
-    from components.data.checks import check_dataset
+    from components.data.streaming import check_dataset
 
     path = tmp_path / "x.conll"
     path.write_text("foo B-CODE\n")

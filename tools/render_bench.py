@@ -85,11 +85,21 @@ def paired(cmp: dict[str, Any]) -> str:
 
 @extractor("prepare")
 def prepare(d: dict[str, Any]) -> Headline:
-    runs = ", ".join(f"{s:.1f}" for s in d["seconds"])
-    return Headline(
-        [f"{d['rows']:,} CSV rows: median {d['median_s']:.1f} s of {len(d['seconds'])} runs "
-         f"({runs} s), {d['rows_per_s']:,.0f} rows/s; {d['rows_ok']:,} rows ok"],
-        [met(f"median < {d['goal_s']:g} s", d["goal_met"])])
+    lines = []
+    for s in d["sizes"]:
+        runs = f"median of {len(s['seconds'])} runs" if len(s["seconds"]) > 1 else "1 run"
+        lines.append(
+            f"{s['rows']:,} CSV rows ({s['input_mb']:,.0f} MB): {s['median_s']:.1f} s "
+            f"(ingest {s['ingest_s']:.1f} + prepare {s['prepare_s']:.1f}, {runs}), "
+            f"{s['rows_per_s']:,.0f} rows/s, peak RSS {s['peak_rss_mb']:,.0f} MB; "
+            f"{s['rows_ok']:,} rows ok, {s['near_duplicate_rows']:,} with a near-duplicate")
+    if d["growth_100k_to_1m"] is not None:
+        lines.append(f"time 100k -> 1M rows: x{d['growth_100k_to_1m']:.2f}")
+    goals = d["goals"]
+    return Headline(lines, [
+        met(f"1M rows <= {d['goal_s']:g} s", goals["seconds_1m"]),
+        met(f"peak RSS <= {d['goal_rss_mb']:,.0f} MB", goals["peak_rss_1m"]),
+        met(f"time 100k -> 1M <= x{d['goal_growth']:g}", goals["growth_100k_to_1m"])])
 
 
 @extractor("pipeline")

@@ -1,6 +1,6 @@
 """Validate, quarantine and split labeled text into the prepared folder.
 
-Prepared folder layout (written by `prepare_dataset`, read by every later stage):
+Prepared folder layout (written by `streaming.prepare_dataset`, read by every later stage):
     train.jsonl / validation.jsonl / test.jsonl   one {"text": str, "label": str} per line
     labels.json                                   {"labels": [name, ...]}  index = class id
     report.json                                   rows_in, rows_ok, quarantined, class counts,
@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 import unicodedata
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,6 @@ from components.data.files import (
     SPLITS,
     DataValidationError,
     md5_file,
-    read_rows,
     write_jsonl,
 )
 from components.io import atomic_dir
@@ -84,44 +83,6 @@ def check_row(row: dict[str, Any], cfg: DataConfig) -> tuple[str | None, str, st
     return None, norm, label
 
 
-def validate_rows(rows: list[dict[str, Any]], cfg: DataConfig
-                  ) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
-    """Split raw rows into accepted {"text","label"(,"group")} rows and quarantined rows.
-
-    Exact duplicates (same text, same label) keep their first occurrence. A text seen with
-    more than one label is ambiguous: every row of it is quarantined, since which label is
-    right cannot be known here. With `cfg.group_column`, a row without a group is
-    quarantined (its split could not follow its group).
-    """
-    checked = []
-    labels_by_text: dict[str, set[str]] = defaultdict(set)
-    for row in rows:
-        reason, norm, label = check_row(row, cfg)
-        if reason is None and cfg.group_column and _blank(row.get("group")):
-            reason = MISSING_GROUP
-        checked.append((row, reason, norm, label))
-        if reason is None:
-            labels_by_text[norm].add(label)
-
-    accepted: list[dict[str, str]] = []
-    quarantined: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for row, reason, norm, label in checked:
-        if reason is None and len(labels_by_text[norm]) > 1:
-            reason = CONFLICTING_LABELS
-        elif reason is None and norm in seen:
-            reason = DUPLICATE
-        if reason is None:
-            seen.add(norm)
-            kept = {"text": norm, "label": label}
-            if cfg.group_column:
-                kept["group"] = _group_key(row["group"])
-            accepted.append(kept)
-        else:
-            quarantined.append(_quarantine_record(row, reason))
-    return accepted, quarantined
-
-
 def _blank(value: Any) -> bool:
     return _is_missing(value) or not str(value).strip()
 
@@ -160,20 +121,29 @@ def assign_split(key: str, cfg: DataConfig) -> str:
     The hash maps the key to a point in [0, 1); the same key always lands in the same
     split, so appending rows never moves an existing row.
     """
-    digest = hashlib.sha256(f"{cfg.split_salt}\x00{key}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    if u < cfg.test_fraction:
-        return "test"
-    if u < cfg.test_fraction + cfg.validation_fraction:
-        return "validation"
-    return "train"
+    return split_assigner(cfg)(key)
+
+
+def split_assigner(cfg: DataConfig) -> Callable[[str], str]:
+    """`assign_split` for many keys: the salted hash state is made once."""
+    salted = hashlib.sha256(f"{cfg.split_salt}\x00".encode())
+    test, validation = cfg.test_fraction, cfg.test_fraction + cfg.validation_fraction
+
+    def assign(key: str) -> str:
+        h = salted.copy()
+        h.update(key.encode())
+        u = int.from_bytes(h.digest()[:8], "big") / 2**64
+        return "test" if u < test else "validation" if u < validation else "train"
+
+    return assign
 
 
 def split_stable(rows: list[dict[str, str]], cfg: DataConfig) -> dict[str, list[dict[str, str]]]:
     """Group accepted rows by `assign_split` of their group (or text), keeping input order."""
     out: dict[str, list[dict[str, str]]] = {s: [] for s in SPLITS}
+    assign = split_assigner(cfg)
     for row in rows:
-        out[assign_split(row.get("group", row["text"]), cfg)].append(row)
+        out[assign(row.get("group", row["text"]))].append(row)
     return out
 
 
@@ -190,53 +160,12 @@ class CheckedDataset:
     labels: list[str]
 
     @property
+    def rows_ok(self) -> int:
+        return len(self.accepted)
+
+    @property
     def reasons(self) -> dict[str, int]:
         return dict(Counter(q["reason"] for q in self.quarantined).most_common())
-
-
-def check_dataset(input_path: str | Path, cfg: DataConfig) -> CheckedDataset:
-    """Read and validate the texts + labels of `input_path` without writing anything.
-
-    Raises:
-        DataValidationError: missing file or columns, unsupported format, no usable rows,
-            fewer than two classes, or a quarantined fraction above `cfg.max_bad_fraction`.
-    """
-    rows = list(read_rows(input_path, cfg))
-    if not rows:
-        raise DataValidationError(f"{input_path}: no rows")
-    accepted, quarantined = validate_rows(rows, cfg)
-    checked = CheckedDataset(len(rows), accepted, quarantined,
-                             list(cfg.labels) or sorted({r["label"] for r in accepted}))
-    bad_fraction = len(quarantined) / len(rows)
-    if bad_fraction > cfg.max_bad_fraction:
-        raise DataValidationError(
-            f"{input_path}: {len(quarantined)} of {len(rows)} rows are bad "
-            f"({bad_fraction:.1%} > data.max_bad_fraction={cfg.max_bad_fraction:.1%}); "
-            f"reasons: {checked.reasons}. Nothing was written.")
-    present = {r["label"] for r in accepted}
-    if len(present) < 2:
-        raise DataValidationError(
-            f"{input_path}: need at least two classes among the valid rows, "
-            f"found {sorted(present)}")
-    return checked
-
-
-def prepare_dataset(input_path: str | Path, out_dir: str | Path, cfg: DataConfig
-                    ) -> dict[str, Any]:
-    """Validate `input_path`, quarantine bad rows, split, and write the prepared folder.
-
-    All outputs are written into a temp folder that replaces `out_dir` in one rename, so a
-    failure leaves any earlier prepared folder as it was.
-
-    Returns:
-        The report (also written as report.json).
-
-    Raises:
-        DataValidationError: see `check_dataset`; also an empty train split.
-    """
-    checked = check_dataset(input_path, cfg)
-    return split_and_write(input_path, out_dir, checked, cfg, {
-        "class_counts": lambda rows: dict(sorted(Counter(r["label"] for r in rows).items()))})
 
 
 def split_and_write(input_path: str | Path, out_dir: str | Path, checked: CheckedDataset,

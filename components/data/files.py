@@ -7,13 +7,12 @@ text: .txt (one document per line) or .jsonl with a text field.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-from components.config import DataConfig
+from typing import Any, TextIO
 
 SPLITS = ("train", "validation", "test")
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet",
@@ -47,68 +46,22 @@ def input_format(path: str | Path) -> str:
     return fmt
 
 
-def read_rows(path: str | Path, cfg: DataConfig) -> Iterator[dict[str, Any]]:
-    """Yield {"text", "label", "line"} (+ "group") per input row; format from the extension.
-
-    Values keep their original types (a JSONL number stays a number) so validation can
-    tell a non-string text apart. A JSONL line that is not a JSON object is yielded with
-    key "malformed" and quarantined later.
-
-    Raises:
-        DataValidationError: unknown extension, missing file, missing column, or a typed
-            (Parquet) text column that does not hold strings.
-    """
-    path = Path(path)
-    fmt = input_format(path)
-    columns = [cfg.text_column, cfg.label_column] + ([cfg.group_column] if cfg.group_column
-                                                     else [])
-    if fmt == "jsonl":
-        fields = dict(zip(("text", "label", "group"), columns, strict=False))
-        yield from read_jsonl_fields(path, fields, TEXT_COLUMNS)
-        return
-    if fmt == "conll":
-        raise DataValidationError(f"{path}: a CoNLL file holds word tags; set "
-                                  "task.type=token_classification to train on it")
-    import pandas as pd
-
-    if fmt == "csv":
-        # keep_default_na=False: an empty cell is "", not NaN, and "NA" stays a word.
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    else:
-        frame = pd.read_parquet(path)
-    _require_columns(path, list(frame.columns), columns)
-    _require_text_dtype(path, frame, cfg.text_column)
-    values = [frame[c].tolist() for c in columns]
-    for i, row in enumerate(zip(*values, strict=True)):
-        out = {"text": row[0], "label": row[1], "line": i + 2 if fmt == "csv" else i + 1}
-        if cfg.group_column:
-            out["group"] = row[2]
-        yield out
-
-
-def _require_text_dtype(path: Path, frame: Any, column: str) -> None:
-    """A typed column of numbers, dates or booleans is not text: fail on the file, not per row."""
-    import pandas as pd
-
-    dtype = frame[column].dtype
-    if not (pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype)):
-        raise DataValidationError(f"{path}: column {column!r} holds {dtype}, not text; "
-                                  "set data.text_column to the column with the texts")
-
-
-def read_jsonl_fields(path: Path, fields: dict[str, str], setting: str
-                      ) -> Iterator[dict[str, Any]]:
+def read_jsonl_fields(path: Path, fields: dict[str, str], setting: str,
+                      stream: TextIO | None = None) -> Iterator[dict[str, Any]]:
     """Yield {key: obj[column] for key, column in fields} + "line" per JSONL object.
 
     A line that is not a JSON object is yielded as {"malformed", "raw", "line"} and
     quarantined later; blank lines are skipped.
+
+    `stream` is the open file to read instead of opening `path`.
 
     Raises:
         DataValidationError: the first object lacks one of the columns (`setting` names
             the params keys that choose them).
     """
     seen_columns = False
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8") if stream is None else contextlib.nullcontext(stream
+                                                                                   ) as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -123,12 +76,12 @@ def read_jsonl_fields(path: Path, fields: dict[str, str], setting: str
                        "line": lineno}
                 continue
             if not seen_columns:
-                _require_columns(path, list(obj), list(fields.values()), setting)
+                require_columns(path, list(obj), list(fields.values()), setting)
                 seen_columns = True
             yield {**{key: obj.get(column) for key, column in fields.items()}, "line": lineno}
 
 
-def _require_columns(path: Path, found: list[str], columns: list[str],
+def require_columns(path: Path, found: list[str], columns: list[str],
                      setting: str = TEXT_COLUMNS) -> None:
     missing = [c for c in columns if c not in found]
     if missing:

@@ -65,12 +65,12 @@ class SequenceClassification(TaskType):
     unit = "text"
 
     def check(self, input_path: str | Path, cfg: Any) -> Any:
-        from components.data.checks import check_dataset
+        from components.data.streaming import check_dataset
 
         return check_dataset(input_path, cfg)
 
     def prepare(self, input_path: str | Path, out_dir: str | Path, cfg: Any) -> dict[str, Any]:
-        from components.data.checks import prepare_dataset
+        from components.data.streaming import prepare_dataset
 
         return prepare_dataset(input_path, out_dir, cfg)
 

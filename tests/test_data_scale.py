@@ -1,0 +1,132 @@
+"""Streaming prepare: same output as the whole-file prepare, chunk size irrelevant, bad rows
+of late chunks keep their line, size guard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from components.config import DataConfig, load_params
+from components.data.demo import build_demo_corpus
+from components.data.files import SPLITS, DataValidationError
+from components.data.streaming import prepare_dataset
+from tests.conftest import tiny_rows
+from tests.data_scale_support import REFERENCE, prepared_digest, write_reference_inputs
+
+OUTPUTS = ["train.jsonl", "validation.jsonl", "test.jsonl", "quarantine.jsonl", "labels.json",
+           "report.json"]
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in OUTPUTS}
+
+
+@pytest.fixture(scope="module")
+def demo_jsonl(tmp_path_factory) -> Path:
+    corpus = tmp_path_factory.mktemp("demo")
+    build_demo_corpus(corpus, load_params().demo)
+    return corpus / "labeled.jsonl"
+
+
+@pytest.mark.parametrize("chunk_rows", [65536, 300])
+def test_same_splits_and_quarantine_as_the_whole_file_prepare(tmp_path, demo_jsonl,
+                                                              chunk_rows):
+    """Figures recorded from the whole-file prepare (before streaming) on the demo corpus
+    and on the demo corpus with bad rows of every kind mixed in."""
+    expected = json.loads(REFERENCE.read_text())
+    inputs = {"demo": demo_jsonl, **write_reference_inputs(demo_jsonl, tmp_path)}
+    if sum(1 for _ in demo_jsonl.open()) != expected["demo"]["rows_in"]:
+        pytest.skip(f"the demo corpus differs on this Python (reference made on "
+                    f"{expected['python']})")
+    cfg = DataConfig(chunk_rows=chunk_rows)
+    for name, path in inputs.items():
+        report = prepare_dataset(path, tmp_path / name, cfg)
+        got = prepared_digest(tmp_path / name, report)
+        want = {k: expected[name][k] for k in got}
+        assert got == want, name
+        # Near-duplicate counts: the same within the banding's tolerance.
+        assert abs(report["near_duplicates"]["rows"] - expected[name]["near_duplicate_rows"]
+                   ) <= 1
+
+
+def _rows(n_per_class: int = 30) -> list[dict]:
+    rows = [{**r, "customer": f"c{i % 17}"} for i, r in enumerate(tiny_rows(n_per_class))]
+    rows[5] = {**rows[3]}                                            # duplicate
+    rows[40] = {**rows[41], "label": "finance" if rows[41]["label"] != "finance" else "sports"}
+    rows[60]["text"] = "  "                                          # empty
+    rows[70]["text"] = "  padded   text with   spaces  "             # normalized on output
+    return rows
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif path.suffix == ".csv":
+        pd.DataFrame(rows).to_csv(path, index=False)
+    else:
+        pd.DataFrame(rows).to_parquet(path, row_group_size=16)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+@pytest.mark.parametrize("group", [None, "customer"])
+def test_tiny_chunks_give_the_same_prepared_folder_as_one_chunk(tmp_path, suffix, group):
+    src = _write(tmp_path / f"in{suffix}", _rows())
+    whole = prepare_dataset(src, tmp_path / "whole", DataConfig(group_column=group))
+    chunked = prepare_dataset(src, tmp_path / "chunked",
+                              DataConfig(group_column=group, chunk_rows=3))
+    assert chunked == whole
+    assert _files(tmp_path / "chunked") == _files(tmp_path / "whole")
+    assert whole["quarantined"] == {"conflicting_labels": 2, "duplicate": 1, "empty_text": 1}
+    assert sum(whole["split_sizes"].values()) == whole["rows_ok"] == len(_rows()) - 4
+
+
+def test_a_malformed_row_in_a_late_chunk_keeps_its_line_number(tmp_path):
+    rows = tiny_rows(40)
+    lines = [json.dumps(r) for r in rows]
+    lines[100] = '{"text": "cut short'                      # line 101, chunk 11 of 12
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+    csv = _write(tmp_path / "in.csv", rows)
+    text = csv.read_text().splitlines()
+    text[95] = 'a row,with,three fields'                  # line 96 of the file
+    csv.write_text("\n".join(text) + "\n")
+    cfg = DataConfig(chunk_rows=10)
+    for path, line in ((jsonl, 101), (csv, 96)):
+        out = tmp_path / path.suffix[1:]
+        report = prepare_dataset(path, out, cfg)
+        assert report["quarantined"] == {"malformed_row": 1}
+        bad = [json.loads(q) for q in (out / "quarantine.jsonl").read_text().splitlines()]
+        assert [(q["reason"], q["line"]) for q in bad] == [("malformed_row", line)]
+        assert report["rows_in"] == len(rows)
+        kept = sum(1 for s in SPLITS for _ in (out / f"{s}.jsonl").open())
+        assert kept == len(rows) - 1
+
+
+def test_the_size_guard_refuses_before_writing(tmp_path):
+    src = _write(tmp_path / "in.csv", tiny_rows(20))
+    out = tmp_path / "out"
+    with pytest.raises(DataValidationError, match=r"more than data.max_rows=50 rows"):
+        prepare_dataset(src, out, DataConfig(max_rows=50, chunk_rows=8))
+    with pytest.raises(DataValidationError, match=r"bytes is more than data.max_bytes=100;"):
+        prepare_dataset(src, out, DataConfig(max_bytes=100))
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+    for unlimited in (0, None):
+        report = prepare_dataset(src, out, DataConfig(max_rows=unlimited, max_bytes=unlimited))
+        assert report["rows_in"] == 60
+
+
+def test_ingest_refuses_a_file_over_the_limit(tmp_path):
+    from pipelines.cli import app
+
+    src = _write(tmp_path / "in.csv", tiny_rows(20))
+    result = CliRunner().invoke(app, ["ingest", "--input", str(src), "--set",
+                                      f"paths.input={tmp_path / 'input'}",
+                                      "--set", "data.max_rows=10"])
+    assert result.exit_code == 2
+    assert "data.max_rows=10" in result.output
+    assert not (tmp_path / "input").exists()
