@@ -45,7 +45,7 @@ import httpx
 import psutil
 import yaml
 
-from bench.bench_serve import exported_bundles, free_port, prepared_data, trained_model
+from bench.bench_serve import free_port, prepared_data, trained_model
 from bench.common import PROJECT_ROOT, RESULTS_DIR, run_isolated, write_result
 from components.config import Params, load_params
 
@@ -65,6 +65,18 @@ def bench_params(args: argparse.Namespace, cache: Path, work: Path) -> Params:
         f"registry.artifact_root={work}/mlartifacts", f"paths.checkpoints={cache}/checkpoints",
         f"finetune.max_steps={args.train_steps}", "finetune.eval_every=50",
         "finetune.eval_max_batches=10", "export.latency_repeats=20", *args.set])
+
+
+def exported_bundle(params: Params, model_dir: Path, prepared: Path, cache: Path) -> Path:
+    """The int8 export bench_serve calls `bundle-a` (per-channel weights), made if missing."""
+    from components.release.bundle import export_bundle
+
+    bundle = cache / "bundle-a"
+    if not (bundle / "manifest.json").exists():
+        p = params.model_copy(deep=True)
+        p.export.per_channel = True
+        export_bundle(model_dir, prepared, bundle, p)
+    return bundle
 
 
 def register(params: Params, bundle: Path, prepared: Path, work: Path) -> str:
@@ -343,7 +355,7 @@ def run(args: argparse.Namespace) -> dict:
     params = bench_params(args, cache, work)
     prepared = prepared_data(params, cache)
     model = trained_model(params, prepared, cache, args.model_dir)
-    bundle = exported_bundles(params, Path(model["model_dir"]), prepared, cache)[0]
+    bundle = exported_bundle(params, Path(model["model_dir"]), prepared, cache)
     version = register(params, bundle, prepared, work)
     texts, longest = bench_texts(prepared, args.long_docs)
     texts_file = work / "texts.json"
