@@ -416,7 +416,10 @@ class ServeConfig(Section):
     max_wait_ms: float = Field(5, ge=0)
     join_gap_ms: float = Field(5, ge=0)
     max_texts: int = Field(64, ge=1)
-    max_text_chars: int = Field(2000, ge=1)
+    # A text is truncated to model.max_length tokens when tokenized, as in training: the
+    # character limit only bounds tokenizing work, and the body limit bounds memory.
+    max_text_chars: int = Field(100000, ge=1)
+    max_body_bytes: int = Field(2097152, ge=1024)
     reload_interval_s: float = Field(10, gt=0)
     threads: int = Field(2, ge=1)
     workers: int = Field(2, ge=1)
@@ -433,11 +436,15 @@ class ServeConfig(Section):
     timeout_keep_alive_s: int = Field(5, ge=1)
 
     @model_validator(mode="after")
-    def _largest_request_fits_the_queue(self) -> ServeConfig:
+    def _limits_fit_each_other(self) -> ServeConfig:
         if self.max_queued_texts < self.max_texts:
             raise ValueError(f"max_queued_texts ({self.max_queued_texts}) must be at least "
                              f"max_texts ({self.max_texts}): a request of max_texts texts "
                              "would always be refused")
+        if self.max_body_bytes < 6 * self.max_text_chars + 1024:  # JSON escapes <= 6 bytes
+            raise ValueError(f"max_body_bytes ({self.max_body_bytes}) must be at least 6 x "
+                             f"max_text_chars + 1024 ({6 * self.max_text_chars + 1024}): one "
+                             "text of max_text_chars characters would not always fit")
         return self
 
 

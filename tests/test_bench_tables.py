@@ -75,3 +75,14 @@ def test_check_fails_on_a_stale_table_and_rendering_keeps_the_prose(tmp_path, mo
     assert text.startswith("# Intro\n\nProse before.\n\n" + render_block())
     assert text.endswith(f"{END}\n\nProse after.\n")
     assert render_bench.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("name", sorted(render_bench.TABLES))
+def test_a_benchmark_with_a_table_of_its_own_has_it_rendered_on_its_page(name):
+    page, _ = render_bench.TABLES[name]
+    begin, end = render_bench.table_markers(name)
+    text = page.read_text()
+    assert text[text.index(begin): text.index(end) + len(end)] == render_bench.render_table(name)
+    if (RESULTS / f"{name}.json").exists():
+        data = json.loads((RESULTS / f"{name}.json").read_text())
+        assert data["command"].strip() in text

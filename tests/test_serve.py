@@ -31,7 +31,8 @@ def bundle(tmp_path_factory, tokenizer_dir) -> Path:
 
 def serve_params(tmp_path: Path, *extra: str):
     return load_params(overrides=[
-        "serve.max_texts=8", "serve.max_text_chars=200", "serve.reload_interval_s=0.2",
+        "serve.max_texts=8", "serve.max_text_chars=200", "serve.max_body_bytes=100000",
+        "serve.reload_interval_s=0.2",
         "serve.max_batch=4", "serve.max_wait_ms=20", "serve.threads=1",
         f"registry.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
         f"registry.artifact_root={tmp_path}/mlartifacts", *extra])
@@ -101,6 +102,37 @@ def test_bad_input_is_rejected_clearly_and_the_server_stays_up(server, payload, 
     assert httpx.get(url + "/healthz").status_code == 200
     ok = httpx.post(url + "/v1/predict", json={"texts": ["still serving"]})
     assert ok.status_code == 200
+
+
+def test_a_long_text_is_truncated_as_in_training_and_only_a_huge_body_refused(tmp_path, bundle):
+    """Real documents run past model.max_length tokens: served like their kept prefix."""
+    sentence = ("the committee reviewed quarterly rainfall figures before markets opened while "
+                "the striker signed a new contract and analysts revised bank forecasts ")
+    text = (sentence * 200)[:20_000]
+    clf = OnnxClassifier(bundle, threads=1)
+    kept = clf.tokenizer.encode(text)
+    end = max(stop for start, stop in kept.offsets if stop > start)
+    prefix = text[: text.find(" ", end)]  # the whole words the model reads, and no more
+    assert len(text) == 20_000 and len(prefix) < 1_000
+    assert clf.tokenizer.encode(prefix).ids == kept.ids  # truncation keeps exactly this prefix
+    want = clf.predict([prefix])[0]
+    params = load_params(overrides=[  # the serve defaults, bar the registry and threads
+        "serve.threads=1", f"registry.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"registry.artifact_root={tmp_path}/mlartifacts"])
+    app = create_app(params, bundle_dir=bundle, api_token="")
+    with running_server(app) as url:
+        wait_ready(url)
+        resp = httpx.post(url + "/v1/predict", json={"texts": [text, prefix]})
+        too_long = httpx.post(url + "/v1/predict", json={"texts": ["w " * 50_001]})
+        huge = httpx.post(url + "/v1/predict", json={"texts": ["w " * 40_000] * 30})
+    assert resp.status_code == 200, resp.text
+    got, got_prefix = resp.json()["predictions"]
+    assert got["label"] == got_prefix["label"] == want.label
+    assert got["score"] == pytest.approx(want.score, abs=1e-5)
+    assert got["scores"] == pytest.approx(got_prefix["scores"], abs=1e-6)
+    assert too_long.status_code == 413 and "serve.max_text_chars=100000" in too_long.json()["error"]
+    assert huge.status_code == 413, huge.text  # 2.4 MB: past serve.max_body_bytes
+    assert "serve.max_body_bytes" in huge.json()["error"]
 
 
 def test_predict_wants_post_and_answers_json_errors(server):

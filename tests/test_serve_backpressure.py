@@ -214,3 +214,8 @@ def test_uvicorn_limits_connections_and_silent_ones_cannot_hold_the_limit(bundle
 def test_a_queue_smaller_than_one_request_is_a_config_error():
     with pytest.raises(ConfigError, match="max_queued_texts .* must be at least max_texts"):
         load_params(overrides=["serve.max_texts=64", "serve.max_queued_texts=32"])
+
+
+def test_a_body_limit_smaller_than_one_text_is_a_config_error():
+    with pytest.raises(ConfigError, match="max_body_bytes .* must be at least 6 x max_text_chars"):
+        load_params(overrides=["serve.max_text_chars=100000", "serve.max_body_bytes=500000"])

@@ -9,6 +9,9 @@ machine and its load when recorded, and when it was measured. A file with no ext
 gets a generic row listing its keys, so a new benchmark is never left out. Only the block
 between the markers is rewritten; the prose around it stays. A test keeps the committed
 block equal to what this renders.
+
+A benchmark may also have a table of its own on another page (`TABLES`), rendered from its
+file between `<!-- bench:NAME:begin -->` and `<!-- bench:NAME:end -->` the same way.
 """
 
 from __future__ import annotations
@@ -50,6 +53,20 @@ def extractor(*names: str) -> Callable[[Extractor], Extractor]:
             if name in EXTRACTORS:
                 raise ValueError(f"two extractors for {name}")
             EXTRACTORS[name] = fn
+        return fn
+    return register
+
+
+TableRenderer = Callable[[dict[str, Any]], list[str]]
+TABLES: dict[str, tuple[Path, TableRenderer]] = {}
+
+
+def table(name: str, page: Path) -> Callable[[TableRenderer], TableRenderer]:
+    """Register `fn` as the renderer of results file `name`'s own table on `page`."""
+    def register(fn: TableRenderer) -> TableRenderer:
+        if name in TABLES:
+            raise ValueError(f"two tables for {name}")
+        TABLES[name] = (page, fn)
         return fn
     return register
 
@@ -286,6 +303,54 @@ def serve(d: dict[str, Any]) -> Headline:
     return Headline(lines, goals)
 
 
+PEER_NAMES = {"tuneline": "`tuneline serve` (int8)",
+              "mlflow": "`mlflow models serve`, same version",
+              "fastapi_torch": "FastAPI + transformers `pipeline` (torch fp32)",
+              "fastapi_onnx_fp32": "FastAPI + ONNX Runtime (fp32 graph)",
+              "ceiling": "in-process ORT int8, best batch/threads (no HTTP)"}
+PEER_GOALS = {"over_mlflow": "tuneline >= {min_over_mlflow:g}x mlflow serve",
+              "zero_failed_requests": "tuneline: 0 failed requests",
+              "ahead_of_every_peer": "tuneline ahead of every peer in texts/s",
+              "p99_no_worse_than_any_peer": "tuneline p99 <= every peer's"}
+
+
+@extractor("serve_peers")
+def serve_peers(d: dict[str, Any]) -> Headline:
+    s = d["summary"]
+    rates = ", ".join(f"{k} {v['texts_per_s']:.0f}" for k, v in s.items())
+    return Headline([f"texts/s at saturation ({d['load']['clients']} clients, 1 text a "
+                     f"request, median of {d['load']['rounds']} alternating rounds): {rates}",
+                     f"tuneline / mlflow serve {d['tuneline_over_mlflow']:.2f}x, tuneline / "
+                     f"in-process ceiling {d['tuneline_over_ceiling']:.2f}; table in "
+                     "docs/how-to/serving.md"],
+                    [met(PEER_GOALS[k].format(**d["goals"]), ok)
+                     for k, ok in d["goals"]["met"].items()])
+
+
+@table("serve_peers", ROOT / "docs" / "how-to" / "serving.md")
+def serve_peers_table(d: dict[str, Any]) -> list[str]:
+    s, t = d["summary"], d["texts"]
+    agree = d["agreement"]["agreement_with_torch_fp32"]
+    rows = ["| server | texts/s | p50 ms | p99 ms | failed | CPU-s a text | RSS MB (peak) "
+            "| labels as torch fp32 |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in s.items():
+        http = "p50_ms" in r
+        rss = (f"{r['rss_mb']:.0f} ({r['peak_rss_mb']:.0f})" if http
+               else f"({r['peak_rss_mb']:.0f})")
+        rows.append("| " + " | ".join([
+            PEER_NAMES.get(name, name), f"{r['texts_per_s']:.0f}",
+            f"{r['p50_ms']:.0f}" if http else "-", f"{r['p99_ms']:.0f}" if http else "-",
+            f"{r['failed_requests']} of {r['requests']:,}" if http else "-",
+            f"{r['cpu_s_per_text'] * 1e3:.1f} ms", rss,
+            f"{agree[name]:.0%}" if name in agree else "-"]) + " |")
+    return [*rows, "", f"{t['count']} texts ({t['over_2000_chars']} over 2,000 characters, the "
+            f"longest {t['longest_chars']:,}), {d['load']['clients']} closed-loop clients, one "
+            f"text a request, median of {d['load']['rounds']} rounds of "
+            f"{d['load']['round_seconds']:g} s; measured {d['measured_at']} by "
+            f"`{d['command']}`; 1-min load average {d['loadavg_1m']['before']:.2f} before, "
+            f"{d['loadavg_1m']['after']:.2f} after."]
+
+
 @extractor("sweep")
 def sweep(d: dict[str, Any]) -> Headline:
     b, cmp, chain = d["budget"], d["comparison"], d["winner_chain"]
@@ -391,12 +456,34 @@ def render_block(results: Path = RESULTS) -> str:
     return "\n".join([BEGIN, "", *HEADER, *rows, "", END])
 
 
-def splice(page: str, block: str) -> str:
+def splice(page: str, block: str, begin: str = BEGIN, end: str = END) -> str:
     """`page` with the text between the markers (inclusive) replaced by `block`."""
-    start, end = page.find(BEGIN), page.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"{PAGE.name} lacks the {BEGIN} ... {END} markers")
-    return page[:start] + block + page[end + len(END):]
+    start, stop = page.find(begin), page.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f"the page lacks the {begin} ... {end} markers")
+    return page[:start] + block + page[stop + len(end):]
+
+
+def table_markers(name: str) -> tuple[str, str]:
+    return f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
+
+
+def render_table(name: str, results: Path = RESULTS) -> str:
+    """The block of results file `name`'s own table, markers included."""
+    begin, end = table_markers(name)
+    path = results / f"{name}.json"
+    body = (TABLES[name][1](json.loads(path.read_text())) if path.exists()
+            else [f"Not measured yet: run `python -m bench.bench_{name}`."])
+    return "\n".join([begin, "", *body, "", end])
+
+
+def rendered_pages() -> dict[Path, str]:
+    """Every page that holds a rendered table, as it should read."""
+    pages = {PAGE: splice(PAGE.read_text(), render_block())}
+    for name, (page, _) in TABLES.items():
+        text = pages.get(page) or page.read_text()
+        pages[page] = splice(text, render_table(name), *table_markers(name))
+    return pages
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,15 +491,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="exit 1 when the committed table differs from the rendering")
     args = parser.parse_args(argv)
-    page = PAGE.read_text()
-    text = splice(page, render_block())
-    if args.check:
-        if text != page:
-            print(f"stale table in {PAGE}: run python tools/render_bench.py", file=sys.stderr)
-            return 1
-        return 0
-    PAGE.write_text(text)
-    return 0
+    stale = 0
+    for page, text in rendered_pages().items():
+        if text == page.read_text():
+            continue
+        if args.check:
+            print(f"stale table in {page}: run python tools/render_bench.py", file=sys.stderr)
+            stale = 1
+        else:
+            page.write_text(text)
+    return stale
 
 
 if __name__ == "__main__":

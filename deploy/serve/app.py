@@ -97,7 +97,7 @@ def create_app(params: Params, *, bundle_dir: str | Path | None = None, alias: s
     app = FastAPI(title="tuneline classifier", lifespan=lifespan)
     app.state.holder, app.state.batcher, app.state.metrics = holder, batcher, metrics
     app.state.monitor = monitor
-    max_body = cfg.max_texts * (cfg.max_text_chars * 6 + 8) + 1024  # JSON escapes <= 6 bytes
+    max_body = cfg.max_body_bytes
     predict = PredictEndpoint(batcher, lambda: holder.current is not None, token=token or None,
                               max_body=max_body, max_texts=cfg.max_texts,
                               max_chars=cfg.max_text_chars, timeout_s=cfg.request_timeout_s,

@@ -80,7 +80,7 @@ class ObserveMiddleware:
     async def _reject_size(self, send) -> None:
         await respond(send, 413, orjson.dumps({
             "error": f"request body larger than {self.max_body} bytes "
-                     "(serve.max_texts x serve.max_text_chars)"}))
+                     "(serve.max_body_bytes)"}))
 
     def _observe(self, route: str, status: int, reason: str | None, seconds: float) -> None:
         # Metric children per (route, status, reason), looked up once: labels() takes a

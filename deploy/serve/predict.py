@@ -162,7 +162,7 @@ class PredictEndpoint:
             size += len(chunk)
             if size > self.max_body:
                 raise RequestError(413, f"request body larger than {self.max_body} bytes "
-                                        "(serve.max_texts x serve.max_text_chars)")
+                                        "(serve.max_body_bytes)")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)

@@ -1,0 +1,137 @@
+"""Measurement processes for bench_serve_peers (each run alone via bench.common.run_isolated).
+
+    python -m bench.serve_peers_measure load --url U --api API --texts F --clients N --seconds T
+    python -m bench.serve_peers_measure answers --url U --api API --texts F
+    python -m bench.serve_peers_measure ceiling --bundle B --texts F --cell JSON --seconds T
+
+API is how a server is asked: `tuneline` (POST /v1/predict {"texts"}), `mlflow` (POST
+/invocations {"dataframe_split"}) or `peer` (POST /predict {"texts"}). Every server answers
+{"predictions": [one per text, with a "label"]}. Each mode prints one JSON line.
+
+`load` is closed-loop, one text per request, on the same minimal keep-alive client as
+bench.serve_measure (a heavier client library would eat the cores being measured); every
+request body is encoded before the clock starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import time
+from pathlib import Path
+
+from orjson import loads
+
+from bench.serve_measure import Conn, percentiles
+
+APIS = {
+    "tuneline": ("/v1/predict", lambda texts: {"texts": texts}),
+    "mlflow": ("/invocations",
+               lambda texts: {"dataframe_split": {"columns": ["text"],
+                                                  "data": [[t] for t in texts]}}),
+    "peer": ("/predict", lambda texts: {"texts": texts}),
+}
+
+
+def request_bytes(conn: Conn, api: str, texts: list[str]) -> bytes:
+    path, body_of = APIS[api]
+    body = json.dumps(body_of(texts)).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: {conn.host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+async def _client(url: str, requests: list[bytes], stop_at: float, offset: int,
+                  out: dict) -> None:
+    conn = Conn(url)
+    await conn.open()
+    i = offset
+    while time.perf_counter() < stop_at:
+        request = requests[i % len(requests)]
+        i += 1
+        t0 = time.perf_counter()
+        try:
+            status, _, body = await conn.exchange(request)
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            out["errors"].append(repr(exc))
+            await conn.close()
+            conn = Conn(url)
+            await conn.open()
+            continue
+        out["latency_ms"].append((time.perf_counter() - t0) * 1e3)
+        if status != 200:
+            out["errors"].append(f"HTTP {status}: {body[:200]!r}")
+            continue
+        out["texts"] += len(loads(body)["predictions"])
+    await conn.close()
+
+
+async def measure_load(url: str, api: str, texts: list[str], clients: int,
+                       seconds: float) -> dict:
+    """`clients` connections, each posting one text and waiting for the answer, for `seconds`."""
+    conn = Conn(url)
+    requests = [request_bytes(conn, api, [t]) for t in texts]
+    out = {"latency_ms": [], "errors": [], "texts": 0}
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    await asyncio.gather(*(_client(url, requests, t0 + seconds, k * 97, out)
+                           for k in range(clients)))
+    elapsed = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    errors = out["errors"]
+    return {"clients": clients, "seconds": elapsed,
+            "client_cpu_s": (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime),
+            "requests": len(out["latency_ms"]), "failed_requests": len(errors),
+            "error_examples": sorted(set(errors))[:5], "texts": out["texts"],
+            "texts_per_s": out["texts"] / elapsed, "latency": percentiles(out["latency_ms"])}
+
+
+async def answers(url: str, api: str, texts: list[str]) -> dict:
+    """The label of each text, one request a text, sequentially."""
+    conn = Conn(url)
+    await conn.open()
+    labels, failed = [], []
+    for i, text in enumerate(texts):
+        status, _, body = await conn.exchange(request_bytes(conn, api, [text]))
+        if status == 200:
+            labels.append(loads(body)["predictions"][0]["label"])
+        else:
+            labels.append(None)
+            failed.append(f"text {i} ({len(text)} chars): HTTP {status} {body[:200]!r}")
+    await conn.close()
+    return {"labels": labels, "failed": failed}
+
+
+def ceiling(bundle: str, texts: list[str], cell: dict, seconds: float) -> dict:
+    """One in-process cell (bench.serve_ceiling_measure) timed for `seconds`, with peak RSS."""
+    from bench.common import peak_rss_mb
+    from bench.serve_ceiling_measure import one_cell
+
+    return {**cell, **one_cell(bundle, texts, cell, seconds), "peak_rss_mb": peak_rss_mb()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["load", "answers", "ceiling"])
+    parser.add_argument("--texts", required=True, help="JSON list of texts")
+    parser.add_argument("--url")
+    parser.add_argument("--api", choices=sorted(APIS))
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--bundle")
+    parser.add_argument("--cell", help="ceiling: JSON of one grid cell")
+    args = parser.parse_args()
+    texts = json.loads(Path(args.texts).read_text())
+    if args.mode == "load":
+        result = asyncio.run(measure_load(args.url, args.api, texts, args.clients, args.seconds))
+    elif args.mode == "answers":
+        result = asyncio.run(answers(args.url, args.api, texts))
+    else:
+        result = ceiling(args.bundle, texts, json.loads(args.cell), args.seconds)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
