@@ -211,19 +211,20 @@ def export(d: dict[str, Any]) -> Headline:
 
 @extractor("compress")
 def compress(d: dict[str, Any]) -> Headline:
-    lines = []
+    lines = [f"{d['folds']}-fold cross-validation, {d['rows']} demo texts each scored once "
+             "(int8 ONNX)"]
     for name, m in d["models"].items():
-        line = (f"{name} (layers {', '.join(map(str, m['layers']))}): test "
-                f"{m['test_accuracy_int8']:.3f}")
+        extra = f", {'; '.join(m['settings'])}" if m.get("settings") else ""
+        line = f"{name} (layers {m['layers']}{extra}): accuracy {m['accuracy_int8']:.3f}"
         if name != "teacher":
-            line += (f" ({m['vs_teacher_pt']:+.1f} pt, "
-                     f"{interval(m['vs_teacher_ci_pt'], scale=1)})")
+            line += f", vs teacher {paired(m['vs_teacher'])}"
         lines.append(line + f", {m['texts_per_s_b32']:.0f} texts/s = "
                      f"{m['speedup_vs_teacher']:.2f}x, batch 1 {m['b1_p50_ms']:.1f} ms, "
                      f"{m['size_mb_int8']:.1f} MB int8")
     goal = d["goal"]
     return Headline(lines, [met(f"a student >= {goal['min_speedup']:g}x within "
-                                f"{goal['max_accuracy_drop_pt']:g} pt", d["goal_met"])])
+                                f"{goal['max_accuracy_drop_pt']:g} pt (interval above "
+                                f"{goal['min_interval_lower_pt']:g} pt)", d["goal_met"])])
 
 
 @extractor("dist")
