@@ -87,10 +87,12 @@ class Conn:
     async def open(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
 
-    def request(self, texts: list[str]) -> bytes:
-        """The bytes of one predict request (built once per distinct body by callers)."""
-        body = json.dumps({"texts": texts}).encode()
-        head = (f"POST /v1/predict HTTP/1.1\r\nHost: {self.host}\r\n"
+    def request(self, texts: list[str], path: str = "/v1/predict",
+                payload: dict | None = None) -> bytes:
+        """The bytes of one request posting `payload` (default: tuneline's predict body for
+        `texts`) to `path`; built once per distinct body by callers."""
+        body = json.dumps({"texts": texts} if payload is None else payload).encode()
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
         return head.encode() + body
 

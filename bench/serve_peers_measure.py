@@ -37,10 +37,7 @@ APIS = {
 
 def request_bytes(conn: Conn, api: str, texts: list[str]) -> bytes:
     path, body_of = APIS[api]
-    body = json.dumps(body_of(texts)).encode()
-    head = (f"POST {path} HTTP/1.1\r\nHost: {conn.host}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
-    return head.encode() + body
+    return conn.request(texts, path, body_of(texts))
 
 
 async def _client(url: str, requests: list[bytes], stop_at: float, offset: int,
