@@ -99,8 +99,8 @@ def run_all(work: Path, overrides: list[str], repeats_b1: int, repeats_b32: int)
     drop_pt = 100 * parity["int8_accuracy_drop"]
     params = _params(overrides)
     int8_verdict = int8_rules(parity, params.gate)
-    confident = sum(m >= params.gate.int8_confident_margin
-                    for m in parity["per_row"]["fp32_logit_margin"])
+    confident = sum(p >= params.gate.int8_confident_probability
+                    for p in parity["per_row"]["fp32_probability"])
     write_result("export", {
         "command": "python -m bench.bench_export " + " ".join(sys.argv[1:]),
         "model": f"{params.model.name_or_path} fine-tuned on the demo corpus "
@@ -113,12 +113,12 @@ def run_all(work: Path, overrides: list[str], repeats_b1: int, repeats_b32: int)
         "parity_batch_size": params.evaluate.batch_size,
         "agreement_b1": parity["int8_agreement_b1"],
         "accuracy_int8_b1": parity["accuracy_int8_b1"],
-        "int8_flip_max_fp32_logit_margin": parity["int8_flip_max_logit_margin"],
+        "int8_flip_max_fp32_probability": parity["int8_flip_max_fp32_probability"],
         "confident_rows": confident,
         "agreement_on_confident_rows": 1 - int8_verdict[0]["value"] / max(confident, 1),
         "int8_confident_flips": int8_verdict[0]["value"],
         "int8_near_tie_flips": int8_verdict[0]["near_tie_flips"],
-        "confident_margin": params.gate.int8_confident_margin,
+        "confident_probability": params.gate.int8_confident_probability,
         "int8_accuracy_change_ci": [int8_verdict[1]["ci_low"], int8_verdict[1]["ci_high"]],
         "gate_int8_rules_passed": all(r["passed"] for r in int8_verdict),
         "quantization": {"method": "dynamic", "weight_type": "QInt8",

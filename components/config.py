@@ -380,7 +380,7 @@ class GateConfig(Section):
     non_inferiority_margin: dict[str, float] = Field(
         default_factory=lambda: {"accuracy": 0.01, "macro_f1": 0.01, "entity_f1": 0.01})
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
-    int8_confident_margin: float = Field(1.0, ge=0)
+    int8_confident_probability: float = Field(0.9, gt=0, le=1)
     int8_max_accuracy_drop: float = Field(0.01, ge=0, le=1)
     max_logit_diff: float = Field(1e-3, gt=0)
     max_latency_p95_ms: float = Field(50.0, gt=0)

@@ -30,7 +30,7 @@ SERVER_TIMEOUT_S = 300
 
 # A tiny random model whose gate judges structure, not quality (it passes on any accuracy).
 RELAXED_GATE = ["gate.min_metrics.accuracy=0.0", "gate.min_metrics.macro_f1=0.0",
-                "gate.int8_confident_margin=100.0", "gate.int8_max_accuracy_drop=1.0",
+                "gate.int8_confident_probability=1.0", "gate.int8_max_accuracy_drop=1.0",
                 "gate.max_logit_diff=1.0", "gate.max_latency_p95_ms=5000",
                 "gate.max_drop_vs_champion.accuracy=1.0",
                 "gate.max_drop_vs_champion.macro_f1=1.0",

@@ -56,7 +56,7 @@ def tiny_sets(backbone: Path) -> list[str]:
             "finetune.max_steps=12", "finetune.eval_every=6", "finetune.checkpoint_every=6",
             "finetune.adamw.lr=3e-3", "export.latency_repeats=3",
             "gate.min_metrics.accuracy=0.0", "gate.min_metrics.macro_f1=0.0",
-            "gate.int8_confident_margin=100.0", "gate.int8_max_accuracy_drop=1.0",
+            "gate.int8_confident_probability=1.0", "gate.int8_max_accuracy_drop=1.0",
             "gate.max_logit_diff=1.0", "gate.max_latency_p95_ms=5000"]
 
 

@@ -86,7 +86,7 @@ def test_retrain_with_compression_registers_a_gated_student(tmp_path, tiny_backb
     overrides = tiny_overrides(tmp_path, tiny_backbone_dir) + [
         "gate.min_metrics.accuracy=0.0", "gate.min_metrics.macro_f1=0.0",
         "gate.max_latency_p95_ms=5000", "gate.int8_max_accuracy_drop=1.0",
-        "gate.int8_confident_margin=100.0", "compress.enabled=true",
+        "gate.int8_confident_probability=1.0", "compress.enabled=true",
         "compress.keep_layers=[1]", "compress.max_steps=10", "compress.eval_every=5",
         "compress.batch_size=8"]
     result = retrain(overrides=overrides)

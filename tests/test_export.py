@@ -164,7 +164,7 @@ def test_export_from_a_single_row_keeps_axes_dynamic(tmp_path, tiny_backbone_dir
     assert clf.logits(["x", "a much longer text than the only parity row", "y"]).shape == (3, 2)
 
 
-def test_parity_report_counts_flips_and_their_margin():
+def test_parity_report_counts_flips_and_how_sure_fp32_was():
     from components.release.export import parity_report
 
     fp32 = np.array([[2.0, 0.0], [0.1, 0.0], [0.0, 3.0]])
@@ -172,10 +172,12 @@ def test_parity_report_counts_flips_and_their_margin():
     r = parity_report(fp32 + 1e-7, fp32, int8, [0, 0, 1])
     assert r["int8_disagreements"] == 1 and r["int8_agreement"] == pytest.approx(2 / 3)
     assert r["int8_accuracy_drop"] == pytest.approx(1 / 3)
-    assert r["int8_flip_max_logit_margin"] == pytest.approx(0.1)
+    sure = [1 / (1 + np.exp(-m)) for m in (2.0, 0.1, 3.0)]  # two classes: softmax = sigmoid
+    assert r["int8_flip_max_fp32_probability"] == pytest.approx(sure[1], abs=1e-9)
     assert r["max_logit_diff"] == pytest.approx(1e-7)
-    assert r["per_row"] == {"y": [0, 0, 1], "fp32_pred": [0, 0, 1], "int8_pred": [0, 1, 1],
-                            "fp32_logit_margin": [2.0, 0.1, 3.0]}
+    assert r["per_row"]["fp32_probability"] == pytest.approx(sure, abs=1e-5)
+    assert {k: r["per_row"][k] for k in ("y", "fp32_pred", "int8_pred")} == {
+        "y": [0, 0, 1], "fp32_pred": [0, 0, 1], "int8_pred": [0, 1, 1]}
 
 
 def test_profile_shares_name_the_quantized_kernels(good, tmp_path):

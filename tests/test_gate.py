@@ -203,9 +203,9 @@ def test_changed_label_set_needs_a_human(bundles, tmp_path, tiny_backbone_dir):
                                   "(label set changed: promote by hand if intended)"]
 
 
-def _parity(fp32_pred, int8_pred, y, margins) -> dict:
+def _parity(fp32_pred, int8_pred, y, probability) -> dict:
     return {"per_row": {"y": list(y), "fp32_pred": list(fp32_pred), "int8_pred": list(int8_pred),
-                        "fp32_logit_margin": list(margins)}}
+                        "fp32_probability": list(probability)}}
 
 
 def test_int8_near_tie_flips_pass_and_are_reported(truth):
@@ -214,14 +214,15 @@ def test_int8_near_tie_flips_pass_and_are_reported(truth):
     int8 = fp32.copy()
     int8[50:53] = (int8[50:53] + 1) % 3            # 3 right rows flip to wrong ...
     int8[10:12] = y[10:12]                         # ... 2 wrong rows flip to right
-    margins = np.full(200, 3.0)
-    margins[[10, 11, 50, 51, 52]] = 0.05           # all five are near-ties
-    flips, change = int8_rules(_parity(fp32, int8, y, margins), _gate())
+    probability = np.full(200, 0.99)
+    probability[[10, 11, 50, 51, 52]] = 0.45       # all five are near-ties
+    flips, change = int8_rules(_parity(fp32, int8, y, probability), _gate())
     assert flips["passed"] and flips["value"] == 0 and flips["near_tie_flips"] == 5
     assert flips["agreement"] == pytest.approx(195 / 200)
     assert change["value"] == pytest.approx(-0.005) and change["passed"]
     assert change["ci_low"] < 0 < change["ci_high"]
-    strict = int8_rules(_parity(fp32, int8, y, margins), _gate(int8_max_accuracy_drop=0.0))
+    strict = int8_rules(_parity(fp32, int8, y, probability),
+                        _gate(int8_max_accuracy_drop=0.0))
     assert not strict[1]["passed"] and strict[1]["outcome"] == "drop beyond the allowed drop"
 
 
@@ -230,8 +231,9 @@ def test_int8_flipping_a_confident_prediction_fails(truth):
     fp32 = y.copy()
     int8 = fp32.copy()
     int8[7] = (int8[7] + 1) % 3                    # one flip, of a confident row
-    margins = np.full(200, 0.5)
-    margins[7] = 4.2
-    flips, _ = int8_rules(_parity(fp32, int8, y, margins), _gate(int8_max_accuracy_drop=0.05))
+    probability = np.full(200, 0.6)
+    probability[7] = 0.93
+    flips, _ = int8_rules(_parity(fp32, int8, y, probability),
+                          _gate(int8_max_accuracy_drop=0.05))
     assert not flips["passed"] and flips["value"] == 1 and flips["near_tie_flips"] == 0
     assert describe_failure(flips).startswith("int8_confident_flips = 1 > 0")

@@ -125,7 +125,7 @@ def project(tmp_path_factory, tiny_backbone_dir):
     (root / "raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tiny_rows(30)))
     overrides = tiny_overrides(root, tiny_backbone_dir) + [
         "model.num_threads=1", "finetune.max_steps=20", "export.latency_repeats=3",
-        "gate.min_metrics={accuracy: 0.0, macro_f1: 0.0}", "gate.int8_confident_margin=100",
+        "gate.min_metrics={accuracy: 0.0, macro_f1: 0.0}", "gate.int8_confident_probability=1.0",
         "gate.int8_max_accuracy_drop=1.0", "gate.max_logit_diff=1.0",
         "gate.max_drop_vs_champion={accuracy: 1.0, macro_f1: 1.0}"]
     params = load_params(overrides=overrides)

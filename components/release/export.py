@@ -171,10 +171,11 @@ def latency_ms(clf: OnnxClassifier, texts: list[str], batch_size: int,
             "texts_per_s": batch_size * 1e3 / p50}
 
 
-def logit_margin(logits: np.ndarray) -> np.ndarray:
-    """Top-1 minus top-2 logit of each row: how far a prediction is from a tie."""
-    top2 = np.sort(logits.astype(np.float64), axis=1)[:, -2:]
-    return top2[:, 1] - top2[:, 0]
+def top_probability(logits: np.ndarray) -> np.ndarray:
+    """Softmax probability of each row's predicted class: how sure the model was."""
+    z = logits.astype(np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e.max(axis=1) / e.sum(axis=1)
 
 
 def parity_report(torch_logits: np.ndarray, fp32_logits: np.ndarray,
@@ -182,17 +183,18 @@ def parity_report(torch_logits: np.ndarray, fp32_logits: np.ndarray,
     """Compare torch, ORT fp32 and ORT int8 logits computed on the same rows.
 
     Besides the summary numbers, `per_row` keeps each row's gold label, fp32 and int8
-    predictions and fp32 logit margin, so the gate can tell a flipped near-tie from a
+    predictions and fp32 top probability, so the gate can tell a flipped near-tie from a
     flipped confident prediction and bootstrap the int8 accuracy change.
     """
     y = np.asarray(y_true)
     fp32_pred, int8_pred = fp32_logits.argmax(1), int8_logits.argmax(1)
     acc_torch = float(np.mean(torch_logits.argmax(1) == y))
     acc_fp32, acc_int8 = float(np.mean(fp32_pred == y)), float(np.mean(int8_pred == y))
-    margin = logit_margin(fp32_logits)
+    confidence = top_probability(fp32_logits)
     flipped = fp32_pred != int8_pred
     return {"int8_disagreements": int(flipped.sum()),
-            "int8_flip_max_logit_margin": float(margin[flipped].max()) if flipped.any() else 0.0,
+            "int8_flip_max_fp32_probability": (float(confidence[flipped].max())
+                                               if flipped.any() else 0.0),
             "rows": int(len(y)), "max_logit_diff": float(np.abs(torch_logits - fp32_logits).max()),
             "int8_max_logit_diff": float(np.abs(int8_logits - fp32_logits).max()),
             "accuracy_torch": acc_torch, "accuracy_fp32": acc_fp32, "accuracy_int8": acc_int8,
@@ -200,7 +202,7 @@ def parity_report(torch_logits: np.ndarray, fp32_logits: np.ndarray,
             "int8_accuracy_drop": acc_fp32 - acc_int8,
             "per_row": {"y": y.tolist(), "fp32_pred": fp32_pred.tolist(),
                         "int8_pred": int8_pred.tolist(),
-                        "fp32_logit_margin": [round(float(m), 5) for m in margin]}}
+                        "fp32_probability": [round(float(p), 5) for p in confidence]}}
 
 
 def _torch_logits_on(model: Any, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:

@@ -15,8 +15,8 @@ the `gate:` section of params.yaml):
                             The paired bootstrap interval is always reported; "significant"
                             means that interval excludes 0 (`bootstrap`) or an exact McNemar
                             test on paired correctness (`mcnemar`), at gate.noise.confidence.
-  - int8_confident_flips      int8 never flips a prediction whose fp32 top-2 logit margin
-                            is >= int8_confident_margin (near-tie flips are reported only)
+  - int8_confident_flips      int8 never flips a prediction fp32 made with probability
+                            >= int8_confident_probability (near-tie flips are reported only)
   - int8_accuracy_change     int8 - fp32 accuracy on the test split, judged like the
                             champion comparison (allowed drop, then significance)
   - max_logit_diff                                        from the export's parity.json
@@ -112,20 +112,23 @@ def export_rules(parity: dict[str, Any], latency_p95: float, size_mb: float,
 def int8_rules(parity: dict[str, Any], cfg: GateConfig) -> list[dict[str, Any]]:
     """What int8 may change: never a confident prediction; accuracy not measurably.
 
-    Dynamic int8 sets activation scales per batch, so it flips near-ties (rows whose fp32
-    top-2 logits are within a hair) whatever the scheme; those flips are counted and
-    reported, not failed. A flip of a row whose fp32 margin is at least
-    `gate.int8_confident_margin` is a broken export. The accuracy change int8 - fp32 is
+    Dynamic int8 sets activation scales per batch, so it flips near-ties (rows the fp32
+    model was unsure of) whatever the scheme; those flips are counted and reported, not
+    failed. A flip of a row fp32 predicted with probability at least
+    `gate.int8_confident_probability` is a broken export. The rule reads probabilities, not
+    logit margins: how large logits grow depends on how long the model trained, so a margin
+    threshold that fits one model misjudges the next. The accuracy change int8 - fp32 is
     judged like the champion comparison: a measured drop beyond
     `gate.int8_max_accuracy_drop`, or a significant drop, rejects.
     """
     rows = parity["per_row"]
     y, fp32, int8 = (np.asarray(rows[k]) for k in ("y", "fp32_pred", "int8_pred"))
     flipped = fp32 != int8
-    confident = np.asarray(rows["fp32_logit_margin"]) >= cfg.int8_confident_margin
+    confident = np.asarray(rows["fp32_probability"]) >= cfg.int8_confident_probability
     flips = make_rule("int8_confident_flips", int((flipped & confident).sum()), 0, "<=",
                       near_tie_flips=int((flipped & ~confident).sum()),
-                      agreement=float(np.mean(~flipped)), margin=cfg.int8_confident_margin)
+                      agreement=float(np.mean(~flipped)),
+                      confident_probability=cfg.int8_confident_probability)
     delta = float(np.mean(int8 == y) - np.mean(fp32 == y))
     lo, hi = bootstrap_delta_ci(y, int8, fp32, "accuracy", int(max(y.max(), fp32.max(),
                                                                     int8.max())) + 1, cfg.noise)

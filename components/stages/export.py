@@ -21,6 +21,6 @@ def describe(r: dict[str, Any]) -> str:
     entities = (f", int8 finds the fp32 entities in {r['int8_entity_agreement']:.2%} of "
                 "sentences" if "int8_entity_agreement" in r else "")
     return (f"int8 {r['size_mb_int8']:.1f} MB ({r['size_ratio']:.2f}x fp32), agreement "
-            f"{r['int8_agreement']:.4f} (largest fp32 logit margin flipped "
-            f"{r['int8_flip_max_logit_margin']:.3f}), accuracy fp32 {r['accuracy_fp32']:.4f} / "
+            f"{r['int8_agreement']:.4f} (most confident fp32 prediction flipped: p = "
+            f"{r['int8_flip_max_fp32_probability']:.3f}), accuracy fp32 {r['accuracy_fp32']:.4f} / "
             f"int8 {r['accuracy_int8']:.4f}{entities}, batch-1 p50 {r['int8_b1_p50_ms']:.2f} ms")

@@ -146,13 +146,11 @@ class TaggedWords:
         tags: predicted tag id per word.
         scores: probability of that tag per word.
         spans: (start, end) character offsets of each word in the text (raw-text input only).
-        margins: top-1 minus top-2 logit per word (how far from a tie).
     """
 
     tags: list[int]
     scores: list[float]
     spans: list[tuple[int, int]]
-    margins: list[float]
 
 
 def window_tokenizer(tokenizer: Any, max_length: int, stride: int) -> Any:
@@ -220,22 +218,19 @@ def _merge_windows(parts: list[tuple[Any, np.ndarray]], n_words: int | None) -> 
             edge = min(pos, last - pos)
             if word not in best or edge > best[word][0]:
                 best[word] = (edge, logits[pos])
-    tags, scores, margins, spans = [], [], [], []
+    tags, scores, spans = [], [], []
     for word in range(count):
         if word not in best:  # no sub-token at all (e.g. a control character): outside
             tags.append(0)
-            scores.append(1.0)
-            margins.append(0.0)  # never flips: both graphs say "O"
+            scores.append(1.0)  # never flips: both graphs say "O"
         else:
             lg = best[word][1].astype(np.float64)
             probs = np.exp(lg - lg.max())
             probs /= probs.sum()
-            top = np.sort(lg)[-2:]
             tags.append(int(lg.argmax()))
             scores.append(float(probs.max()))
-            margins.append(float(top[-1] - top[0]))
         spans.append((starts.get(word, 0), ends.get(word, 0)))
-    return TaggedWords(tags, scores, spans, margins)
+    return TaggedWords(tags, scores, spans)
 
 
 def entities_of(text: str, tagged: TaggedWords, labels: Sequence[str]) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ graphs, so every number here is about what serving returns.
 Report (`paths.eval/report.json`): entity precision / recall / F1 (exact span + type) per
 type and micro, macro_f1 (mean per-type F1), token accuracy (words), n sentences.
 Parity (`parity.json` in the bundle): torch vs ONNX Runtime fp32 logits on the same
-windows, int8 vs fp32 word tags (per word, with the fp32 logit margin, as for texts) and
+windows, int8 vs fp32 word tags (per word, with the fp32 probability, as for texts) and
 entity agreement (sentences whose entities int8 and fp32 find identically).
 """
 
@@ -166,7 +166,7 @@ def token_parity(gold: list[list[int]], fp32: list[TaggedWords], int8: list[Tagg
     y = np.asarray([t for g in gold for t in g])
     fp32_pred = np.asarray([t for s in fp32 for t in s.tags])
     int8_pred = np.asarray([t for s in int8 for t in s.tags])
-    margin = np.asarray([m for s in fp32 for m in s.margins])
+    confidence = np.asarray([p for s in fp32 for p in s.scores])
     flipped = fp32_pred != int8_pred
     types = types_of(labels)
     gold_names = [[labels[t] for t in g] for g in gold]
@@ -175,7 +175,8 @@ def token_parity(gold: list[list[int]], fp32: list[TaggedWords], int8: list[Tagg
             for a, b in zip(f_names, i_names, strict=True)]
     return {"rows": int(len(y)), "sentences": len(gold),
             "int8_disagreements": int(flipped.sum()),
-            "int8_flip_max_logit_margin": float(margin[flipped].max()) if flipped.any() else 0.0,
+            "int8_flip_max_fp32_probability": (float(confidence[flipped].max())
+                                               if flipped.any() else 0.0),
             "accuracy_fp32": float(np.mean(fp32_pred == y)),
             "accuracy_int8": float(np.mean(int8_pred == y)),
             "int8_agreement": float(np.mean(~flipped)),
@@ -185,4 +186,4 @@ def token_parity(gold: list[list[int]], fp32: list[TaggedWords], int8: list[Tagg
             "int8_entity_agreement": float(np.mean(same)),
             "per_row": {"y": y.tolist(), "fp32_pred": fp32_pred.tolist(),
                         "int8_pred": int8_pred.tolist(),
-                        "fp32_logit_margin": [round(float(m), 5) for m in margin]}}
+                        "fp32_probability": [round(float(p), 5) for p in confidence]}}
