@@ -106,6 +106,44 @@ def test_parity_on_trained_model_is_within_the_gate(good, tmp_path, tiny_backbon
         assert parity[key] > 0
 
 
+def test_a_broken_int8_graph_is_rejected_by_the_gate(good, tmp_path, tiny_backbone_dir):
+    """Scrambled int8 weights (a quantizer bug, a bad kernel) flip confident predictions:
+    measured the way export measures, the gate's int8 rule rejects the bundle."""
+    import shutil
+
+    from onnx import numpy_helper
+
+    from components.release.export import measure_bundle, write_manifest
+    from components.release.gate import run_gate
+
+    params = tiny_test_params(tmp_path, tiny_backbone_dir)
+    copy = tmp_path / "bundle"
+    shutil.copytree(good["bundle"], copy)
+    graph = onnx.load(str(copy / INT8_MODEL))
+    rng = np.random.default_rng(0)
+    for init in graph.graph.initializer:
+        weights = numpy_helper.to_array(init)
+        if weights.dtype == np.int8 and weights.ndim == 2:  # the quantized weight matrices
+            init.CopyFrom(numpy_helper.from_array(rng.permutation(weights.ravel()).reshape(
+                weights.shape), init.name))
+    onnx.save(graph, str(copy / INT8_MODEL))
+    rows = [json.loads(line) for line in (good["prepared"] / "test.jsonl").open()]
+    labels = json.loads((good["prepared"] / "labels.json").read_text())["labels"]
+    parity = measure_bundle(load_trained(good["model"]).model.eval(), copy,
+                            [r["text"] for r in rows], [labels.index(r["label"]) for r in rows],
+                            params)
+    (copy / "parity.json").write_text(json.dumps(parity))
+    write_manifest(copy)
+
+    verdict = run_gate(copy, good["prepared"], params)
+    flips = next(r for r in verdict["rules"] if r["name"] == "int8_confident_flips")
+    assert not verdict["passed"] and not flips["passed"] and flips["value"] >= 1
+    assert any(r.startswith("int8_confident_flips") for r in verdict["reasons"])
+    # The intact bundle, judged the same way, passes that rule.
+    intact = run_gate(good["bundle"], good["prepared"], params)
+    assert next(r for r in intact["rules"] if r["name"] == "int8_confident_flips")["passed"]
+
+
 def test_tampered_model_is_refused(good, tmp_path):
     import shutil
 
