@@ -7,6 +7,11 @@ logit difference). Latency is end to end as served (tokenize + ONNX Runtime run,
 `model.num_threads` threads), each (graph, batch size) measured in its own process.
 Goals: int8 accuracy drop <= 0.5 pt, agreement >= 99%, int8 size <= 0.3x fp32.
 
+Beside the shipped dynamic int8 graph, the int8 variants of `bench/int8_variants.py`
+(ONNX Runtime static QDQ; OpenVINO fp32 and NNCF int8 when installed) are built from the
+same fp32 graph, judged by the gate's int8 rules on the test split and timed the same way
+(batch 1 and 32, each variant in its own process, rounds alternating between variants).
+
     .venv/bin/python -m bench.bench_export [--work artifacts/bench-export]
         [--repeats-b1 200] [--repeats-b32 30] [--set key=value ...]
 """
@@ -17,6 +22,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from bench.common import PROJECT_ROOT, run_isolated, summarize_ms, time_ms, write_result
 
@@ -77,6 +84,68 @@ def measure(bundle: Path, model_file: str, batch: int, repeats: int,
     return {**stats, "texts_per_s": batch * 1e3 / stats["median_ms"]}
 
 
+def build_variants(work: Path, overrides: list[str]) -> dict:
+    from bench.int8_variants import build
+    from components.data.files import load_split
+
+    params = _params(overrides)
+    train_texts, _ = load_split(params.paths.prepared, "train")
+    return build(work / "bundle", work / "variants", train_texts)
+
+
+def measure_variant(work: Path, name: str, batch: int, repeats: int,
+                    overrides: list[str]) -> dict:
+    """One variant's gate verdict against ORT fp32 (batch 0) or its latency at `batch`."""
+    from bench.int8_variants import Runner, parity
+    from components.data.files import load_split
+
+    params = _params(overrides)
+    texts, y_true = load_split(params.paths.prepared, "test")
+    threads = params.model.num_threads
+    runner = Runner(work / "bundle", work / "variants", name, threads)
+    if batch == 0:
+        reference = Runner(work / "bundle", work / "variants", "ort_fp32", threads)
+        bs = params.evaluate.batch_size
+        return {**parity(reference.logits(texts, bs), runner.logits(texts, bs), y_true,
+                         params.gate), "size_mb": runner.size_mb()}
+    batches = [[texts[(i * batch + j) % len(texts)] for j in range(batch)]
+               for i in range(repeats + 2)]
+    it = iter(batches)
+    stats = summarize_ms(time_ms(lambda: runner.logits(next(it), batch), repeats, warmup=2))
+    return {**stats, "texts_per_s": batch * 1e3 / stats["median_ms"]}
+
+
+def compare_variants(work: Path, overrides: list[str], repeats_b1: int, repeats_b32: int,
+                     rounds: int = 3) -> dict:
+    """Build, judge and time every variant; latency medians over alternating rounds."""
+    from bench.int8_variants import variant_names
+
+    names = ["ort_fp32", *variant_names()]
+    built = _isolated("variants", work, overrides)
+    out: dict = {"build_s": built, "variants": {}}
+    for name in names[1:]:
+        out["variants"][name] = _isolated("variant", work, overrides, "--file", name,
+                                          "--batch", "0", "--repeats", "0")
+    samples: dict = {(n, b): [] for n in names for b in (1, 32)}
+    for _ in range(rounds):
+        for name in names:
+            for batch, repeats in ((1, repeats_b1 // rounds), (32, repeats_b32 // rounds)):
+                samples[name, batch].append(_isolated(
+                    "variant", work, overrides, "--file", name, "--batch", str(batch),
+                    "--repeats", str(repeats))["median_ms"])
+    for name in names:
+        row = out["variants"].setdefault(name, {})
+        for batch in (1, 32):
+            median = float(np.median(samples[name, batch]))
+            row[f"b{batch}_median_ms"] = median
+            row[f"b{batch}_texts_per_s"] = batch * 1e3 / median
+    base = out["variants"]["ort_dynamic"]
+    for row in out["variants"].values():
+        row["b32_speed_vs_ort_dynamic"] = base["b32_median_ms"] / row["b32_median_ms"]
+        row["b1_speed_vs_ort_dynamic"] = base["b1_median_ms"] / row["b1_median_ms"]
+    return out
+
+
 def _isolated(step: str, work: Path, overrides: list[str], *extra: str) -> dict:
     sets = [a for o in overrides for a in ("--set", o)]
     return run_isolated("bench.bench_export", "--step", step, "--work", str(work), *extra,
@@ -96,6 +165,7 @@ def run_all(work: Path, overrides: list[str], repeats_b1: int, repeats_b32: int)
                 "--repeats", str(repeats))
     from components.release.gate import int8_rules
 
+    variants = compare_variants(work, overrides, repeats_b1, repeats_b32)
     drop_pt = 100 * parity["int8_accuracy_drop"]
     params = _params(overrides)
     int8_verdict = int8_rules(parity, params.gate)
@@ -130,6 +200,7 @@ def run_all(work: Path, overrides: list[str], repeats_b1: int, repeats_b32: int)
         "size_ratio": parity["size_ratio"], "latency": latency,
         "int8_speedup_b1": latency["fp32_b1"]["median_ms"] / latency["int8_b1"]["median_ms"],
         "int8_speedup_b32": latency["fp32_b32"]["median_ms"] / latency["int8_b32"]["median_ms"],
+        "int8_variants": variants,
         "goals": GOALS,
         "goals_met": {"accuracy_drop": drop_pt <= GOALS["max_accuracy_drop_pt"],
                       "agreement": parity["int8_agreement"] >= GOALS["min_agreement"],
@@ -144,7 +215,8 @@ def main() -> None:
     parser.add_argument("--repeats-b1", type=int, default=200)
     parser.add_argument("--repeats-b32", type=int, default=30)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--step", choices=["train", "export", "measure"], help=argparse.SUPPRESS)
+    parser.add_argument("--step", choices=["train", "export", "measure", "variants", "variant"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, help=argparse.SUPPRESS)
@@ -158,6 +230,10 @@ def main() -> None:
         out = train_model(work, args.overrides)
     elif args.step == "export":
         out = export(work, args.overrides)
+    elif args.step == "variants":
+        out = build_variants(work, args.overrides)
+    elif args.step == "variant":
+        out = measure_variant(work, args.file, args.batch, args.repeats, args.overrides)
     else:
         out = measure(work / "bundle", args.file, args.batch, args.repeats, args.overrides)
     print(json.dumps(out, default=str))
