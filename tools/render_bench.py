@@ -209,6 +209,35 @@ def export(d: dict[str, Any]) -> Headline:
          met(f"accuracy drop <= {g['max_accuracy_drop_pt']:g} pt", ok["accuracy_drop"])])
 
 
+INT8_NAMES = {"ort_fp32": "ONNX Runtime fp32 (reference)",
+              "ort_dynamic": "ONNX Runtime dynamic int8 (shipped)",
+              "ort_static": "ONNX Runtime static QDQ int8",
+              "openvino_fp32": "OpenVINO fp32", "openvino_int8": "OpenVINO NNCF int8"}
+
+
+@table("export", ROOT / "docs" / "how-to" / "serving.md")
+def int8_variants_table(d: dict[str, Any]) -> list[str]:
+    v = d["int8_variants"]["variants"]
+    rows = ["| graph | texts/s batch 32 | x shipped | batch-1 ms | x shipped | accuracy | "
+            "agreement with fp32 | passes the gate's int8 rules |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name in INT8_NAMES:
+        if name not in v:
+            continue
+        r = v[name]
+        judged = "accuracy" in r
+        rows.append("| " + " | ".join([
+            INT8_NAMES[name], f"{r['b32_texts_per_s']:.0f}",
+            f"{r['b32_speed_vs_ort_dynamic']:.2f}x", f"{r['b1_median_ms']:.1f}",
+            f"{r['b1_speed_vs_ort_dynamic']:.2f}x",
+            f"{r['accuracy']:.3f}" if judged else f"{d['accuracy_fp32']:.3f}",
+            f"{r['agreement']:.1%}" if judged else "-",
+            ("yes" if r["passes_gate_int8_rules"] else "no") if judged else "-"]) + " |")
+    return [*rows, "", f"{d['test_rows']} demo test rows; medians of alternating rounds, "
+            f"{d['machine']['cpus']} cores, `model.num_threads` threads; measured "
+            f"{d['measured_at']} by `{d['command'].strip()}`."]
+
+
 @extractor("compress")
 def compress(d: dict[str, Any]) -> Headline:
     lines = [f"{d['folds']}-fold cross-validation, {d['rows']} demo texts each scored once "
