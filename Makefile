@@ -34,8 +34,10 @@ install: $(VENV)/.installed  ## create .venv and install tuneline with its depen
 run: install  ## the main job: retrain on params.yaml defaults (demo corpus), gate, promote
 	tuneline run
 
+# Two workers, one test file each at a time (a file's tests share its fixtures and servers):
+# the suite is mostly waiting on subprocesses and servers, so this halves its wall time.
 test: install  ## the whole test suite
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 test-fast: install  ## tests without the slow and integration ones
 	$(PY) -m pytest -m "not slow and not integration"
