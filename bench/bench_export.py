@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,10 +79,16 @@ def measure(bundle: Path, model_file: str, batch: int, repeats: int,
     params = _params(overrides)
     texts, _ = load_split(params.paths.prepared, "test")
     clf = OnnxClassifier(bundle, model_file, threads=params.model.num_threads)
+    return _latency(clf.logits, texts, batch, repeats)
+
+
+def _latency(logits: Callable[[list[str], int], Any], texts: list[str], batch: int,
+             repeats: int) -> dict:
+    """Median / p95 ms of `logits(batch texts, batch)` on batches cycled from `texts`."""
     batches = [[texts[(i * batch + j) % len(texts)] for j in range(batch)]
                for i in range(repeats + 2)]
     it = iter(batches)
-    stats = summarize_ms(time_ms(lambda: clf.logits(next(it), batch), repeats, warmup=2))
+    stats = summarize_ms(time_ms(lambda: logits(next(it), batch), repeats, warmup=2))
     return {**stats, "texts_per_s": batch * 1e3 / stats["median_ms"]}
 
 
@@ -108,11 +116,7 @@ def measure_variant(work: Path, name: str, batch: int, repeats: int,
         bs = params.evaluate.batch_size
         return {**parity(reference.logits(texts, bs), runner.logits(texts, bs), y_true,
                          params.gate), "size_mb": runner.size_mb()}
-    batches = [[texts[(i * batch + j) % len(texts)] for j in range(batch)]
-               for i in range(repeats + 2)]
-    it = iter(batches)
-    stats = summarize_ms(time_ms(lambda: runner.logits(next(it), batch), repeats, warmup=2))
-    return {**stats, "texts_per_s": batch * 1e3 / stats["median_ms"]}
+    return _latency(runner.logits, texts, batch, repeats)
 
 
 def compare_variants(work: Path, overrides: list[str], repeats_b1: int, repeats_b32: int,

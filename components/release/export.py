@@ -22,7 +22,7 @@ import numpy as np
 
 from components.config import Params
 from components.io import atomic_dir, atomic_write_json, sha256_file
-from components.release.predictor import FP32_MODEL, INT8_MODEL, OnnxClassifier
+from components.release.predictor import FP32_MODEL, INT8_MODEL, OnnxClassifier, softmax
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +171,6 @@ def latency_ms(clf: OnnxClassifier, texts: list[str], batch_size: int,
             "texts_per_s": batch_size * 1e3 / p50}
 
 
-def top_probability(logits: np.ndarray) -> np.ndarray:
-    """Softmax probability of each row's predicted class: how sure the model was."""
-    z = logits.astype(np.float64)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e.max(axis=1) / e.sum(axis=1)
-
-
 def parity_report(torch_logits: np.ndarray, fp32_logits: np.ndarray,
                   int8_logits: np.ndarray, y_true: list[int]) -> dict[str, Any]:
     """Compare torch, ORT fp32 and ORT int8 logits computed on the same rows.
@@ -190,7 +183,7 @@ def parity_report(torch_logits: np.ndarray, fp32_logits: np.ndarray,
     fp32_pred, int8_pred = fp32_logits.argmax(1), int8_logits.argmax(1)
     acc_torch = float(np.mean(torch_logits.argmax(1) == y))
     acc_fp32, acc_int8 = float(np.mean(fp32_pred == y)), float(np.mean(int8_pred == y))
-    confidence = top_probability(fp32_logits)
+    confidence = softmax(fp32_logits.astype(np.float64)).max(axis=1)  # how sure fp32 was
     flipped = fp32_pred != int8_pred
     return {"int8_disagreements": int(flipped.sum()),
             "int8_flip_max_fp32_probability": (float(confidence[flipped].max())
