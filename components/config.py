@@ -624,6 +624,7 @@ class SweepConfig(Section):
     # Settings that do well across corpora, tried first; keys outside sweep.space (or
     # values outside its ranges) are dropped from a point, an emptied point is skipped.
     portfolio: list[dict[str, Any]] = Field(default_factory=_default_portfolio)
+    confirm_seeds: int = Field(3, ge=0)
     workers: int = Field(2, ge=1)
     threads_per_worker: int = Field(1, ge=1)
     dask_address: str | None = None

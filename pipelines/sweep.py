@@ -2,10 +2,12 @@
 
 ingest -> prepare -> version data -> [pretrain] -> trials on Dask (each one a task run of
 the `sweep-trials` subflow, an Optuna trial and a nested MLflow run) -> summary -> the
-`retrain` flow with the winner's values (its model reused when the winning trial made it),
-so the winner is evaluated on the test split, exported, gated against @champion and
-registered exactly as `tuneline run` would. Trial logic lives in components/sweep; this
-module only decides where trials run and how many run at once.
+winner and the baseline re-trained with `sweep.confirm_seeds` seeds on Dask (the
+`sweep-confirm` subflow; the higher mean ships) -> the `retrain` flow with the shipped
+values (its model reused when a trial made it), so it is evaluated on the test split,
+exported, gated against @champion and registered exactly as `tuneline run` would. Trial
+logic lives in components/sweep; this module only decides where trials run and how many
+run at once.
 """
 
 from __future__ import annotations
@@ -48,6 +50,22 @@ def trial(params: Params, plan: SweepPlan, number: int, values: dict[str, Any]) 
     if record["state"] == "FAIL":
         return Failed(data=record, message=f"trial {record['number']}: {record['reason']}")
     return record
+
+
+@task(name="confirm", cache_policy=NO_CACHE)
+def confirm_run(params: Params, plan: SweepPlan, who: str, seed: int,
+                values: dict[str, Any]) -> dict[str, Any]:
+    """One confirmation model (winner or baseline, one seed) on a Dask worker."""
+    quiet_libraries()
+    return sweeps.run_confirmation(params, plan, who, seed, values)
+
+
+@flow(name="sweep-confirm", description="The sweep's winner and baseline over several seeds.")
+def sweep_confirm(params: Params, plan: SweepPlan, runs: list[dict[str, Any]]
+                  ) -> list[dict[str, Any]]:
+    futures = [confirm_run.with_options(task_run_name=f"confirm-{r['who']}-seed{r['seed']}")
+               .submit(params, plan, r["who"], r["seed"], r["values"]) for r in runs]
+    return [f.result() for f in futures]
 
 
 open_sweep = stage_tasks.stage_task(sweeps.open_sweep, "open-sweep", io=True)
@@ -159,12 +177,24 @@ def sweep(
     publish(found)
     if found["best"] is None:
         raise NoWinner(f"no trial of study {plan.study} finished: see {found['folder']}")
-    placed = place_winner(params, plan, found["best"])
-    result = outcome(retrain(**named, overrides=list(overrides or []) + found["best_overrides"],
+    shipped, verdict = found["best"], None
+    runs = sweeps.confirm_plan(params, found["best"])
+    if runs:
+        with api_for_workers():
+            confirmed = sweep_confirm.with_options(task_runner=dask_runner(params))(
+                sweeps.for_workers(params), plan, runs)
+        verdict = sweeps.judge(params, plan, confirmed)
+        get_run_logger().info("sweep %s: %s", found["study"], verdict["text"])
+        if verdict["ships"] == "baseline":
+            shipped = {**found["best"], "params": sweeps.current_values(params)}
+    placed = place_winner(params, plan, shipped)
+    ships = sweeps.as_overrides(shipped["params"])
+    result = outcome(retrain(**named, overrides=list(overrides or []) + ships,
                              params_file=params_file, return_state=True))
     nest_winner(params, plan, result, placed)
     summary = {**result, "sweep": {k: v for k, v in found.items() if k != "trials"}
-               | {"winner_model_reused": placed, "trials": sweeps.table(found["trials"])}}
+               | {"winner_model_reused": placed, "trials": sweeps.table(found["trials"]),
+                  "confirmation": verdict, "shipped_overrides": ships}}
     if summary.get("gate_passed") is False and params.gate.fail_run_on_reject:
         return rejected_state(summary)
     return summary

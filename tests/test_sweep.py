@@ -212,3 +212,85 @@ def test_successive_halving_stops_a_trial_that_trails_at_its_first_rung(
     trials = {t.number: t for t in load_study(params, plan).trials}
     assert trials[records[0]["number"]].intermediate_values == {3: 0.9, 6: 0.9}
     assert trials[records[-1]["number"]].intermediate_values == {3: 0.1}
+
+
+@pytest.mark.slow
+def test_the_winner_is_retrained_with_more_seeds_and_paired_with_the_baseline(
+        tmp_path, tiny_backbone_dir, monkeypatch):
+    """The baseline (lr 1e-7) cannot learn in 6 steps; the winner (lr 3e-3) can. Both are
+    re-trained with a second seed, the first seed's winner reused from its trial."""
+    import numpy as np
+
+    from components.sweep import (
+        TrialQueue,
+        confirm_plan,
+        for_workers,
+        judge,
+        open_sweep,
+        run_confirmation,
+        run_trial,
+    )
+
+    monkeypatch.chdir(tmp_path)
+    _one_choice_sweep(tmp_path, tiny_backbone_dir, n_trials=1)  # the prepared data
+    params = for_workers(load_params(overrides=[
+        *tiny_overrides(tmp_path, tiny_backbone_dir), f"paths.sweep={tmp_path / 'sweep'}",
+        "finetune.max_steps=6", "finetune.eval_every=3", "finetune.adamw.lr=1.0e-7",
+        "sweep.space={finetune.adamw.lr: {choices: [3.0e-3, 1.0e-7]}}",
+        "sweep.enqueue_current=false", "sweep.enqueue=[{finetune.adamw.lr: 3.0e-3}]",
+        "sweep.n_trials=1", "sweep.pruner.method=none", "sweep.confirm_seeds=2",
+        "model.num_threads=1"]))
+    plan = open_sweep(params)
+    record = run_trial(params, plan, *TrialQueue(params, plan).next())
+    best = {**record, "params": {"finetune.adamw.lr": 3.0e-3}}
+
+    runs = confirm_plan(params, best)
+    seed = params.finetune.seed
+    assert [(r["who"], r["seed"]) for r in runs] == [
+        ("winner", seed), ("baseline", seed), ("winner", seed + 1), ("baseline", seed + 1)]
+    records = [run_confirmation(params, plan, **r) for r in runs]
+    assert records[0]["reused"] and records[0]["model"].endswith(record["fingerprint"])
+    assert not any(r["reused"] for r in records[1:])
+    assert len({r["model"] for r in records}) == 4       # a model per values and seed
+    n_val = len(records[0]["gold"])
+    assert n_val > 0 and all(len(r["pred"]) == n_val for r in records)
+
+    verdict = judge(params, plan, records)
+    assert verdict["seeds"] == [seed, seed + 1]
+    assert verdict["scores"]["winner"][0] == record["value"]
+    cmp = verdict["accuracy_vs_baseline"]
+    assert cmp["n"] == 2 * n_val and cmp["ci"][0] <= cmp["delta"] <= cmp["ci"][1]
+    assert verdict["ships"] == ("winner" if np.mean(verdict["scores"]["winner"])
+                                > np.mean(verdict["scores"]["baseline"]) else "baseline")
+    assert (tmp_path / "sweep").rglob("verdict.json")
+    assert "over 2 seeds" in verdict["text"] and "paired interval" in verdict["text"]
+
+    # The winner is not re-run against itself, and confirmation can be turned off.
+    assert confirm_plan(params, {**best, "params": {"finetune.adamw.lr": 1.0e-7}}) == []
+    off = params.model_copy(update={"sweep": params.sweep.model_copy(
+        update={"confirm_seeds": 1})})
+    assert confirm_plan(off, best) == []
+
+
+def test_a_winner_that_loses_the_rerun_gives_way_to_the_baseline(tmp_path):
+    from components.sweep import judge
+    from components.sweep.study import SweepPlan
+
+    params = load_params()
+    plan = SweepPlan(study="s", storage="sqlite://", folder=tmp_path, parent_run_id="r",
+                     to_run=0, finished=0)
+    gold = [0, 1, 0, 1, 0, 1, 0, 1]
+
+    def run(who, seed, wrong):  # the last `wrong` rows predicted wrong
+        pred = gold[:len(gold) - wrong] + [1 - g for g in gold[len(gold) - wrong:]]
+        return {"who": who, "seed": seed, "values": {}, "cpu_seconds": 1.0,
+                "score": 1 - wrong / len(gold), "gold": gold, "pred": pred}
+
+    runs = [run("winner", 0, 2), run("baseline", 0, 2), run("winner", 1, 4),
+            run("baseline", 1, 0)]
+    verdict = judge(params, plan, runs)
+    assert verdict["mean"] == {"winner": 0.625, "baseline": 0.875}
+    assert verdict["accuracy_vs_baseline"]["delta"] == -0.25
+    assert verdict["ships"] == "baseline" and not verdict["winner_better"]
+    assert "the baseline ships" in verdict["text"]
+    assert (tmp_path / "confirm" / "verdict.json").exists()

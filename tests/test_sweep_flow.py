@@ -42,7 +42,10 @@ def test_four_trials_on_two_dask_workers_and_the_winner_through_the_gate(
         "sweep.enqueue_current=false",
         "sweep.enqueue=[" + ", ".join(f"{{finetune.adamw.lr: {lr}}}" for lr in LRS) + "]",
         "sweep.workers=2", "sweep.pruner.method=median", "sweep.pruner.startup_trials=1",
-        "sweep.pruner.warmup_steps=0"]
+        "sweep.pruner.warmup_steps=0",
+        # The baseline (these params' own lr) is not a trial: the winner is re-run against
+        # it with a second seed on the same workers before either ships.
+        "finetune.adamw.lr=1.0e-7", "sweep.confirm_seeds=2"]
 
     result = sweep(n_trials=4, overrides=overrides)
 
@@ -62,7 +65,11 @@ def test_four_trials_on_two_dask_workers_and_the_winner_through_the_gate(
         params.registry.experiment).experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent}'")
     by_trial = {r.data.tags["sweep_trial"]: r for r in nested}
-    assert sorted(by_trial) == ["0", "1", "2", "3"]
+    seed = params.finetune.seed
+    # The confirmation's new models (the first seed's winner is its trial's model).
+    confirm = [f"confirm-baseline-seed{seed}", f"confirm-baseline-seed{seed + 1}",
+               f"confirm-winner-seed{seed + 1}"]
+    assert sorted(by_trial) == ["0", "1", "2", "3", *confirm]
     assert [by_trial[n].info.status for n in "0123"] == ["FINISHED", "FAILED", "FINISHED",
                                                          "KILLED"]
     assert [by_trial[n].data.tags["sweep_state"] for n in "0123"] == [
@@ -75,6 +82,12 @@ def test_four_trials_on_two_dask_workers_and_the_winner_through_the_gate(
     best = result["sweep"]["best"]
     assert best["number"] == 0 and result["sweep"]["winner_model_reused"]
     assert result["status"] == "promoted" and result["version"] == "1"
+    verdict = result["sweep"]["confirmation"]
+    assert verdict["seeds"] == [seed, seed + 1] and verdict["ships"] in ("winner", "baseline")
+    assert verdict["scores"]["winner"][0] == best["value"]
+    shipped = load_params(overrides=overrides + result["sweep"]["shipped_overrides"])
+    assert shipped.finetune.adamw.lr == (3.0e-3 if verdict["ships"] == "winner" else 1.0e-7)
+    assert (tmp_path / "sweep").rglob("verdict.json")
     # The winner's model is the one its trial made (trial 2 may have made the same one at
     # the same time): reused, not retrained, and its run is a trial run under the sweep's.
     assert "finetune" in result["reused"]

@@ -101,6 +101,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         lines += [f"- `{o}`" for o in summary["best_overrides"]]
     else:
         lines.append("No trial finished: no winner.")
+    if summary.get("confirmation"):
+        lines += ["", f"Confirmation: {summary['confirmation']['text']}"]
     rows = table(summary["trials"])
     if rows:
         head = list(rows[0])

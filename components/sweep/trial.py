@@ -54,9 +54,16 @@ class StudyReporter:
 def trial_params(params: Params, plan: SweepPlan, values: dict[str, Any],
                  number: int) -> Params:
     """The params one trial trains with (see the module docstring)."""
+    return worker_params(params, plan, values, plan.folder / "trials" / f"{number:04d}")
+
+
+def worker_params(params: Params, plan: SweepPlan, values: dict[str, Any],
+                  folder: Path) -> Params:
+    """`values` on a worker: its own checkpoint, metrics and lock under `folder`, the
+    model under the sweep's `models/<finetune fingerprint>` (the same values, the same
+    model: trained once)."""
     from components.stages.spec import fingerprint
 
-    folder = plan.folder / "trials" / f"{number:04d}"
     threads = {"model.num_threads": params.sweep.threads_per_worker}
     # A trial writes only its own folders, beside other trials: it locks its own folder,
     # not the project the sweep's driver holds.

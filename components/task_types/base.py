@@ -127,6 +127,12 @@ class TaskType:
     def parity_rows(self, prepared_dir: str | Path) -> ParityRows:
         raise NotImplementedError
 
+    def split_predictions(self, trained: Any, prepared_dir: str | Path, split: str,
+                          params: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """Gold and predicted class per row of a split (paired comparisons of two models on
+        the same rows); None where a row has no single class."""
+        return None
+
     def measure(self, model: Any, bundle: Path, rows: ParityRows, params: Any
                 ) -> dict[str, Any]:
         raise NotImplementedError

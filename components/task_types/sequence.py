@@ -112,6 +112,17 @@ class SequenceClassification(TaskType):
         write_report(report, out_dir)
         return headline_metrics(report)
 
+    def split_predictions(self, trained: Any, prepared_dir: str | Path, split: str,
+                          params: Any) -> tuple[np.ndarray, np.ndarray]:
+        from components.data.files import load_split
+        from components.evaluate.report import torch_logits
+
+        texts, y = load_split(prepared_dir, split)
+        logits = torch_logits(trained.model, trained.tokenizer, texts,
+                              int(trained.meta.get("max_length", params.model.max_length)),
+                              params.evaluate.batch_size)
+        return np.asarray(y), logits.argmax(axis=1)
+
     def parity_rows(self, prepared_dir: str | Path) -> ParityRows:
         from components.data.files import load_split
 
