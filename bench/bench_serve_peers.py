@@ -23,6 +23,9 @@ Rounds alternate the contestants (the order rotates each round) so that other jo
 shared machine hit all of them alike; each figure is the median over rounds, failures
 the sum. CPU-seconds a text: the server's process tree (workers included) over the texts
 it answered; RSS: the tree's resident memory after the last round, and the peak.
+Then, in the same rounds, every HTTP contestant gets the same open-loop schedule: --rate
+requests a second (Poisson arrivals, one text each) for --rate-seconds, latency counted
+from each request's scheduled arrival (p50/p99 at a fixed request rate).
 Goals: tuneline >= 2x the requests/s of `mlflow models serve`, 0 failed requests on the
 long texts, and ahead of every HTTP peer in texts/s with a p99 no worse.
 """
@@ -265,6 +268,14 @@ def agreement(servers: dict[str, dict], texts: list[str], work: Path) -> dict:
                 for k, v in labels.items()}}
 
 
+def measure_rate(server: dict, texts_file: Path, rate: float, seconds: float) -> dict:
+    with ForeignLoad(server["proc"].pid) as foreign:
+        out = run_isolated("bench.serve_peers_measure", "rate", "--url", server["url"], "--api",
+                           server["api"], "--texts", str(texts_file), "--rate", str(rate),
+                           "--seconds", str(seconds))
+    return {**out, "foreign_cores": foreign.cores}
+
+
 def run_rounds(servers: dict, bundle: Path, texts_file: Path, cell: dict,
                args: argparse.Namespace) -> list[dict]:
     order = [*HTTP, "ceiling"]
@@ -279,6 +290,9 @@ def run_rounds(servers: dict, bundle: Path, texts_file: Path, cell: dict,
                          if name == "ceiling" else
                          measure_http(servers[name], texts_file, args.clients,
                                       args.round_seconds))
+        for name in HTTP[k % len(HTTP):] + HTTP[:k % len(HTTP)]:
+            row[name]["at_rate"] = measure_rate(servers[name], texts_file, args.rate,
+                                                args.rate_seconds)
         rounds.append(row)
     return rounds
 
@@ -303,6 +317,11 @@ def summarize(rounds: list[dict], memory: dict) -> dict:
                      "requests": sum(x["requests"] for x in rows),
                      "error_examples": sorted({e for x in rows for e in x["error_examples"]})[:5],
                      "cpu_s_per_text": med(lambda x: x["server_cpu_s_per_text"]),
+                     "at_rate": {
+                         "p50_ms": med(lambda x: x["at_rate"]["latency"]["p50_ms"]),
+                         "p99_ms": med(lambda x: x["at_rate"]["latency"]["p99_ms"]),
+                         "failed_requests": sum(x["at_rate"]["failed_requests"] for x in rows),
+                         "requests": sum(x["at_rate"]["requests"] for x in rows)},
                      **memory[name]}
     return out
 
@@ -315,6 +334,8 @@ def goals(s: dict, agree: dict) -> dict:
         "zero_failed_requests": t["failed_requests"] == 0 and not agree["failed"]["tuneline"],
         "ahead_of_every_peer": all(t["texts_per_s"] > s[n]["texts_per_s"] for n in peers),
         "p99_no_worse_than_any_peer": all(t["p99_ms"] <= s[n]["p99_ms"] for n in peers),
+        "p99_at_rate_no_worse_than_any_peer": all(
+            t["at_rate"]["p99_ms"] <= s[n]["at_rate"]["p99_ms"] for n in peers),
     }
 
 
@@ -381,7 +402,8 @@ def run(args: argparse.Namespace) -> dict:
         "texts": {"count": len(texts), "long_docs": args.long_docs, "longest_chars": longest,
                   "over_2000_chars": sum(len(x) > 2000 for x in texts)},
         "load": {"clients": args.clients, "texts_per_request": 1, "rounds": args.rounds,
-                 "round_seconds": args.round_seconds},
+                 "round_seconds": args.round_seconds, "rate": args.rate,
+                 "rate_seconds": args.rate_seconds},
         "serve": cfg.model_dump(), "ceiling_cell": cell, "summary": summary,
         "tuneline_over_mlflow": t["texts_per_s"] / summary["mlflow"]["texts_per_s"],
         "tuneline_over_ceiling": t["texts_per_s"] / summary["ceiling"]["texts_per_s"],
@@ -399,6 +421,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--round-seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=15.0,
+                        help="open-loop phase: requests a second (Poisson arrivals)")
+    parser.add_argument("--rate-seconds", type=float, default=10.0)
     parser.add_argument("--long-docs", type=int, default=8,
                         help="documents of 5k-20k characters added to the test texts")
     parser.add_argument("--train-steps", type=int, default=150)
