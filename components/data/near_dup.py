@@ -45,7 +45,7 @@ MAX_PARTNERS = 16
 SIGNATURE_MARGIN = 0.25
 EXACT_TRIES = 3  # exact comparisons per (row, earlier split) and band, best estimate first
 BLOCK = 32768  # texts shingled at once: bounds the temporary arrays
-PAIR_BLOCK = 1 << 21  # shingles looked up at once by the exact check: bounds its temporaries
+PAIR_BLOCK = 1 << 20  # shingles looked up at once by the exact check: bounds its temporaries
 _U64 = np.uint64
 _PAD = _U64(0x5BD1E9955BD1E995)  # the missing words of a text shorter than a shingle
 _SEED = 0
@@ -74,8 +74,9 @@ def _hash_params() -> tuple[np.ndarray, np.ndarray]:
 _A, _B = _hash_params()
 
 
-def _word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(crc32 of each word, a 64-bit hash of each word, offsets: n + 1) of a block of texts.
+def _word_hashes(texts: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(crc32 of each word, a 64-bit hash of each word, offsets: n + 1) of a block of texts
+    (Python strings or an Arrow string array).
 
     Words are those of `shingles`: Python's lower-casing, then Arrow's whitespace split
     (the same whitespace as str.split, checked by a test). The crc32 feeds the MinHash
@@ -85,8 +86,15 @@ def _word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    words = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(
-        pa.array([t.lower() for t in texts], type=pa.large_string())))
+    if isinstance(texts, pa.Array) and pc.all(pc.string_is_ascii(texts)).as_py() is not False:
+        lowered = pc.utf8_lower(texts)  # on ASCII, Arrow's lower-casing is Python's
+    else:
+        python = texts.to_pylist() if isinstance(texts, pa.Array) else texts
+        lowered = [t.lower() for t in python]
+        # Arrow's string type holds 2 GiB a block (4 bytes a character at most).
+        lowered = pa.array(lowered, type=pa.string() if sum(map(len, lowered)) < 1 << 29
+                           else pa.large_string())
+    words = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(lowered))
     offsets = words.offsets.to_numpy().astype(np.int64)
     coded = pc.dictionary_encode(words.values)
     vocab = coded.dictionary.to_pylist()
@@ -159,7 +167,7 @@ def minhash_signatures(texts: Sequence[str]) -> np.ndarray:
     return _block_signatures_and_sets(texts)[0]
 
 
-def _block_signatures_and_sets(texts: Sequence[str]
+def _block_signatures_and_sets(texts: Any
                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(MinHash signatures, exact shingle sets as sorted hashes, their offsets)."""
     sig = np.empty((len(texts), NUM_HASHES), dtype=np.uint32)
@@ -248,8 +256,9 @@ class NearDuplicateIndex:
         self._sets: list[np.ndarray] = []
         self._set_sizes: list[np.ndarray] = []
 
-    def add(self, texts: Sequence[str], splits: np.ndarray) -> None:
-        """Add rows (in order) with their split index (position in split_names)."""
+    def add(self, texts: Any, splits: np.ndarray) -> None:
+        """Add rows (in order) with their split index (position in split_names); `texts`
+        is a sequence of strings or an Arrow string array."""
         if len(texts):
             sig, sets, offsets = _block_signatures_and_sets(texts)
             self._sigs.append(sig)
