@@ -9,11 +9,11 @@ import numpy as np
 from components.data.near_dup import (
     NearDuplicateIndex,
     _block_signatures_and_sets,
-    _sorted_sets,
     cross_split_near_duplicates,
     intersection_sizes,
     jaccard,
     shingles,
+    sort_rows,
 )
 from tests.conftest import tiny_rows
 
@@ -92,26 +92,32 @@ def test_vectorised_exact_jaccard_equals_the_set_definition_on_every_pair():
               "x\u3000y\x1cz w", "the cat the cat the cat"]
     _, values, offsets = _block_signatures_and_sets(texts)
     n = len(texts)
+    distinct = np.diff(offsets)
+    sort_rows(values, offsets, np.arange(n), distinct)
     a, b = (x.ravel() for x in np.meshgrid(np.arange(n), np.arange(n), indexing="ij"))
     common = intersection_sizes(values, offsets, a, b)
-    union = np.diff(offsets)[a] + np.diff(offsets)[b] - common
+    union = distinct[a] + distinct[b] - common
     got = common / union
     want = np.array([jaccard(texts[i], texts[j]) for i, j in zip(a, b, strict=True)])
     assert np.array_equal(got, want)
-    sets = [shingles(t) for t in texts]
-    assert np.array_equal(np.diff(offsets), [len(s) for s in sets])
+    assert distinct.tolist() == [len(shingles(t)) for t in texts]
 
 
-def test_sorted_sets_resort_rows_whose_shingles_share_a_sort_key():
+def test_sort_rows_resorts_rows_whose_shingles_share_a_sort_key():
     """Values equal in their top 49 bits tie in the one-key sort; those rows are re-sorted
-    exactly, and repeats dropped."""
+    exactly; repeats stay but are counted once; rows not asked for are left as they are."""
     base = np.uint64(7 << 40)
     values = np.array([base + np.uint64(5), base + np.uint64(1), base + np.uint64(5), 3,
-                       base + np.uint64(2), 9, 9, 1], dtype=np.uint64)
-    offsets = np.array([0, 5, 8])
-    out, out_offsets = _sorted_sets(values, offsets)
-    assert out.tolist() == [3, int(base) + 1, int(base) + 2, int(base) + 5, 1, 9]
-    assert out_offsets.tolist() == [0, 4, 6]
+                       base + np.uint64(2), 9, 9, 1, 8, 4], dtype=np.uint64)
+    offsets = np.array([0, 5, 8, 10])
+    distinct = np.diff(offsets)
+    sort_rows(values, offsets, np.array([0, 1]), distinct)
+    b = int(base)
+    assert values.tolist() == [3, b + 1, b + 2, b + 5, b + 5, 1, 9, 9, 8, 4]
+    assert distinct.tolist() == [4, 2, 2]
+    # row 0 against row 1 and itself: repeats count once
+    common = intersection_sizes(values, offsets, np.array([0, 1, 1]), np.array([0, 1, 0]))
+    assert common.tolist() == [4, 2, 0]
 
 
 def test_arrow_splits_words_where_python_does():

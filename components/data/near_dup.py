@@ -15,10 +15,11 @@ Built to run on millions of rows in bounded memory:
   a row is compared with at most MAX_PARTNERS rows of an earlier split per band, pairs
   whose signatures agree on fewer than (threshold - SIGNATURE_MARGIN) of the hashes are
   dropped, and the rest are confirmed with the exact shingle Jaccard, best first;
-- the exact check is vectorised too: each row's shingles are kept as sorted 64-bit hashes
-  (8 bytes a shingle), and the shared ones of many pairs are counted by one binary search
-  over all their elements. The first pair of a row at or above the threshold is its
-  partner, exactly as if the pairs were tried one by one in that order.
+- the exact check is vectorised too: each row's shingles are kept as 64-bit hashes (8
+  bytes a shingle), sorted only for rows in a candidate pair when it is checked, and the
+  shared ones of many pairs are counted by one binary search over all their elements.
+  The first pair of a row at or above the threshold is its partner, exactly as if the
+  pairs were tried one by one in that order.
 Recall is that of the banding (a pair at Jaccard 0.8 shares a band with p > 0.99); every
 reported pair is exact (no false positives; two distinct shingles share a 64-bit hash
 with p ~ 2^-64).
@@ -142,24 +143,33 @@ def _shingle_values(h: np.ndarray, offsets: np.ndarray, exact: bool
     return out, out_offsets
 
 
-def _sorted_sets(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each text's shingle hashes sorted, repeats dropped: (values, offsets; n + 1 long)."""
-    n = len(offsets) - 1
-    row = np.repeat(np.arange(n, dtype=np.uint64), np.diff(offsets))
-    # One sort of (row, top 49 bits): a plain uint64 sort is several times faster than a
-    # two-key lexsort; the rare rows where two shingles share a key are re-sorted exactly.
-    key = (row << _U64(49)) | (values >> _U64(15))
-    values = values[np.argsort(key)]
-    key.sort()
-    tie = np.flatnonzero((key[1:] == key[:-1]) & (values[1:] != values[:-1]))
-    for r in np.unique(row[tie]).tolist():
-        values[offsets[r]: offsets[r + 1]].sort()
-    fresh = np.r_[True, (values[1:] != values[:-1]) | (row[1:] != row[:-1])] if len(
-        values) else np.zeros(0, bool)
-    sizes = np.bincount(row[fresh].astype(np.int64), minlength=n)
-    out_offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(sizes, out=out_offsets[1:])
-    return values[fresh], out_offsets
+def sort_rows(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray,
+              distinct: np.ndarray) -> None:
+    """Sort the shingle hashes of `rows` in place, each row within its own run, and set
+    distinct[row] to how many of them differ (a text can repeat a 3-gram).
+
+    Done only for rows in a candidate pair, when the pair is checked: most rows of most
+    files never are.
+    """
+    for lo in range(0, len(rows), BLOCK):
+        part = rows[lo: lo + BLOCK]
+        size = offsets[part + 1] - offsets[part]
+        local = np.repeat(np.arange(len(part), dtype=np.uint64), size)
+        at = np.repeat(offsets[part], size) + np.arange(size.sum()) - np.repeat(
+            np.cumsum(size) - size, size)
+        v = values[at]
+        # One sort of (row, top 49 bits): a plain uint64 sort is several times faster than
+        # a two-key lexsort; the rare rows where two shingles share a key are re-sorted.
+        key = (local << _U64(49)) | (v >> _U64(15))
+        order = np.argsort(key)
+        v, key = v[order], key[order]
+        tie = np.flatnonzero((key[1:] == key[:-1]) & (v[1:] != v[:-1]))
+        starts = np.r_[0, np.cumsum(size)]
+        for r in np.unique(local[tie]).tolist():
+            v[starts[r]: starts[r + 1]].sort()
+        values[at] = v
+        fresh = np.r_[True, (v[1:] != v[:-1]) | (local[1:] != local[:-1])]
+        distinct[part] = np.bincount(local[fresh].astype(np.int64), minlength=len(part))
 
 
 def minhash_signatures(texts: Sequence[str]) -> np.ndarray:
@@ -169,7 +179,8 @@ def minhash_signatures(texts: Sequence[str]) -> np.ndarray:
 
 def _block_signatures_and_sets(texts: Any
                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(MinHash signatures, exact shingle sets as sorted hashes, their offsets)."""
+    """(MinHash signatures, each row's shingle hashes (unsorted; see `sort_rows`), their
+    offsets)."""
     sig = np.empty((len(texts), NUM_HASHES), dtype=np.uint32)
     sets, sizes = [], []
     for lo in range(0, len(texts), BLOCK):
@@ -180,7 +191,7 @@ def _block_signatures_and_sets(texts: Any
             for k in range(NUM_HASHES):
                 permuted = (values * _A[k] + _B[k]) >> _U64(32)
                 sig[lo: lo + len(starts), k] = np.minimum.reduceat(permuted, starts)
-        exact, exact_offsets = _sorted_sets(*_shingle_values(wide, word_offsets, exact=True))
+        exact, exact_offsets = _shingle_values(wide, word_offsets, exact=True)
         sets.append(exact)
         sizes.append(np.diff(exact_offsets))
     sizes_all = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
@@ -191,7 +202,8 @@ def _block_signatures_and_sets(texts: Any
 
 def intersection_sizes(values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray
                        ) -> np.ndarray:
-    """|set a[k] ∩ set b[k]| for every pair k of rows whose sets are sorted runs of values.
+    """|set a[k] ∩ set b[k]| for every pair k of rows whose sets are sorted runs of values
+    (`sort_rows`; a value repeated in a run counts once).
 
     Every element of the smaller set is looked up in the other by a binary search run on
     all elements at once (numpy), in slices that bound the temporaries.
@@ -214,8 +226,12 @@ def _intersect_slice(values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: 
                      ) -> np.ndarray:
     size = offsets[a + 1] - offsets[a]
     pair = np.repeat(np.arange(len(a)), size)
-    query = values[np.repeat(offsets[a], size) + np.arange(len(pair))
-                   - np.repeat(np.cumsum(size) - size, size)]
+    at = np.repeat(offsets[a], size) + np.arange(len(pair)) - np.repeat(np.cumsum(size) - size,
+                                                                      size)
+    query = values[at]
+    repeat = np.zeros(len(at), dtype=bool)  # a value the query run held just before
+    later = at != offsets[a][pair]
+    repeat[later] = values[at[later] - 1] == query[later]
     lo, end = offsets[b][pair], offsets[b + 1][pair]
     hi = end.copy()
     active = np.flatnonzero(lo < hi)
@@ -225,7 +241,7 @@ def _intersect_slice(values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: 
         lo[active] = np.where(right, mid + 1, lo[active])
         hi[active] = np.where(right, hi[active], mid)
         active = active[lo[active] < hi[active]]
-    found = lo < end
+    found = (lo < end) & ~repeat
     found[found] = values[lo[found]] == query[found]
     return np.bincount(pair, weights=found, minlength=len(a)).astype(np.int64)
 
@@ -285,6 +301,8 @@ class NearDuplicateIndex:
         split = _joined(self._splits, np.zeros(0, np.int8))
         values = _joined(self._sets, np.zeros(0, np.uint64))
         offsets = np.r_[0, np.cumsum(_joined(self._set_sizes, np.zeros(0, np.int64)))]
+        distinct = np.diff(offsets)  # set by sort_rows for the rows it sorts
+        ready = np.zeros(len(split), dtype=bool)  # rows sorted already
         rows = np.flatnonzero(keep) if keep is not None else np.arange(len(split))
         # partner[i, other]: the row of split `other` that row i was found to repeat (-1: none)
         partner = np.full((len(split), max(1, len(self.names) - 1)), -1, dtype=np.int64)
@@ -292,7 +310,11 @@ class NearDuplicateIndex:
         for band in range(BANDS):
             for other, a, b in _band_candidates(rows, keys[rows, band], split[rows], sig,
                                                 threshold, partner):
-                _confirm(values, offsets, a, b, other, threshold, partner, score)
+                todo = np.unique(np.r_[a, b])
+                todo = todo[~ready[todo]]
+                sort_rows(values, offsets, todo, distinct)
+                ready[todo] = True
+                _confirm(values, offsets, distinct, a, b, other, threshold, partner, score)
         i, other = np.nonzero(partner >= 0)
         pairs, counts = np.unique(np.c_[split[i], other], axis=0, return_counts=True)
         by_splits = {f"{self.names[s]}~{self.names[o]}": n for (s, o), n in zip(
@@ -312,8 +334,9 @@ def _joined(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
     return parts[0] if parts else empty
 
 
-def _confirm(values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray,
-             other: int, threshold: float, partner: np.ndarray, score: np.ndarray) -> None:
+def _confirm(values: np.ndarray, offsets: np.ndarray, distinct: np.ndarray, a: np.ndarray,
+             b: np.ndarray, other: int, threshold: float, partner: np.ndarray,
+             score: np.ndarray) -> None:
     """Exact Jaccard of candidate pairs (a by row, best estimate first): the first pair of
     a row at or above the threshold becomes its partner, as if tried one by one."""
     run_start = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
@@ -325,7 +348,7 @@ def _confirm(values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarr
             break
         i, j = a[pick], b[pick]
         common = intersection_sizes(values, offsets, i, j)
-        union = (offsets[i + 1] - offsets[i]) + (offsets[j + 1] - offsets[j]) - common
+        union = distinct[i] + distinct[j] - common
         jac = common / union
         hit = jac >= threshold
         partner[i[hit], other], score[i[hit], other] = j[hit], jac[hit]
