@@ -218,7 +218,7 @@ def _kept_lines_arrow(texts: Any, labels: list[str], groups: list[str] | None
     columns = [("text", texts), ("label", pa.array(labels, type=pa.string()))]
     if groups is not None:
         columns.append(("group", pa.array(groups, type=pa.string())))
-    if any(pc.any(pc.match_substring_regex(c, r"[\x00-\x1f]")).as_py() for _, c in columns):
+    if any(_has_control_character(c) for _, c in columns):
         lines = [_kept_line(t, lab, g) for t, lab, g in zip(
             texts.to_pylist(), labels, groups or [None] * len(labels), strict=True)]
         return b"".join(lines), np.fromiter(map(len, lines), dtype=np.int64,
@@ -232,6 +232,16 @@ def _kept_lines_arrow(texts: Any, labels: list[str], groups: list[str] | None
     offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[
         joined.offset: joined.offset + len(joined) + 1]
     return memoryview(data)[offsets[0]: offsets[-1]], np.diff(offsets).astype(np.int64)
+
+
+def _has_control_character(strings: Any) -> bool:
+    """Does an Arrow string array hold a character below U+0020? (In UTF-8 no byte of a
+    longer character is below 0x80, so one numpy pass over the bytes tells.)"""
+    _, offsets, data = strings.buffers()
+    if data is None:
+        return False
+    bounds = np.frombuffer(offsets, dtype=np.int32)[[strings.offset, strings.offset + len(strings)]]
+    return bool((np.frombuffer(data, dtype=np.uint8)[bounds[0]: bounds[1]] < 0x20).any())
 
 
 def first_and_unambiguous(keys: np.ndarray, labels: np.ndarray
