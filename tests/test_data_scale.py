@@ -175,7 +175,7 @@ def test_column_checks_equal_row_checks(cfg):
 def test_arrow_staged_lines_are_the_json_lines(group):
     import pyarrow as pa
 
-    from components.data.streaming import _kept_line, _kept_lines_arrow
+    from components.data.lines import json_line, kept_line, kept_lines
 
     texts = ['a "quoted" back\\slash', "\u00e9t\u00e9 \U0001f600", "plain", "x/y <b> \u2028"]
     labels = ["l\\1", 'say "x"', "plain", "\u00e9"]
@@ -183,12 +183,15 @@ def test_arrow_staged_lines_are_the_json_lines(group):
     for case in (texts, [*texts, "bell\x07 inside"]):  # the second is left to json
         lab = (labels * 2)[: len(case)]
         grp = (groups * 2)[: len(case)] if groups else None
-        staged, sizes = _kept_lines_arrow(pa.array(case, type=pa.string()), lab, grp)
-        want = [_kept_line(t, x, g) for t, x, g in zip(case, lab, grp or [None] * len(case),
+        staged, sizes = kept_lines(pa.array(case, type=pa.string()), lab, grp)
+        by_json, json_sizes = kept_lines(list(case), lab, grp)  # a list: json's encoder
+        assert bytes(staged) == by_json and sizes.tolist() == json_sizes.tolist()
+        want = [kept_line(t, x, g) for t, x, g in zip(case, lab, grp or [None] * len(case),
                                                      strict=True)]
         assert bytes(staged) == b"".join(want)
         assert sizes.tolist() == [len(w) for w in want]
-        assert [json.loads(w)["text"] for w in want] == case
+        assert want == [json_line({"text": t, "label": x, **({"group": g} if g else {})})
+                        for t, x, g in zip(case, lab, grp or [None] * len(case), strict=True)]
 
 
 def test_split_indices_match_assign_split():

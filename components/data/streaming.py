@@ -26,7 +26,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring as _quote
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -45,6 +44,7 @@ from components.data.checks import (
 )
 from components.data.chunks import Chunk, ColumnChunk, HashingReader, iter_chunks
 from components.data.files import SPLITS, DataValidationError, input_format, md5_file
+from components.data.lines import json_line, kept_lines
 from components.data.near_dup import NearDuplicateIndex
 from components.io import atomic_dir
 
@@ -128,7 +128,7 @@ def _scan_chunk(scan: Scan, chunk: Chunk, cfg: DataConfig, files: dict[str, Bina
     scan.bad_reasons.extend(checked.reasons[bad].tolist())
     staging = bool(files)
     if staging and bad:
-        files[_BAD].write(b"".join(_line(_quarantine_record(row, reason)) for row, reason
+        files[_BAD].write(b"".join(json_line(_quarantine_record(row, reason)) for row, reason
                                    in zip(checked.rows(bad), scan.bad_reasons[-len(bad):],
                                           strict=True)))
     ok = np.flatnonzero(passed)
@@ -147,23 +147,18 @@ def _scan_chunk(scan: Scan, chunk: Chunk, cfg: DataConfig, files: dict[str, Bina
     split = np.zeros(0, np.int8)
     texts: Any = []
     if staging:
-        if isinstance(chunk, ColumnChunk):  # Arrow texts: staged lines made by Arrow too
+        texts = norms
+        if isinstance(chunk, ColumnChunk):  # Arrow columns in, Arrow texts on
             import pyarrow as pa
 
             texts = pa.array(norms, type=pa.string())
-            staged, sizes = _kept_lines_arrow(texts, labels, groups)
-        else:
-            texts = norms
-            lines = [_kept_line(t, lab, g) for t, lab, g in zip(
-                norms, labels, groups or [None] * len(norms), strict=True)]
-            staged = b"".join(lines)
-            sizes = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
+        staged, sizes = kept_lines(texts, labels, groups)
         files[_STAGED].write(staged)
         split = split_indices(groups if groups is not None else norms, cfg)
         differs = _differs(checked, pick, norms, labels, groups)
         if differs.any():
             raw = checked.raw
-            files[_RAW].write(b"".join(_line([_jsonable(raw[k][pick[i]]) if k in raw else None
+            files[_RAW].write(b"".join(json_line([_jsonable(raw[k][pick[i]]) if k in raw else None
                                               for k in ("text", "label", "group")])
                                        for i in np.flatnonzero(differs).tolist()))
         cols.update(size=sizes, split=split, raw=differs)
@@ -191,57 +186,6 @@ _DTYPES = {"key": np.uint64, "label": np.int32, "split": np.int8, "row": np.int6
 def _text_keys(texts: list[str]) -> np.ndarray:
     # Only compared within this process, so Python's own 64-bit string hash will do.
     return np.fromiter(map(hash, texts), dtype=np.int64, count=len(texts)).view(np.uint64)
-
-
-def _line(obj: Any) -> bytes:
-    return (json.dumps(obj, ensure_ascii=False) + "\n").encode()
-
-
-def _kept_line(text: str, label: str, group: str | None) -> bytes:
-    """`_line({"text", "label"(, "group")})` of strings, byte for byte, a few times faster."""
-    out = f'{{"text": {_quote(text)}, "label": {_quote(label)}'
-    if group is not None:
-        out += f', "group": {_quote(group)}'
-    return (out + "}\n").encode()
-
-
-def _kept_lines_arrow(texts: Any, labels: list[str], groups: list[str] | None
-                      ) -> tuple[Any, np.ndarray]:
-    """(the `_kept_line`s of a chunk as one buffer, each line's size), made by Arrow.
-
-    json.dumps escapes only the quote, the backslash and characters below U+0020 (with
-    ensure_ascii=False); a chunk holding such a character is left to `_kept_line`.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    columns = [("text", texts), ("label", pa.array(labels, type=pa.string()))]
-    if groups is not None:
-        columns.append(("group", pa.array(groups, type=pa.string())))
-    if any(_has_control_character(c) for _, c in columns):
-        lines = [_kept_line(t, lab, g) for t, lab, g in zip(
-            texts.to_pylist(), labels, groups or [None] * len(labels), strict=True)]
-        return b"".join(lines), np.fromiter(map(len, lines), dtype=np.int64,
-                                           count=len(lines))
-    parts: list[Any] = []
-    for name, column in columns:
-        quoted = pc.replace_substring(pc.replace_substring(column, "\\", "\\\\"), '"', '\\"')
-        parts += [f'{", " if parts else "{"}"{name}": "', quoted, '"']
-    joined = pc.binary_join_element_wise(*parts, '}\n', "")
-    _, offsets_buffer, data = joined.buffers()
-    offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[
-        joined.offset: joined.offset + len(joined) + 1]
-    return memoryview(data)[offsets[0]: offsets[-1]], np.diff(offsets).astype(np.int64)
-
-
-def _has_control_character(strings: Any) -> bool:
-    """Does an Arrow string array hold a character below U+0020? (In UTF-8 no byte of a
-    longer character is below 0x80, so one numpy pass over the bytes tells.)"""
-    _, offsets, data = strings.buffers()
-    if data is None:
-        return False
-    bounds = np.frombuffer(offsets, dtype=np.int32)[[strings.offset, strings.offset + len(strings)]]
-    return bool((np.frombuffer(data, dtype=np.uint8)[bounds[0]: bounds[1]] < 0x20).any())
 
 
 def first_and_unambiguous(keys: np.ndarray, labels: np.ndarray
@@ -326,7 +270,7 @@ def write_splits(stage: Path, out: Path, scan: Scan, decided: Decided) -> None:
                       "text": text, "label": label}
             if "group" in kept:
                 record["group"] = group
-            q.write(_line(record))
+            q.write(json_line(record))
         q.write(bad.read())
 
 
