@@ -10,11 +10,10 @@ from components.data.near_dup import (
     NearDuplicateIndex,
     _block_signatures_and_sets,
     cross_split_near_duplicates,
-    intersection_sizes,
     jaccard,
     shingles,
-    sort_rows,
 )
+from components.data.shingle_sets import intersection_sizes, sort_rows
 from tests.conftest import tiny_rows
 
 

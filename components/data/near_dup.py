@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from components.data.shingle_sets import intersection_sizes, sort_rows
+
 NUM_HASHES = 32
 BANDS = 8  # 8 bands of 4 rows: pairs at Jaccard 0.8 become candidates with p > 0.99
 ROWS_PER_BAND = NUM_HASHES // BANDS
@@ -46,7 +48,6 @@ MAX_PARTNERS = 16
 SIGNATURE_MARGIN = 0.25
 EXACT_TRIES = 3  # exact comparisons per (row, earlier split) and band, best estimate first
 BLOCK = 32768  # texts shingled at once: bounds the temporary arrays
-PAIR_BLOCK = 1 << 20  # shingles looked up at once by the exact check: bounds its temporaries
 _U64 = np.uint64
 _PAD = _U64(0x5BD1E9955BD1E995)  # the missing words of a text shorter than a shingle
 _SEED = 0
@@ -143,35 +144,6 @@ def _shingle_values(h: np.ndarray, offsets: np.ndarray, exact: bool
     return out, out_offsets
 
 
-def sort_rows(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray,
-              distinct: np.ndarray) -> None:
-    """Sort the shingle hashes of `rows` in place, each row within its own run, and set
-    distinct[row] to how many of them differ (a text can repeat a 3-gram).
-
-    Done only for rows in a candidate pair, when the pair is checked: most rows of most
-    files never are.
-    """
-    for lo in range(0, len(rows), BLOCK):
-        part = rows[lo: lo + BLOCK]
-        size = offsets[part + 1] - offsets[part]
-        local = np.repeat(np.arange(len(part), dtype=np.uint64), size)
-        at = np.repeat(offsets[part], size) + np.arange(size.sum()) - np.repeat(
-            np.cumsum(size) - size, size)
-        v = values[at]
-        # One sort of (row, top 49 bits): a plain uint64 sort is several times faster than
-        # a two-key lexsort; the rare rows where two shingles share a key are re-sorted.
-        key = (local << _U64(49)) | (v >> _U64(15))
-        order = np.argsort(key)
-        v, key = v[order], key[order]
-        tie = np.flatnonzero((key[1:] == key[:-1]) & (v[1:] != v[:-1]))
-        starts = np.r_[0, np.cumsum(size)]
-        for r in np.unique(local[tie]).tolist():
-            v[starts[r]: starts[r + 1]].sort()
-        values[at] = v
-        fresh = np.r_[True, (v[1:] != v[:-1]) | (local[1:] != local[:-1])]
-        distinct[part] = np.bincount(local[fresh].astype(np.int64), minlength=len(part))
-
-
 def minhash_signatures(texts: Sequence[str]) -> np.ndarray:
     """[len(texts), NUM_HASHES] uint32 MinHash signatures of the texts' shingle sets."""
     return _block_signatures_and_sets(texts)[0]
@@ -198,52 +170,6 @@ def _block_signatures_and_sets(texts: Any
     offsets = np.zeros(len(texts) + 1, dtype=np.int64)
     np.cumsum(sizes_all, out=offsets[1:])
     return sig, (np.concatenate(sets) if sets else np.zeros(0, np.uint64)), offsets
-
-
-def intersection_sizes(values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray
-                       ) -> np.ndarray:
-    """|set a[k] ∩ set b[k]| for every pair k of rows whose sets are sorted runs of values
-    (`sort_rows`; a value repeated in a run counts once).
-
-    Every element of the smaller set is looked up in the other by a binary search run on
-    all elements at once (numpy), in slices that bound the temporaries.
-    """
-    small = (offsets[a + 1] - offsets[a]) <= (offsets[b + 1] - offsets[b])
-    a, b = np.where(small, a, b), np.where(small, b, a)
-    out = np.zeros(len(a), dtype=np.int64)
-    size = offsets[a + 1] - offsets[a]
-    lo_pair = 0
-    while lo_pair < len(a):  # pairs in slices of about PAIR_BLOCK queries
-        ends = np.cumsum(size[lo_pair:])
-        hi_pair = lo_pair + max(1, int(np.searchsorted(ends, PAIR_BLOCK, "right")))
-        out[lo_pair:hi_pair] = _intersect_slice(values, offsets, a[lo_pair:hi_pair],
-                                                b[lo_pair:hi_pair])
-        lo_pair = hi_pair
-    return out
-
-
-def _intersect_slice(values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray
-                     ) -> np.ndarray:
-    size = offsets[a + 1] - offsets[a]
-    pair = np.repeat(np.arange(len(a)), size)
-    at = np.repeat(offsets[a], size) + np.arange(len(pair)) - np.repeat(np.cumsum(size) - size,
-                                                                      size)
-    query = values[at]
-    repeat = np.zeros(len(at), dtype=bool)  # a value the query run held just before
-    later = at != offsets[a][pair]
-    repeat[later] = values[at[later] - 1] == query[later]
-    lo, end = offsets[b][pair], offsets[b + 1][pair]
-    hi = end.copy()
-    active = np.flatnonzero(lo < hi)
-    while len(active):  # lo: first position in [lo, end) whose value is >= the query
-        mid = (lo[active] + hi[active]) >> 1
-        right = values[mid] < query[active]
-        lo[active] = np.where(right, mid + 1, lo[active])
-        hi[active] = np.where(right, hi[active], mid)
-        active = active[lo[active] < hi[active]]
-    found = (lo < end) & ~repeat
-    found[found] = values[lo[found]] == query[found]
-    return np.bincount(pair, weights=found, minlength=len(a)).astype(np.int64)
 
 
 def band_keys(sig: np.ndarray) -> np.ndarray:
