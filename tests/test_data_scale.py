@@ -202,3 +202,13 @@ def test_split_indices_match_assign_split():
     want = [SPLITS.index(assign_split(k, cfg)) for k in keys]
     assert split_indices(keys, cfg).tolist() == want
     assert set(want) == {0, 1, 2}
+
+
+def test_chunks_too_large_for_arrow_strings_take_python_lines(tmp_path, monkeypatch):
+    import components.data.streaming as streaming
+
+    src = _write(tmp_path / "in.csv", _rows())
+    arrow = prepare_dataset(src, tmp_path / "arrow", DataConfig())
+    monkeypatch.setattr(streaming, "_ARROW_CHARS", 0)
+    python = prepare_dataset(src, tmp_path / "python", DataConfig())
+    assert python == arrow and _files(tmp_path / "python") == _files(tmp_path / "arrow")

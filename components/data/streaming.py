@@ -49,6 +49,7 @@ from components.data.near_dup import NearDuplicateIndex
 from components.io import atomic_dir
 
 _STAGED, _RAW, _BAD = ".staged.jsonl", ".staged-raw.jsonl", ".staged-quarantine.jsonl"
+_ARROW_CHARS = 1 << 29  # characters of a chunk's texts, 4 bytes at most each: under 2 GiB
 
 
 def check_size(path: str | Path, cfg: DataConfig) -> None:
@@ -148,7 +149,8 @@ def _scan_chunk(scan: Scan, chunk: Chunk, cfg: DataConfig, files: dict[str, Bina
     texts: Any = []
     if staging:
         texts = norms
-        if isinstance(chunk, ColumnChunk):  # Arrow columns in, Arrow texts on
+        # Arrow columns in, Arrow texts on (its string type holds up to 2 GiB a chunk)
+        if isinstance(chunk, ColumnChunk) and sum(map(len, norms)) < _ARROW_CHARS:
             import pyarrow as pa
 
             texts = pa.array(norms, type=pa.string())
