@@ -46,6 +46,11 @@ def make_csv(path: Path, n_rows: int, seed: int = 0) -> None:
     pd.DataFrame({"text": texts, "label": labels}).to_csv(path, index=False)
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, required=True)
@@ -60,6 +65,7 @@ def main() -> None:
             sets = ["--set", f"paths.input={tmp}/input{i}", "--set",
                     f"paths.prepared={tmp}/out{i}", "--set", f"paths.metrics={tmp}/m{i}"]
             times = {}
+            cpu0 = _children_cpu()
             for name, cmd in (("ingest", ["ingest", "--input", str(src)]),
                               ("prepare", ["prepare"])):
                 t0 = time.perf_counter()
@@ -68,6 +74,7 @@ def main() -> None:
                 times[name] = time.perf_counter() - t0
                 if proc.returncode != 0:
                     raise SystemExit(proc.stderr)
+            times["cpu"] = _children_cpu() - cpu0
             runs.append(times)
         report = json.loads((Path(tmp) / "out0" / "report.json").read_text())
         input_mb = src.stat().st_size / 1e6
@@ -78,6 +85,9 @@ def main() -> None:
         "median_s": median, "rows_per_s": args.rows / median,
         "ingest_s": statistics.median(r["ingest"] for r in runs),
         "prepare_s": statistics.median(r["prepare"] for r in runs),
+        # CPU seconds (user + system) of both commands: what other load on the cores
+        # does not inflate, unlike the seconds above.
+        "cpu_s": statistics.median(r["cpu"] for r in runs),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "rows_ok": report["rows_ok"], "quarantined": report["quarantined"],
         "near_duplicate_rows": report["near_duplicates"]["rows"],

@@ -130,3 +130,85 @@ def test_ingest_refuses_a_file_over_the_limit(tmp_path):
     assert result.exit_code == 2
     assert "data.max_rows=10" in result.output
     assert not (tmp_path / "input").exists()
+
+
+_AWKWARD = ["plain text here", "  padded   text  ", "tab\tand\nnewline", "x\x1cfile sep",
+            "\u00e9t\u00e9 d\u00e9j\u00e0", "cafe\u0301 decomposed", "non\u00a0breaking space",
+            'a "quoted" back\\slash', "bell\x07 inside", "", "   ", None, "ab", "abc",
+            "w" * 30 + " " + "v" * 30, "trailing space ", " leading", "\u3000ideographic"]
+_LABELS = ["sports", " sports ", "", None, "finance", "other", "finance\t"]
+
+
+@pytest.mark.parametrize("cfg", [
+    DataConfig(), DataConfig(max_chars=20), DataConfig(max_chars=20, overlong="reject"),
+    DataConfig(labels=["sports", "finance"]), DataConfig(group_column="customer")])
+def test_column_checks_equal_row_checks(cfg):
+    """Checking a chunk column by column (Arrow) gives what check_row gives row by row."""
+    import pyarrow as pa
+
+    from components.data.checks import check_columns, check_rows
+    from components.data.chunks import ColumnChunk
+
+    rows = [{"text": t, "label": lab, "customer": g}
+            for i, t in enumerate(_AWKWARD) for lab, g in
+            ((_LABELS[i % len(_LABELS)], [" c1", "", None, "c2"][i % 4]),
+             (_LABELS[(i + 3) % len(_LABELS)], "c3"))]
+    fields = {"text": "text", "label": "label"}
+    if cfg.group_column:
+        fields["group"] = "customer"
+    chunk = ColumnChunk({k: pa.array([r[c] for r in rows], type=pa.string())
+                         for k, c in fields.items()}, first_line=2)
+    by_rows = check_rows(chunk.rows(), cfg)
+    by_columns = check_columns(chunk, cfg)
+    assert by_columns.reasons.tolist() == by_rows.reasons.tolist()
+    passed = [i for i, r in enumerate(by_rows.reasons) if r == ""]
+    assert 0 < len(passed) < len(rows)
+    for name in ("norms", "labels", "groups"):
+        want, got = getattr(by_rows, name), getattr(by_columns, name)
+        assert (got is None) == (want is None)
+        assert [got[i] for i in passed] == [want[i] for i in passed] if want else True
+    assert by_columns.lines.tolist() == by_rows.lines.tolist()
+    assert by_columns.rows(passed[:3]) == by_rows.rows(passed[:3])
+
+
+@pytest.mark.parametrize("group", [None, "customer"])
+def test_arrow_staged_lines_are_the_json_lines(group):
+    import pyarrow as pa
+
+    from components.data.lines import json_line, kept_line, kept_lines
+
+    texts = ['a "quoted" back\\slash', "\u00e9t\u00e9 \U0001f600", "plain", "x/y <b> \u2028"]
+    labels = ["l\\1", 'say "x"', "plain", "\u00e9"]
+    groups = ["g1", "g\\2", '"g3"', "g 4"] if group else None
+    for case in (texts, [*texts, "bell\x07 inside"]):  # the second is left to json
+        lab = (labels * 2)[: len(case)]
+        grp = (groups * 2)[: len(case)] if groups else None
+        staged, sizes = kept_lines(pa.array(case, type=pa.string()), lab, grp)
+        by_json, json_sizes = kept_lines(list(case), lab, grp)  # a list: json's encoder
+        assert bytes(staged) == by_json and sizes.tolist() == json_sizes.tolist()
+        want = [kept_line(t, x, g) for t, x, g in zip(case, lab, grp or [None] * len(case),
+                                                     strict=True)]
+        assert bytes(staged) == b"".join(want)
+        assert sizes.tolist() == [len(w) for w in want]
+        assert want == [json_line({"text": t, "label": x, **({"group": g} if g else {})})
+                        for t, x, g in zip(case, lab, grp or [None] * len(case), strict=True)]
+
+
+def test_split_indices_match_assign_split():
+    from components.data.checks import assign_split, split_indices
+
+    cfg = DataConfig()
+    keys = [f"text {i}" for i in range(3000)] + ["", "\u00e9", "x" * 5000]
+    want = [SPLITS.index(assign_split(k, cfg)) for k in keys]
+    assert split_indices(keys, cfg).tolist() == want
+    assert set(want) == {0, 1, 2}
+
+
+def test_chunks_too_large_for_arrow_strings_take_python_lines(tmp_path, monkeypatch):
+    import components.data.streaming as streaming
+
+    src = _write(tmp_path / "in.csv", _rows())
+    arrow = prepare_dataset(src, tmp_path / "arrow", DataConfig())
+    monkeypatch.setattr(streaming, "_ARROW_CHARS", 0)
+    python = prepare_dataset(src, tmp_path / "python", DataConfig())
+    assert python == arrow and _files(tmp_path / "python") == _files(tmp_path / "arrow")

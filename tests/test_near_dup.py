@@ -8,9 +8,12 @@ import numpy as np
 
 from components.data.near_dup import (
     NearDuplicateIndex,
+    _block_signatures_and_sets,
     cross_split_near_duplicates,
     jaccard,
+    shingles,
 )
+from components.data.shingle_sets import intersection_sizes, sort_rows
 from tests.conftest import tiny_rows
 
 
@@ -77,3 +80,51 @@ def test_rows_left_out_and_blocks_added_one_by_one():
     assert set(report["by_splits"]) <= {"test~train"}
     assert report["by_splits"]["test~train"] == index.report(0.8, texts.__getitem__)[
         "by_splits"]["test~train"]
+
+
+def test_vectorised_exact_jaccard_equals_the_set_definition_on_every_pair():
+    """The exact check (sorted shingle hashes, batched binary search) gives the Jaccard of
+    `shingles` for every pair of a corpus with edits, repeats, short and odd texts."""
+    splits = _corpus(2)
+    texts = [t for v in splits.values() for t in v]
+    texts += ["", "   ", "a a a a a a", "a a a a b", "b a", "a b", "ΟΔΟΣ οδοσ", "İx y z",
+              "x\u3000y\x1cz w", "the cat the cat the cat"]
+    _, values, offsets = _block_signatures_and_sets(texts)
+    n = len(texts)
+    distinct = np.diff(offsets)
+    sort_rows(values, offsets, np.arange(n), distinct)
+    a, b = (x.ravel() for x in np.meshgrid(np.arange(n), np.arange(n), indexing="ij"))
+    common = intersection_sizes(values, offsets, a, b)
+    union = distinct[a] + distinct[b] - common
+    got = common / union
+    want = np.array([jaccard(texts[i], texts[j]) for i, j in zip(a, b, strict=True)])
+    assert np.array_equal(got, want)
+    assert distinct.tolist() == [len(shingles(t)) for t in texts]
+
+
+def test_sort_rows_resorts_rows_whose_shingles_share_a_sort_key():
+    """Values equal in their top 49 bits tie in the one-key sort; those rows are re-sorted
+    exactly; repeats stay but are counted once; rows not asked for are left as they are."""
+    base = np.uint64(7 << 40)
+    values = np.array([base + np.uint64(5), base + np.uint64(1), base + np.uint64(5), 3,
+                       base + np.uint64(2), 9, 9, 1, 8, 4], dtype=np.uint64)
+    offsets = np.array([0, 5, 8, 10])
+    distinct = np.diff(offsets)
+    sort_rows(values, offsets, np.array([0, 1]), distinct)
+    b = int(base)
+    assert values.tolist() == [3, b + 1, b + 2, b + 5, b + 5, 1, 9, 9, 8, 4]
+    assert distinct.tolist() == [4, 2, 2]
+    # row 0 against row 1 and itself: repeats count once
+    common = intersection_sizes(values, offsets, np.array([0, 1, 1]), np.array([0, 1, 0]))
+    assert common.tolist() == [4, 2, 0]
+
+
+def test_arrow_splits_words_where_python_does():
+    """The shingles' words: str.split's whitespace equals Arrow's utf8_split_whitespace."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    points = [c for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    texts = ["a" + chr(c) + "b" for c in points]
+    split = pc.utf8_split_whitespace(pa.array(texts)).to_pylist()
+    assert split == [t.split() for t in texts]

@@ -105,9 +105,10 @@ def prepare(d: dict[str, Any]) -> Headline:
     lines = []
     for s in d["sizes"]:
         runs = f"median of {len(s['seconds'])} runs" if len(s["seconds"]) > 1 else "1 run"
+        cpu = f", {s['cpu_s']:.1f} CPU-s" if "cpu_s" in s else ""
         lines.append(
             f"{s['rows']:,} CSV rows ({s['input_mb']:,.0f} MB): {s['median_s']:.1f} s "
-            f"(ingest {s['ingest_s']:.1f} + prepare {s['prepare_s']:.1f}, {runs}), "
+            f"(ingest {s['ingest_s']:.1f} + prepare {s['prepare_s']:.1f}, {runs}{cpu}), "
             f"{s['rows_per_s']:,.0f} rows/s, peak RSS {s['peak_rss_mb']:,.0f} MB; "
             f"{s['rows_ok']:,} rows ok, {s['near_duplicate_rows']:,} with a near-duplicate")
     if d["growth_100k_to_1m"] is not None:

@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from components.config import DataConfig
+from components.data.chunks import ColumnChunk
 from components.data.files import (
     SPLITS,
     DataValidationError,
@@ -83,6 +86,89 @@ def check_row(row: dict[str, Any], cfg: DataConfig) -> tuple[str | None, str, st
     return None, norm, label
 
 
+@dataclass
+class CheckedChunk:
+    """One chunk checked row by row or column by column; lists hold one item a row."""
+
+    reasons: np.ndarray            # str: "" for a row that passed, else its reason
+    norms: list[str]               # normalized (and maybe truncated) text of a passed row
+    labels: list[str]              # stripped label of a passed row
+    groups: list[str] | None       # stripped group of a passed row (with a group column)
+    raw: dict[str, list[Any]]      # "text", "label"(, "group") as read
+    lines: np.ndarray              # line number of each row (0: unknown)
+    rows: Callable[[list[int]], list[dict[str, Any]]]  # the raw rows at these positions
+
+
+def check_rows(chunk: list[dict[str, Any]], cfg: DataConfig) -> CheckedChunk:
+    """`check_row` (and the group check) on every row of a chunk of row dicts."""
+    reasons, norms, labels = [], [], []
+    groups: list[str] | None = [] if cfg.group_column else None
+    for row in chunk:
+        reason, norm, label = check_row(row, cfg)
+        if reason is None and cfg.group_column and _blank(row.get("group")):
+            reason = MISSING_GROUP
+        reasons.append(reason or "")
+        norms.append(norm)
+        labels.append(label)
+        if groups is not None:
+            groups.append(_group_key(row["group"]) if reason is None else "")
+    raw = {key: [row.get(key) for row in chunk]
+           for key in ("text", "label", *(("group",) if cfg.group_column else ()))}
+    return CheckedChunk(np.array(reasons, dtype=object), norms, labels, groups, raw,
+                        np.array([row["line"] or 0 for row in chunk], dtype=np.int64),
+                        lambda at: [chunk[i] for i in at])
+
+
+# Where an ASCII text differs from its normalized form: whitespace other than single spaces
+# between words (Python's whitespace, str.split's, among ASCII characters).
+_NOT_NORMALIZED = r"[\x09-\x0d\x1c-\x1f]|  |^ | $"
+
+
+def check_columns(chunk: ColumnChunk, cfg: DataConfig) -> CheckedChunk:
+    """`check_rows` of a ColumnChunk's rows, computed column by column: the same result.
+
+    Arrow finds the texts that are already normalized (ASCII, so NFC leaves them as they
+    are, with single spaces between words and none at the ends): most of them, in one
+    pass; `normalize_text` does the others.
+    """
+    import pyarrow.compute as pc
+
+    text = chunk.columns["text"]
+    raw = {key: column.to_pylist() for key, column in chunk.columns.items()}
+    filled = pc.fill_null(text, "")
+    redo = pc.or_(pc.invert(pc.string_is_ascii(filled)),
+                  pc.match_substring_regex(filled, _NOT_NORMALIZED))
+    norms = list(raw["text"])
+    for i in np.flatnonzero(redo.to_numpy(zero_copy_only=False)
+                            | text.is_null().to_numpy(zero_copy_only=False)).tolist():
+        norms[i] = normalize_text(norms[i]) if norms[i] is not None else ""
+    labels = [label.strip() if label is not None else "" for label in raw["label"]]
+    length = np.fromiter(map(len, norms), dtype=np.int64, count=len(norms))
+    unknown = (np.fromiter((label not in cfg.labels for label in labels), dtype=bool,
+                           count=len(labels)) if cfg.labels else np.zeros(len(labels), bool))
+    overlong = length > cfg.max_chars
+    reasons = np.select(
+        [length < cfg.min_chars, np.array([not label for label in labels], dtype=bool),
+         unknown, overlong & (cfg.overlong == "reject")],
+        [EMPTY_TEXT, MISSING_LABEL, UNKNOWN_LABEL, OVERLONG_TEXT], "").astype(object)
+    groups = None
+    if cfg.group_column:
+        groups = [g.strip() if g is not None else "" for g in raw["group"]]
+        blank = np.array([not g for g in groups], dtype=bool)
+        reasons[(reasons == "") & blank] = MISSING_GROUP
+    for i in np.flatnonzero(overlong & (reasons == "")).tolist():
+        norms[i] = norms[i][: cfg.max_chars].rstrip()
+    lines = np.arange(chunk.first_line, chunk.first_line + len(chunk), dtype=np.int64)
+    return CheckedChunk(reasons, norms, labels, groups, raw, lines,
+                        lambda at: _rows_at(raw, lines, at))
+
+
+def _rows_at(raw: dict[str, list[Any]], lines: np.ndarray, at: list[int]
+             ) -> list[dict[str, Any]]:
+    return [{**{key: values[i] for key, values in raw.items()}, "line": int(lines[i])}
+            for i in at]
+
+
 def _blank(value: Any) -> bool:
     return _is_missing(value) or not str(value).strip()
 
@@ -136,6 +222,23 @@ def split_assigner(cfg: DataConfig) -> Callable[[str], str]:
         return "test" if u < test else "validation" if u < validation else "train"
 
     return assign
+
+
+def split_indices(keys: list[str], cfg: DataConfig) -> np.ndarray:
+    """Position in SPLITS of `assign_split` of each key: the same hash, its first 8 bytes
+    read by numpy for all keys at once (int / 2**64 and float(int) / 2**64 are the same
+    correctly rounded number)."""
+    salted = hashlib.sha256(f"{cfg.split_salt}\x00".encode())
+
+    def digest(key: str) -> bytes:
+        h = salted.copy()
+        h.update(key.encode())
+        return h.digest()
+
+    u = np.frombuffer(b"".join(map(digest, keys)), dtype=">u8")[::4].astype(np.float64) / 2**64
+    test, validation = cfg.test_fraction, cfg.test_fraction + cfg.validation_fraction
+    return np.where(u < test, SPLITS.index("test"), np.where(
+        u < validation, SPLITS.index("validation"), SPLITS.index("train"))).astype(np.int8)
 
 
 def split_stable(rows: list[dict[str, str]], cfg: DataConfig) -> dict[str, list[dict[str, str]]]:

@@ -1,8 +1,10 @@
 """Read a labeled text file in chunks of rows: CSV / JSONL / Parquet, only the columns used.
 
-Memory stays bounded by the chunk size whatever the file size. Every row is a dict
-{"text", "label", "line"} (+ "group"); a row that cannot be parsed is
-{"malformed", "raw", "line"} and is quarantined later. Line numbers are those a user sees
+Memory stays bounded by the chunk size whatever the file size. A chunk is either a list of
+rows, each a dict {"text", "label", "line"} (+ "group") or, for a row that cannot be
+parsed, {"malformed", "raw", "line"}, quarantined later; or, for well-formed rows of
+string columns (CSV, Parquet), a `ColumnChunk` holding the Arrow columns themselves, so
+they can be checked column by column. Line numbers are those a user sees
 in an editor: a CSV data row's line counts the header (first row = line 2), a JSONL line
 its physical line; a Parquet row its position from 1.
 """
@@ -13,6 +15,7 @@ import contextlib
 import hashlib
 import io
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,6 +29,28 @@ from components.data.files import (
 )
 
 Row = dict[str, Any]
+
+
+@dataclass
+class ColumnChunk:
+    """Consecutive well-formed rows as Arrow string columns ("text", "label"(, "group");
+    nulls allowed), the first on line `first_line` and each next one on the next line."""
+
+    columns: dict[str, Any]
+    first_line: int
+
+    def __len__(self) -> int:
+        return len(self.columns["text"])
+
+    def rows(self) -> list[Row]:
+        """The same rows as dicts, as the row-by-row reader yields them."""
+        keys = (*self.columns, "line")
+        values = [column.to_pylist() for column in self.columns.values()]
+        lines = range(self.first_line, self.first_line + len(self))
+        return [dict(zip(keys, row, strict=True)) for row in zip(*values, lines, strict=True)]
+
+
+Chunk = list[Row] | ColumnChunk
 
 
 class HashingReader(io.RawIOBase):
@@ -58,8 +83,8 @@ def columns_used(cfg: DataConfig) -> dict[str, str]:
 
 
 def iter_chunks(path: str | Path, cfg: DataConfig, source: BinaryIO | None = None
-                ) -> Iterator[list[Row]]:
-    """Yield lists of at most `cfg.chunk_rows` rows, in file order.
+                ) -> Iterator[Chunk]:
+    """Yield chunks of at most `cfg.chunk_rows` rows, in file order.
 
     `source` (CSV / JSONL only) is the open file to read instead of opening `path`, so a
     caller can hash the bytes in the same read.
@@ -101,7 +126,7 @@ def _batched(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
 
 
 def _csv_chunks(path: Path, fh: BinaryIO, fields: dict[str, str], size: int
-                ) -> Iterator[list[Row]]:
+                ) -> Iterator[Chunk]:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -125,15 +150,17 @@ def _csv_chunks(path: Path, fh: BinaryIO, fields: dict[str, str], size: int
     line = 2  # the first data row
     pending: list[Row] = []
     for batch in reader:
-        values = [batch.column(c).to_pylist() for c in fields.values()]
         bad = sorted((r.number, r.text) for r in invalid)
         invalid.clear()
-        if not bad:
-            lines = range(line, line + batch.num_rows)
-            pending.extend(dict(zip(keys, row, strict=True))
-                           for row in zip(*values, lines, strict=True))
+        if not bad:  # every row well formed: the columns go as they are
+            if pending:
+                yield pending
+                pending = []
+            yield from _column_chunks(batch, fields, line, size)
             line += batch.num_rows
-        for row in zip(*values, strict=True) if bad else ():
+            continue
+        values = [batch.column(c).to_pylist() for c in fields.values()]
+        for row in zip(*values, strict=True):
             # A skipped row sits where its line number says (exact when no quoted field
             # spans lines, which would shift every later line number anyway).
             while bad and bad[0][0] is not None and bad[0][0] <= line:
@@ -151,6 +178,13 @@ def _csv_chunks(path: Path, fh: BinaryIO, fields: dict[str, str], size: int
         yield pending
 
 
+def _column_chunks(batch: Any, fields: dict[str, str], line: int, size: int
+                   ) -> Iterator[ColumnChunk]:
+    for lo in range(0, batch.num_rows, size):
+        part = batch.slice(lo, size)
+        yield ColumnChunk({key: part.column(c) for key, c in fields.items()}, line + lo)
+
+
 def _csv_header(path: Path, fh: BinaryIO) -> list[str]:
     """Column names from the first line, leaving the stream at the start."""
     import csv
@@ -166,7 +200,7 @@ def _malformed(item: tuple[int | None, str], line: int) -> Row:
             "line": number if number is not None else line}
 
 
-def _parquet_chunks(path: Path, fields: dict[str, str], size: int) -> Iterator[list[Row]]:
+def _parquet_chunks(path: Path, fields: dict[str, str], size: int) -> Iterator[Chunk]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -180,7 +214,13 @@ def _parquet_chunks(path: Path, fields: dict[str, str], size: int) -> Iterator[l
                                   "text; set data.text_column to the column with the texts")
     keys = (*fields, "line")
     line = 1
+    as_columns = all(pa.types.is_string(schema.field(c).type)
+                     or pa.types.is_large_string(schema.field(c).type) for c in fields.values())
     for batch in pf.iter_batches(batch_size=size, columns=list(fields.values())):
+        if as_columns:  # strings (or nulls) only: checked column by column
+            yield from _column_chunks(batch, fields, line, size)
+            line += batch.num_rows
+            continue
         values = [batch.column(c).to_pylist() for c in fields.values()]
         lines = range(line, line + batch.num_rows)
         yield [dict(zip(keys, row, strict=True)) for row in zip(*values, lines, strict=True)]

@@ -14,19 +14,26 @@ Built to run on millions of rows in bounded memory:
 - LSH: rows sharing one band (ROWS_PER_BAND minima) in different splits are candidates;
   a row is compared with at most MAX_PARTNERS rows of an earlier split per band, pairs
   whose signatures agree on fewer than (threshold - SIGNATURE_MARGIN) of the hashes are
-  dropped, and the rest are confirmed with the exact shingle Jaccard, best first.
+  dropped, and the rest are confirmed with the exact shingle Jaccard, best first;
+- the exact check is vectorised too: each row's shingles are kept as 64-bit hashes (8
+  bytes a shingle), sorted only for rows in a candidate pair when it is checked, and the
+  shared ones of many pairs are counted by one binary search over all their elements.
+  The first pair of a row at or above the threshold is its partner, exactly as if the
+  pairs were tried one by one in that order.
 Recall is that of the banding (a pair at Jaccard 0.8 shares a band with p > 0.99); every
-reported pair is exact (no false positives).
+reported pair is exact (no false positives; two distinct shingles share a 64-bit hash
+with p ~ 2^-64).
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Sequence
-from functools import lru_cache
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+
+from components.data.shingle_sets import intersection_sizes, sort_rows
 
 NUM_HASHES = 32
 BANDS = 8  # 8 bands of 4 rows: pairs at Jaccard 0.8 become candidates with p > 0.99
@@ -42,6 +49,7 @@ SIGNATURE_MARGIN = 0.25
 EXACT_TRIES = 3  # exact comparisons per (row, earlier split) and band, best estimate first
 BLOCK = 32768  # texts shingled at once: bounds the temporary arrays
 _U64 = np.uint64
+_PAD = _U64(0x5BD1E9955BD1E995)  # the missing words of a text shorter than a shingle
 _SEED = 0
 
 
@@ -68,19 +76,45 @@ def _hash_params() -> tuple[np.ndarray, np.ndarray]:
 _A, _B = _hash_params()
 
 
-def _shingle_block(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(shingle hashes of a block of texts, start offset of each text's run; n + 1 long)."""
+def _word_hashes(texts: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(crc32 of each word, a 64-bit hash of each word, offsets: n + 1) of a block of texts
+    (Python strings or an Arrow string array).
+
+    Words are those of `shingles`: Python's lower-casing, then Arrow's whitespace split
+    (the same whitespace as str.split, checked by a test). The crc32 feeds the MinHash
+    signatures (the same in every run); the 64-bit hash (Python's string hash, only ever
+    compared within this process) makes the exact shingle sets.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    words = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(pc.utf8_lower(
-        pa.array(texts, type=pa.large_string()))))
+    if isinstance(texts, pa.Array) and pc.all(pc.string_is_ascii(texts)).as_py() is not False:
+        lowered = pc.utf8_lower(texts)  # on ASCII, Arrow's lower-casing is Python's
+    else:
+        python = texts.to_pylist() if isinstance(texts, pa.Array) else texts
+        lowered = [t.lower() for t in python]
+        # Arrow's string type holds 2 GiB a block (4 bytes a character at most).
+        lowered = pa.array(lowered, type=pa.string() if sum(map(len, lowered)) < 1 << 29
+                           else pa.large_string())
+    words = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(lowered))
     offsets = words.offsets.to_numpy().astype(np.int64)
     coded = pc.dictionary_encode(words.values)
     vocab = coded.dictionary.to_pylist()
-    word_hash = np.fromiter((zlib.crc32(w.encode()) for w in vocab), dtype=np.uint64,
-                            count=len(vocab))
-    h = word_hash[coded.indices.to_numpy()]
+    crc = np.fromiter((zlib.crc32(w.encode()) for w in vocab), dtype=np.uint64,
+                      count=len(vocab))
+    wide = np.fromiter(map(hash, vocab), dtype=np.int64, count=len(vocab)).view(np.uint64)
+    ids = coded.indices.to_numpy()
+    return crc[ids], wide[ids], offsets
+
+
+def _shingle_values(h: np.ndarray, offsets: np.ndarray, exact: bool
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(one hash per word 3-gram of each text, start of each text's run; n + 1 long).
+
+    A text of fewer than 3 words has one shingle, the whole text: with `exact`, its words
+    in order padded to three (never equal to a real 3-gram but with p ~ 2^-64); without,
+    the XOR of its word hashes (what the signatures have always used).
+    """
     lengths = np.diff(offsets)
     with np.errstate(over="ignore"):
         # Shingle starting at word p: mix of words p, p+1, p+2 (valid when p+2 is in its text).
@@ -98,26 +132,44 @@ def _shingle_block(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         within = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt)
         out[np.repeat(out_offsets[:-1][long_rows], cnt) + within] = tri[
             np.repeat(starts, cnt) + within]
+    mults = (_U64(0x9E3779B97F4A7C15), _U64(0xC2B2AE3D27D4EB4F), _U64(1))
     for k in range(1, SHINGLE):  # texts of 1 or 2 words: one shingle, the whole text
         rows = np.flatnonzero(lengths == k)
         value = np.zeros(len(rows), dtype=np.uint64)
-        for j in range(k):
-            value ^= short[offsets[rows] + j]
+        with np.errstate(over="ignore"):
+            for j in range(SHINGLE if exact else k):
+                word = h[offsets[rows] + j] if j < k else _PAD
+                value = value + word * mults[j] if exact else value ^ short[offsets[rows] + j]
         out[out_offsets[rows]] = value
     return out, out_offsets
 
 
 def minhash_signatures(texts: Sequence[str]) -> np.ndarray:
     """[len(texts), NUM_HASHES] uint32 MinHash signatures of the texts' shingle sets."""
+    return _block_signatures_and_sets(texts)[0]
+
+
+def _block_signatures_and_sets(texts: Any
+                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(MinHash signatures, each row's shingle hashes (unsorted; see `sort_rows`), their
+    offsets)."""
     sig = np.empty((len(texts), NUM_HASHES), dtype=np.uint32)
+    sets, sizes = [], []
     for lo in range(0, len(texts), BLOCK):
-        values, offsets = _shingle_block(texts[lo: lo + BLOCK])
+        crc, wide, word_offsets = _word_hashes(texts[lo: lo + BLOCK])
+        values, offsets = _shingle_values(crc, word_offsets, exact=False)
         starts = offsets[:-1]
         with np.errstate(over="ignore"):
             for k in range(NUM_HASHES):
                 permuted = (values * _A[k] + _B[k]) >> _U64(32)
                 sig[lo: lo + len(starts), k] = np.minimum.reduceat(permuted, starts)
-    return sig
+        exact, exact_offsets = _shingle_values(wide, word_offsets, exact=True)
+        sets.append(exact)
+        sizes.append(np.diff(exact_offsets))
+    sizes_all = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(sizes_all, out=offsets[1:])
+    return sig, (np.concatenate(sets) if sets else np.zeros(0, np.uint64)), offsets
 
 
 def band_keys(sig: np.ndarray) -> np.ndarray:
@@ -130,10 +182,12 @@ def band_keys(sig: np.ndarray) -> np.ndarray:
 
 
 class NearDuplicateIndex:
-    """Signatures of rows added block by block (with their split), then one report.
+    """Signatures and shingle sets of rows added block by block (with their split), then
+    one report.
 
-    Memory: NUM_HASHES * 4 + BANDS * 8 + 1 bytes a row; texts are fetched by index only
-    for the exact check of candidate pairs.
+    Memory: NUM_HASHES * 4 + BANDS * 8 + 1 bytes a row, plus 8 bytes per distinct shingle
+    of the row (a 200-character text has ~30) for the exact check; texts are fetched by
+    index only for the examples.
     """
 
     def __init__(self, split_names: Sequence[str]):
@@ -141,14 +195,19 @@ class NearDuplicateIndex:
         self._keys: list[np.ndarray] = []
         self._sigs: list[np.ndarray] = []
         self._splits: list[np.ndarray] = []
+        self._sets: list[np.ndarray] = []
+        self._set_sizes: list[np.ndarray] = []
 
-    def add(self, texts: Sequence[str], splits: np.ndarray) -> None:
-        """Add rows (in order) with their split index (position in split_names)."""
+    def add(self, texts: Any, splits: np.ndarray) -> None:
+        """Add rows (in order) with their split index (position in split_names); `texts`
+        is a sequence of strings or an Arrow string array."""
         if len(texts):
-            sig = minhash_signatures(texts)
+            sig, sets, offsets = _block_signatures_and_sets(texts)
             self._sigs.append(sig)
             self._keys.append(band_keys(sig))
             self._splits.append(np.asarray(splits, dtype=np.int8))
+            self._sets.append(sets)
+            self._set_sizes.append(np.diff(offsets))
 
     def report(self, threshold: float, text_of: Callable[[int], str],
                keep: np.ndarray | None = None) -> dict[str, Any]:
@@ -163,39 +222,69 @@ class NearDuplicateIndex:
             {"threshold", "rows": flagged rows, "by_splits": {"test~train": n, ...},
              "examples": up to 5 [split, text, other split, other text, jaccard]}
         """
-        sig = np.concatenate(self._sigs) if self._sigs else np.zeros((0, NUM_HASHES), np.uint32)
-        keys = np.concatenate(self._keys) if self._keys else np.zeros((0, BANDS), np.uint64)
-        split = np.concatenate(self._splits) if self._splits else np.zeros(0, np.int8)
+        sig = _joined(self._sigs, np.zeros((0, NUM_HASHES), np.uint32))
+        keys = _joined(self._keys, np.zeros((0, BANDS), np.uint64))
+        split = _joined(self._splits, np.zeros(0, np.int8))
+        values = _joined(self._sets, np.zeros(0, np.uint64))
+        offsets = np.r_[0, np.cumsum(_joined(self._set_sizes, np.zeros(0, np.int64)))]
+        distinct = np.diff(offsets)  # set by sort_rows for the rows it sorts
+        ready = np.zeros(len(split), dtype=bool)  # rows sorted already
         rows = np.flatnonzero(keep) if keep is not None else np.arange(len(split))
-        exact = lru_cache(maxsize=8192)(lambda i: shingles(text_of(i)))
-        flagged: dict[tuple[int, int], tuple[int, float]] = {}  # (row, other split) -> partner
-        rejected: set[tuple[int, int]] = set()  # pairs already found below the threshold
+        # partner[i, other]: the row of split `other` that row i was found to repeat (-1: none)
+        partner = np.full((len(split), max(1, len(self.names) - 1)), -1, dtype=np.int64)
+        score = np.zeros(partner.shape)
         for band in range(BANDS):
-            for i, other, partners in _band_candidates(rows, keys[rows, band], split[rows],
-                                                       sig, threshold, flagged):
-                for j in partners:
-                    if (i, j) in rejected:
-                        continue
-                    a, b = exact(i), exact(j)
-                    score = len(a & b) / len(a | b)
-                    if score >= threshold:
-                        flagged[(i, other)] = (j, score)
-                        break
-                    rejected.add((i, j))
-        by_splits: dict[str, int] = {}
-        for i, other in flagged:
-            key = f"{self.names[split[i]]}~{self.names[other]}"
-            by_splits[key] = by_splits.get(key, 0) + 1
-        top = sorted(flagged.items(), key=lambda kv: (-kv[1][1], kv[0]))[:MAX_EXAMPLES]
-        examples = [[self.names[split[i]], text_of(i), self.names[other], text_of(j),
-                     round(score, 3)] for (i, other), (j, score) in top]
-        return {"threshold": threshold, "rows": len({i for i, _ in flagged}),
+            for other, a, b in _band_candidates(rows, keys[rows, band], split[rows], sig,
+                                                threshold, partner):
+                todo = np.unique(np.r_[a, b])
+                todo = todo[~ready[todo]]
+                sort_rows(values, offsets, todo, distinct)
+                ready[todo] = True
+                _confirm(values, offsets, distinct, a, b, other, threshold, partner, score)
+        i, other = np.nonzero(partner >= 0)
+        pairs, counts = np.unique(np.c_[split[i], other], axis=0, return_counts=True)
+        by_splits = {f"{self.names[s]}~{self.names[o]}": n for (s, o), n in zip(
+            pairs.tolist(), counts.tolist(), strict=True)}
+        top = np.lexsort((other, i, -score[i, other]))[:MAX_EXAMPLES]
+        examples = [[self.names[split[r]], text_of(r), self.names[o],
+                     text_of(int(partner[r, o])), round(float(score[r, o]), 3)]
+                    for r, o in zip(i[top].tolist(), other[top].tolist(), strict=True)]
+        return {"threshold": threshold, "rows": len(np.unique(i)),
                 "by_splits": dict(sorted(by_splits.items())), "examples": examples}
 
 
+def _joined(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+    """The parts as one array, kept as the only part so memory is not held twice."""
+    if len(parts) > 1:
+        parts[:] = [np.concatenate(parts)]
+    return parts[0] if parts else empty
+
+
+def _confirm(values: np.ndarray, offsets: np.ndarray, distinct: np.ndarray, a: np.ndarray,
+             b: np.ndarray, other: int, threshold: float, partner: np.ndarray,
+             score: np.ndarray) -> None:
+    """Exact Jaccard of candidate pairs (a by row, best estimate first): the first pair of
+    a row at or above the threshold becomes its partner, as if tried one by one."""
+    run_start = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
+    rank = np.arange(len(a)) - np.repeat(run_start, np.diff(np.r_[run_start, len(a)]))
+    for r in range(EXACT_TRIES):
+        pick = np.flatnonzero(rank == r)
+        pick = pick[partner[a[pick], other] < 0]
+        if not len(pick):
+            break
+        i, j = a[pick], b[pick]
+        common = intersection_sizes(values, offsets, i, j)
+        union = distinct[i] + distinct[j] - common
+        jac = common / union
+        hit = jac >= threshold
+        partner[i[hit], other], score[i[hit], other] = j[hit], jac[hit]
+
+
 def _band_candidates(rows: np.ndarray, key: np.ndarray, split: np.ndarray, sig: np.ndarray,
-                     threshold: float, flagged: dict):
-    """Yield (row, earlier split, partner rows best estimate first) for one band."""
+                     threshold: float, partner: np.ndarray
+                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield (earlier split, rows, partners) for one band: pairs sorted by row, best
+    estimate first, at most EXACT_TRIES a row; rows that have a partner are left out."""
     order = np.lexsort((split, key))  # by band key, then split, then input order
     key, split, rows = key[order], split[order], rows[order]
     new_group = np.r_[True, key[1:] != key[:-1]]
@@ -207,12 +296,10 @@ def _band_candidates(rows: np.ndarray, key: np.ndarray, split: np.ndarray, sig: 
         lo = np.searchsorted(segment, segment[later] - split[later] + other, "left")
         hi = np.searchsorted(segment, segment[later] - split[later] + other, "right")
         count = np.minimum(hi - lo, MAX_PARTNERS)
-        has = count > 0
+        has = (count > 0) & (partner[rows[later], other] < 0)
         later, lo, count = later[has], lo[has], count[has]
         if not len(later):
             continue
-        done = np.array([(int(r), other) in flagged for r in rows[later]], dtype=bool)
-        later, lo, count = later[~done], lo[~done], count[~done]
         first = np.repeat(later, count)
         second = np.repeat(lo, count) + np.arange(count.sum()) - np.repeat(
             np.cumsum(count) - count, count)
@@ -227,9 +314,10 @@ def _band_candidates(rows: np.ndarray, key: np.ndarray, split: np.ndarray, sig: 
             continue
         pick = np.lexsort((-agree, a))  # by row, best estimate first
         a, b = a[pick], b[pick]
-        bounds = np.flatnonzero(np.r_[True, a[1:] != a[:-1], True])
-        for s, e in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-            yield int(a[s]), other, b[s: min(e, s + EXACT_TRIES)].tolist()
+        run_start = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
+        rank = np.arange(len(a)) - np.repeat(run_start, np.diff(np.r_[run_start, len(a)]))
+        tried = rank < EXACT_TRIES
+        yield other, a[tried], b[tried]
 
 
 def cross_split_near_duplicates(texts_by_split: dict[str, list[str]],

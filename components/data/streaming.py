@@ -1,12 +1,14 @@
 """Validate, quarantine, split and write a labeled text file chunk by chunk.
 
-Pass 1 reads the input once (its md5 from the same read), checks each row as it comes
-(`check_row`), stages every row that passed as its final JSON line and keeps ~40 bytes a
-row of numbers (text hash, label, split, line) plus its MinHash signature (128 bytes),
+Pass 1 reads the input once (its md5 from the same read), checks each chunk as it comes
+(`check_row` row by row, or `check_columns` on the Arrow columns of CSV and Parquet
+chunks, with the same result), stages every row that passed as its final JSON line and
+keeps ~40 bytes a row of numbers (text hash, label, split, line) plus its near-duplicate
+sketch (MinHash signature and shingle hashes, ~400 bytes for a 200-character text),
 computed on a worker thread while the next chunk is checked. Exact duplicates and texts
 seen with two labels need the whole file: they are decided on those numbers once the
 input is read. Pass 2 streams the staged lines into the split files and merges the
-quarantine in input order. Memory grows by ~200 bytes a row, not with the text.
+quarantine in input order. Memory grows by ~450 bytes a row, not with the file's bytes.
 
 The outputs are those of reading the whole file at once: same splits, same order, same
 quarantine (tests/data/prepare_reference.json holds the figures to match). Texts are
@@ -24,7 +26,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring as _quote
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -34,21 +35,21 @@ from components.config import DataConfig
 from components.data.checks import (
     CONFLICTING_LABELS,
     DUPLICATE,
-    MISSING_GROUP,
-    _blank,
-    _group_key,
+    CheckedChunk,
     _jsonable,
     _quarantine_record,
-    check_row,
-    split_assigner,
+    check_columns,
+    check_rows,
+    split_indices,
 )
-from components.data.chunks import HashingReader, iter_chunks
+from components.data.chunks import Chunk, ColumnChunk, HashingReader, iter_chunks
 from components.data.files import SPLITS, DataValidationError, input_format, md5_file
+from components.data.lines import json_line, kept_lines
 from components.data.near_dup import NearDuplicateIndex
 from components.io import atomic_dir
 
-_SPLIT_ID = {s: i for i, s in enumerate(SPLITS)}
 _STAGED, _RAW, _BAD = ".staged.jsonl", ".staged-raw.jsonl", ".staged-quarantine.jsonl"
+_ARROW_CHARS = 1 << 29  # characters of a chunk's texts, 4 bytes at most each: under 2 GiB
 
 
 def check_size(path: str | Path, cfg: DataConfig) -> None:
@@ -99,7 +100,7 @@ def scan_rows(path: Path, cfg: DataConfig, stage: Path | None = None,
         reader = HashingReader(raw) if hashing else None
         for chunk in iter_chunks(path, cfg, reader):
             texts, splits = _scan_chunk(scan, chunk, cfg, files)
-            if pool is not None and texts:
+            if pool is not None and len(texts):
                 if len(pending) >= 2:  # at most two chunks' texts wait for signatures
                     pending.pop(0).result()
                 pending.append(pool.submit(index.add, texts, splits))
@@ -111,76 +112,82 @@ def scan_rows(path: Path, cfg: DataConfig, stage: Path | None = None,
     return scan
 
 
-def _scan_chunk(scan: Scan, chunk: list[dict], cfg: DataConfig, files: dict[str, BinaryIO]
+def _scan_chunk(scan: Scan, chunk: Chunk, cfg: DataConfig, files: dict[str, BinaryIO]
                 ) -> tuple[list[str], np.ndarray]:
-    cols: dict[str, list] = {k: [] for k in ("key", "label", "split", "row", "line", "raw",
-                                             "size", "group")}
-    texts: list[str] = []
+    """Check one chunk, stage what passed; return the staged texts and their splits."""
+    if cfg.max_rows and scan.rows_in + len(chunk) > cfg.max_rows:
+        raise DataValidationError(
+            f"more than data.max_rows={cfg.max_rows:,} rows; raise data.max_rows (0 or "
+            "null: no limit) or split the file. Nothing was written.")
+    checked = (check_columns(chunk, cfg) if isinstance(chunk, ColumnChunk)
+               else check_rows(chunk, cfg))
+    first = scan.rows_in
+    scan.rows_in += len(chunk)
+    passed = checked.reasons == ""
+    bad = np.flatnonzero(~passed).tolist()
+    scan.bad_rows.extend(first + i for i in bad)
+    scan.bad_reasons.extend(checked.reasons[bad].tolist())
     staging = bool(files)
-    assign = split_assigner(cfg)
-    for row in chunk:
-        number = scan.rows_in
-        scan.rows_in += 1
-        if cfg.max_rows and scan.rows_in > cfg.max_rows:
-            raise DataValidationError(
-                f"more than data.max_rows={cfg.max_rows:,} rows; raise data.max_rows (0 or "
-                "null: no limit) or split the file. Nothing was written.")
-        reason, norm, label = check_row(row, cfg)
-        if reason is None and cfg.group_column and _blank(row.get("group")):
-            reason = MISSING_GROUP
-        if reason is not None:
-            scan.bad_rows.append(number)
-            scan.bad_reasons.append(reason)
-            if staging:
-                files[_BAD].write(_line(_quarantine_record(row, reason)))
-            continue
-        kept = {"text": norm, "label": label}
-        if cfg.group_column:
-            kept["group"] = _group_key(row["group"])
-        cols["key"].append(_text_key(norm))
-        cols["label"].append(scan.label_ids.setdefault(label, len(scan.label_ids)))
-        cols["row"].append(number)
-        cols["line"].append(row["line"] or 0)
-        if cfg.group_column:
-            cols["group"].append(_text_key(kept["group"]))
-        if staging:
-            line = _kept_line(norm, label, kept.get("group"))
-            files[_STAGED].write(line)
-            cols["size"].append(len(line))
-            split = _SPLIT_ID[assign(kept.get("group", norm))]
-            cols["split"].append(split)
-            differs = (row["text"] != norm or row["label"] != label
-                       or (cfg.group_column and row["group"] != kept["group"]))
-            cols["raw"].append(bool(differs))
-            if differs:
-                files[_RAW].write(_line([_jsonable(row["text"]), _jsonable(row["label"]),
-                                         _jsonable(row.get("group"))]))
-            texts.append(norm)
+    if staging and bad:
+        files[_BAD].write(b"".join(json_line(_quarantine_record(row, reason)) for row, reason
+                                   in zip(checked.rows(bad), scan.bad_reasons[-len(bad):],
+                                          strict=True)))
+    ok = np.flatnonzero(passed)
+    if not len(ok):
+        return [], np.zeros(0, np.int8)
+    pick = ok.tolist()
+    norms = [checked.norms[i] for i in pick]
+    labels = [checked.labels[i] for i in pick]
+    groups = [checked.groups[i] for i in pick] if checked.groups is not None else None
+    ids = scan.label_ids
+    cols = {"key": _text_keys(norms),
+            "label": np.array([ids.setdefault(x, len(ids)) for x in labels], dtype=np.int32),
+            "row": first + ok, "line": checked.lines[ok]}
+    if groups is not None:
+        cols["group"] = _text_keys(groups)
+    split = np.zeros(0, np.int8)
+    texts: Any = []
+    if staging:
+        texts = norms
+        # Arrow columns in, Arrow texts on (its string type holds up to 2 GiB a chunk)
+        if isinstance(chunk, ColumnChunk) and sum(map(len, norms)) < _ARROW_CHARS:
+            import pyarrow as pa
+
+            texts = pa.array(norms, type=pa.string())
+        staged, sizes = kept_lines(texts, labels, groups)
+        files[_STAGED].write(staged)
+        split = split_indices(groups if groups is not None else norms, cfg)
+        differs = _differs(checked, pick, norms, labels, groups)
+        if differs.any():
+            raw = checked.raw
+            files[_RAW].write(b"".join(json_line([_jsonable(raw[k][pick[i]]) if k in raw else None
+                                              for k in ("text", "label", "group")])
+                                       for i in np.flatnonzero(differs).tolist()))
+        cols.update(size=sizes, split=split, raw=differs)
     for name, values in cols.items():
-        if values:
-            scan.cols.setdefault(name, []).append(np.asarray(values, dtype=_DTYPES[name]))
-    return texts, np.asarray(cols["split"], dtype=np.int8)
+        scan.cols.setdefault(name, []).append(values.astype(_DTYPES[name], copy=False))
+    return texts, split
+
+
+def _differs(checked: CheckedChunk, pick: list[int], norms: list[str], labels: list[str],
+             groups: list[str] | None) -> np.ndarray:
+    """Per staged row: was its text, label or group changed by the checks (normalized)?"""
+    raw = checked.raw
+    out = np.fromiter((raw["text"][i] != t or raw["label"][i] != lab for i, t, lab in zip(
+        pick, norms, labels, strict=True)), dtype=bool, count=len(pick))
+    if groups is not None:
+        out |= np.fromiter((raw["group"][i] != g for i, g in zip(pick, groups, strict=True)),
+                           dtype=bool, count=len(pick))
+    return out
 
 
 _DTYPES = {"key": np.uint64, "label": np.int32, "split": np.int8, "row": np.int64,
            "line": np.int64, "raw": bool, "size": np.int64, "group": np.uint64}
 
 
-def _text_key(text: str) -> int:
+def _text_keys(texts: list[str]) -> np.ndarray:
     # Only compared within this process, so Python's own 64-bit string hash will do.
-    return hash(text) & 0xFFFFFFFFFFFFFFFF
-
-
-def _line(obj: Any) -> bytes:
-    return (json.dumps(obj, ensure_ascii=False) + "\n").encode()
-
-
-def _kept_line(text: str, label: str, group: str | None) -> bytes:
-    """`_line({"text", "label"(, "group")})` of strings, byte for byte, a few times faster."""
-    out = f'{{"text": {_quote(text)}, "label": {_quote(label)}'
-    if group is not None:
-        out += f', "group": {_quote(group)}'
-    return (out + "}\n").encode()
+    return np.fromiter(map(hash, texts), dtype=np.int64, count=len(texts)).view(np.uint64)
 
 
 def first_and_unambiguous(keys: np.ndarray, labels: np.ndarray
@@ -265,7 +272,7 @@ def write_splits(stage: Path, out: Path, scan: Scan, decided: Decided) -> None:
                       "text": text, "label": label}
             if "group" in kept:
                 record["group"] = group
-            q.write(_line(record))
+            q.write(json_line(record))
         q.write(bad.read())
 
 
