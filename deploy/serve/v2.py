@@ -186,7 +186,7 @@ def model_metadata(model_name: str, loaded: Any) -> dict[str, Any]:
     else:
         outputs = [{"name": ANSWER_OUTPUT, "datatype": "BYTES", "shape": [-1]}]
     return {"name": model_name, "versions": [loaded.version],
-            "platform": getattr(runtime, "platform", "onnxruntime"),
+            "platform": runtime.onnx.platform,
             "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
             "outputs": outputs,
             "parameters": {"labels": list(runtime.labels), "sha256": loaded.sha256}}
