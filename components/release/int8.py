@@ -49,7 +49,9 @@ class Int8Candidate:
     """One int8 graph export can serve: what it is, what it needs, how to build it."""
 
     graph: ServedGraph
-    build: Callable[[Path, list[dict[str, np.ndarray]] | None, ExportConfig], dict[str, Any]]
+    # build(fp32 graph, folder to write the graph's files in, calibration feeds, config)
+    build: Callable[[Path, Path, list[dict[str, np.ndarray]] | None, ExportConfig],
+                    dict[str, Any]]
     calibrated: bool = False            # needs calibration feeds (training texts)
     modules: tuple[str, ...] = ()       # optional packages it needs (an extra)
 
@@ -74,11 +76,11 @@ def quantize_int8(fp32_path: Path, int8_path: Path, per_channel: bool) -> dict[s
     return {"method": "dynamic", "weight_type": "QInt8", "per_channel": per_channel}
 
 
-def _build_ort_dynamic(bundle: Path, feeds: Any, cfg: ExportConfig) -> dict[str, Any]:
-    return quantize_int8(bundle / FP32_MODEL, bundle / INT8_MODEL, cfg.per_channel)
+def _build_ort_dynamic(fp32: Path, out: Path, feeds: Any, cfg: ExportConfig) -> dict[str, Any]:
+    return quantize_int8(fp32, out / INT8_MODEL, cfg.per_channel)
 
 
-def _build_ort_static(bundle: Path, feeds: list[dict[str, np.ndarray]],
+def _build_ort_static(fp32: Path, out: Path, feeds: list[dict[str, np.ndarray]],
                       cfg: ExportConfig) -> dict[str, Any]:
     import onnx
     from onnxruntime.quantization import (
@@ -97,7 +99,7 @@ def _build_ort_static(bundle: Path, feeds: list[dict[str, np.ndarray]],
             return next(self.it, None)
 
     # MatMul only: the fused Attention / EmbedLayerNormalization ops have no QDQ kernels.
-    quantize_static(str(bundle / FP32_MODEL), str(bundle / STATIC_FILE), Reader(),
+    quantize_static(str(fp32), str(out / STATIC_FILE), Reader(),
                     quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.Percentile,
@@ -108,15 +110,15 @@ def _build_ort_static(bundle: Path, feeds: list[dict[str, np.ndarray]],
             "calibration": "percentile", "calibration_rows": _rows(feeds)}
 
 
-def _build_openvino_int8(bundle: Path, feeds: list[dict[str, np.ndarray]],
+def _build_openvino_int8(fp32: Path, out: Path, feeds: list[dict[str, np.ndarray]],
                          cfg: ExportConfig) -> dict[str, Any]:
     import nncf
     import openvino as ov
 
-    model = ov.Core().read_model(str(bundle / FP32_MODEL))
+    model = ov.Core().read_model(str(fp32))
     quantized = nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER,
                               subset_size=len(feeds))
-    ov.save_model(quantized, str(bundle / OPENVINO_FILES[0]))
+    ov.save_model(quantized, str(out / OPENVINO_FILES[0]))
     return {"method": "nncf_ptq", "preset": "transformer", "calibration_rows": _rows(feeds),
             "openvino": ov.__version__, "nncf": nncf.__version__}
 
@@ -136,14 +138,16 @@ CANDIDATES: dict[str, Int8Candidate] = {c.name: c for c in (
 
 def calibration_feeds(bundle: Path, texts: list[str], rows: int
                       ) -> list[dict[str, np.ndarray]]:
-    """Batches of the first `rows` texts, padded to the bundle's max_length (static
-    activation scales must cover every length the model will see)."""
+    """Equal batches of (at most) the first `rows` texts, padded to the bundle's max_length
+    (static activation scales must cover every length the model will see)."""
     clf = OnnxClassifier(bundle, FP32_MODEL, threads=1, verify=False)
     clf.tokenizer.enable_padding(pad_id=int((clf.tokenizer.padding or {}).get("pad_id", 0)),
                                  length=clf.max_length)
     texts = texts[:rows]
-    return [clf.encode(texts[i: i + CALIBRATION_BATCH])
-            for i in range(0, len(texts), CALIBRATION_BATCH)]
+    # Whole batches only: ONNX Runtime's percentile calibrator stacks every batch's outputs.
+    batch = min(CALIBRATION_BATCH, len(texts))
+    return [clf.encode(texts[i: i + batch])
+            for i in range(0, len(texts) - batch + 1, batch)]
 
 
 def build_candidates(bundle: Path, cfg: ExportConfig, calibration_texts: list[str] | None
@@ -166,7 +170,7 @@ def build_candidates(bundle: Path, cfg: ExportConfig, calibration_texts: list[st
         else:
             if candidate.calibrated and feeds is None:
                 feeds = calibration_feeds(bundle, calibration_texts, cfg.calibration_texts)
-            notes[name] = candidate.build(bundle, feeds, cfg)
+            notes[name] = candidate.build(bundle / FP32_MODEL, bundle, feeds, cfg)
             built[name] = candidate
             continue
         log.warning("int8 candidate %s skipped: %s", name, notes[name]["skipped"])
