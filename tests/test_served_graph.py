@@ -159,3 +159,50 @@ def test_the_served_candidate_is_faster_batched_and_no_slower_alone(other, chose
     name, because = choose_served({BASELINE: figures(2.0, 100.0), "openvino_int8": other}, cfg)
     assert name == chosen
     assert why in because
+
+
+@pytest.mark.integration
+def test_the_registry_and_the_pyfunc_follow_the_served_graph(good, tmp_path, tiny_backbone_dir):
+    """Registered as @champion: the version's sha256 tag, the download's check and the
+    MLflow pyfunc (in a fresh process) are those of the graph the manifest names."""
+    import subprocess
+    import sys
+
+    from components.registry.tracking import start_run, tracking_uri
+    from components.registry.versions import download_bundle, publish
+    from tests.test_mlflow_model import LOAD_AND_PREDICT
+
+    bundle = rewrite_served(good["bundle"], tmp_path / "b", FP32_SERVED)
+    params = tiny_test_params(tmp_path, tiny_backbone_dir, ["serve.threads=1"])
+    run_id = start_run(params, good["prepared"])
+    published = publish(params, run_id, bundle, {"passed": True, "reasons": []},
+                        prepared_dir=good["prepared"])
+    assert published["sha256"] == sha256_file(bundle / FP32_MODEL)
+    _, local = download_bundle(params, "champion", tmp_path / "served")
+    assert served_graph(local) == FP32_SERVED and (local / FP32_MODEL).exists()
+    assert not (local / INT8_MODEL).exists()  # a version carries only its served graph
+    texts = ["football goal referee", "bank shares fell"]
+    proc = subprocess.run([sys.executable, "-c", LOAD_AND_PREDICT, tracking_uri(params),
+                           params.registry.model_name, json.dumps(texts)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    want = OnnxClassifier(bundle, FP32_MODEL, threads=1).predict(texts)
+    assert got["labels"] == [w.label for w in want]
+    assert got["scores"] == pytest.approx([w.score for w in want], abs=1e-5)
+
+
+def test_the_gate_scores_sizes_and_rescores_the_served_graph(good, tmp_path, tiny_backbone_dir):
+    from components.release.gate import run_gate
+
+    bundle = rewrite_served(good["bundle"], tmp_path / "b", FP32_SERVED)
+    params = tiny_test_params(tmp_path, tiny_backbone_dir, ["export.latency_repeats=2"])
+    kind = task_type("sequence_classification")
+    scores = kind.score_bundle(bundle, good["prepared"], params)
+    assert scores.timer.graph == FP32_SERVED
+    champion = kind.rescore(bundle, kind.score_bundle(good["bundle"], good["prepared"], params),
+                            params)
+    assert champion.timer.graph == FP32_SERVED
+    verdict = run_gate(bundle, good["prepared"], params, champion_bundle_dir=good["bundle"])
+    size = next(r for r in verdict["rules"] if r["name"] == "size_mb")
+    assert size["value"] == pytest.approx((bundle / FP32_MODEL).stat().st_size / 2**20)
