@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,openvino]"  # tests exercise the OpenVINO runtime
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv and install tuneline with its dependencies

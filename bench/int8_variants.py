@@ -20,11 +20,6 @@ from typing import Any
 
 import numpy as np
 
-STATIC_FILE = "model.int8.static.onnx"
-OPENVINO_INT8_FILE = "openvino_int8.xml"
-CALIBRATION_TEXTS = 512
-CALIBRATION_BATCH = 16
-
 
 def openvino_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("openvino", "nncf"))
@@ -35,64 +30,23 @@ def variant_names() -> list[str]:
     return names + (["openvino_fp32", "openvino_int8"] if openvino_available() else [])
 
 
-def _calibration_feeds(bundle: Path, texts: list[str]) -> list[dict[str, np.ndarray]]:
-    """Calibration batches padded to the bundle's max_length (static scales must cover it)."""
-    from components.release.predictor import FP32_MODEL, OnnxClassifier
-
-    clf = OnnxClassifier(bundle, FP32_MODEL, threads=1, verify=False)
-    clf.tokenizer.enable_padding(pad_id=0, length=clf.max_length)
-    texts = texts[:CALIBRATION_TEXTS]
-    return [clf.encode(texts[i: i + CALIBRATION_BATCH])
-            for i in range(0, len(texts), CALIBRATION_BATCH)]
-
-
 def build(bundle: Path, out: Path, train_texts: list[str]) -> dict[str, float]:
-    """Write the calibrated variants into `out`; return each one's build seconds."""
+    """Write the calibrated variants into `out` with export's own candidate builders
+    (`components.release.int8`); return each one's build seconds."""
     import time
 
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
+    from components.config import load_params
+    from components.release.int8 import CANDIDATES, calibration_feeds
     from components.release.predictor import FP32_MODEL
 
     out.mkdir(parents=True, exist_ok=True)
-    feeds = _calibration_feeds(bundle, train_texts)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(feeds)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.it, None)
-
+    cfg = load_params().export
+    feeds = calibration_feeds(bundle, train_texts, cfg.calibration_texts)
     seconds = {}
-    t0 = time.perf_counter()
-    # MatMul only: the fused Attention / EmbedLayerNormalization ops have no QDQ kernels.
-    quantize_static(str(bundle / FP32_MODEL), str(out / STATIC_FILE), Reader(),
-                    quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.Percentile,
-                    op_types_to_quantize=["MatMul"],
-                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT,
-                                   "ActivationSymmetric": True})
-    seconds["ort_static"] = time.perf_counter() - t0
-    if openvino_available():
-        import nncf
-        import openvino as ov
-
+    for name in ["ort_static"] + (["openvino_int8"] if openvino_available() else []):
         t0 = time.perf_counter()
-        model = ov.Core().read_model(str(bundle / FP32_MODEL))
-        quantized = nncf.quantize(model, nncf.Dataset(feeds),
-                                  model_type=nncf.ModelType.TRANSFORMER,
-                                  subset_size=len(feeds) * CALIBRATION_BATCH)
-        ov.save_model(quantized, str(out / OPENVINO_INT8_FILE))
-        seconds["openvino_int8"] = time.perf_counter() - t0
+        CANDIDATES[name].build(bundle / FP32_MODEL, out, feeds, cfg)
+        seconds[name] = time.perf_counter() - t0
     return seconds
 
 
@@ -100,12 +54,13 @@ class Runner:
     """`logits(texts, batch_size)` of one variant, tokenized by the bundle's tokenizer."""
 
     def __init__(self, bundle: Path, variants_dir: Path, name: str, threads: int) -> None:
+        from components.release.int8 import OPENVINO_FILES, STATIC_FILE
         from components.release.predictor import FP32_MODEL, INT8_MODEL, OnnxClassifier
 
         files = {"ort_fp32": bundle / FP32_MODEL, "ort_dynamic": bundle / INT8_MODEL,
                  "ort_static": variants_dir / STATIC_FILE,
                  "openvino_fp32": bundle / FP32_MODEL,
-                 "openvino_int8": variants_dir / OPENVINO_INT8_FILE}
+                 "openvino_int8": variants_dir / OPENVINO_FILES[0]}
         self.path = files[name]
         # The tokenizer (and, for the two shipped graphs, the session) of the bundle.
         self.clf = OnnxClassifier(bundle, INT8_MODEL if name == "ort_dynamic" else FP32_MODEL,

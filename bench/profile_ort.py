@@ -19,8 +19,7 @@ from pathlib import Path
 from bench.common import PROJECT_ROOT, write_result
 from components.config import load_params
 from components.data.files import load_split
-from components.release.export import INT8_MODEL
-from components.release.predictor import OnnxClassifier
+from components.release.predictor import INT8_MODEL, OnnxClassifier
 
 
 def op_shares(trace: list[dict]) -> tuple[dict[str, float], float]:

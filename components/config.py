@@ -353,11 +353,22 @@ class EvaluateConfig(Section):
     batch_size: int = Field(64, ge=1)
 
 
+class OpenVinoExportConfig(Section):
+    performance_hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
+    pad_to_multiple_of: int = Field(16, ge=0)
+
+
 class ExportConfig(Section):
     opset: int = Field(18, ge=13)
     per_channel: bool = True
     parity_max_rows: int = Field(0, ge=0)
     latency_repeats: int = Field(50, ge=1)
+    int8_candidates: list[Literal["ort_dynamic", "ort_static", "openvino_int8"]] = Field(
+        default_factory=lambda: ["ort_dynamic"], min_length=1)
+    min_speedup: float = Field(1.1, ge=1.0)
+    max_b1_latency_ratio: float = Field(1.0, gt=0.0)
+    calibration_texts: int = Field(512, ge=1)
+    openvino: OpenVinoExportConfig = Field(default_factory=OpenVinoExportConfig)
 
 
 # Every metric some task type gates; a task type gates those of its own `metrics`.

@@ -11,7 +11,7 @@ import pytest
 
 from components.model.modeling import load_trained
 from components.release.bundle import export_bundle
-from components.release.export import SERVED_FILES
+from components.release.export import served_files
 from components.release.predictor import (
     FP32_MODEL,
     INT8_MODEL,
@@ -32,7 +32,7 @@ def good(tmp_path_factory, tiny_backbone_dir):
 def test_bundle_layout_manifest_and_no_pickle(good):
     bundle = good["bundle"]
     manifest = verify_bundle(bundle)  # every listed file matches its sha256
-    assert set(SERVED_FILES) - {"manifest.json"} <= set(manifest)
+    assert set(served_files(bundle)) - {"manifest.json"} <= set(manifest)
     assert FP32_MODEL in manifest
     for path in bundle.iterdir():
         # No pickle (and no torch zip archive) anywhere: only ONNX protobufs and JSON.

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from components.evaluate.drift import REFERENCE_FILE
 from components.registry import tracking
 from components.registry import versions as registry
-from components.release.export import SERVED_FILES
+from components.release.export import served_files
 from components.release.gate import run_gate
 from components.release.predictor import INT8_MODEL, BundleIntegrityError, OnnxClassifier
 from tests.model_support import tiny_overrides, tiny_test_params, trained_bundle
@@ -107,7 +107,8 @@ def test_download_verifies_sha256_and_holds_no_pickle(bundles, tmp_path, tiny_ba
 
     version, local = registry.download_bundle(params, "champion", tmp_path / "served")
     assert version == "1"
-    assert sorted(p.name for p in local.iterdir()) == sorted([*SERVED_FILES, REFERENCE_FILE])
+    assert sorted(p.name for p in local.iterdir()) == sorted([*served_files(local),
+                                                              REFERENCE_FILE])
     for path in local.iterdir():
         assert path.suffix in (".onnx", ".json")  # protobuf and JSON only, no pickle
     assert len(OnnxClassifier(local).predict(["football goal referee"])) == 1

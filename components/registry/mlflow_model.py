@@ -30,9 +30,13 @@ from typing import Any
 from components.closure import code_closure
 from components.config import PROJECT_ROOT, Params
 from components.evaluate.drift import REFERENCE_FILE
-from components.io import sha256_file
-from components.release.export import SERVED_FILES
-from components.release.predictor import INT8_MODEL, verify_bundle
+from components.release.export import served_files
+from components.release.predictor import (
+    graph_sha256,
+    graph_sha256_on_disk,
+    served_graph,
+    verify_bundle,
+)
 from components.task_types import TaskType, of_bundle
 
 BUNDLE_SUBPATH = "artifacts/bundle"
@@ -40,6 +44,11 @@ RELEASE_TAG = "release_fingerprint"
 MODEL_CODE = "components/registry/pyfunc_model.py"
 log = logging.getLogger(__name__)
 REQUIREMENTS = ("onnxruntime", "tokenizers", "numpy", "pandas")
+
+
+def requirements(runtime: str) -> tuple[str, ...]:
+    """What loading the pyfunc needs: the base set, and the served graph's runtime."""
+    return REQUIREMENTS if runtime in REQUIREMENTS else (*REQUIREMENTS, runtime)
 
 
 def _pinned(packages: tuple[str, ...]) -> list[str]:
@@ -101,13 +110,15 @@ def build_pyfunc_model(bundle_dir: str | Path, out_dir: str | Path, params: Para
     if not example_texts:
         raise ValueError("an MLflow model needs at least one example text")
     bundle_dir = Path(bundle_dir)
-    manifest = verify_bundle(bundle_dir, [f for f in SERVED_FILES if f != "manifest.json"])
+    files = served_files(bundle_dir)
+    manifest = verify_bundle(bundle_dir, [f for f in files if f != "manifest.json"])
+    graph = served_graph(bundle_dir)
     labels = json.loads((bundle_dir / "labels.json").read_text())["labels"]
     task = of_bundle(json.loads((bundle_dir / "export_config.json").read_text()))
     with tempfile.TemporaryDirectory(prefix="tuneline-pyfunc-") as tmp:
         staged = Path(tmp) / "bundle"
         staged.mkdir()
-        for name in SERVED_FILES:
+        for name in files:
             shutil.copy2(bundle_dir / name, staged / name)
         code = Path(tmp) / "code"
         for name in model_code_files():
@@ -118,8 +129,9 @@ def build_pyfunc_model(bundle_dir: str | Path, out_dir: str | Path, params: Para
             artifacts={"bundle": str(staged)}, code_paths=[str(code / "components")],
             signature=signature(task),
             input_example=pd.DataFrame({"text": list(example_texts[:3])}),
-            pip_requirements=_pinned(REQUIREMENTS),
-            model_config={"sha256": manifest[INT8_MODEL], "threads": params.serve.threads,
+            pip_requirements=_pinned(requirements(graph.runtime)),
+            model_config={"sha256": graph_sha256(graph, manifest),
+                          "threads": params.serve.threads,
                           "batch_size": params.serve.max_batch},
             metadata={"tuneline_bundle": BUNDLE_SUBPATH, "labels": labels})
     if reference is not None:
@@ -170,7 +182,7 @@ def log_release_model(client: Any, params: Params, run_id: str, bundle_dir: str 
     """
     from components.registry.tracking import ensure_experiment
 
-    sha = sha256_file(Path(bundle_dir) / INT8_MODEL)
+    sha = graph_sha256_on_disk(bundle_dir)
     experiment = client.get_run(run_id).info.experiment_id
     tags = {"mlflow_model": "pyfunc", "bundle_path": BUNDLE_SUBPATH}
     reused = _ready_release_model(client, experiment, release, sha)

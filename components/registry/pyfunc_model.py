@@ -1,10 +1,11 @@
-"""The MLflow pyfunc of a registered version: the int8 bundle on ONNX Runtime + tokenizers.
+"""The MLflow pyfunc of a registered version: the bundle's served int8 graph + tokenizers.
 
 Logged as models-from-code (`components.registry.mlflow_model.build_pyfunc_model`): MLflow copies
 this file into the model folder and runs it on load, so nothing is pickled. The bundle
 files are the model's `bundle` artifact, and the `components` modules they need
-(predictor, io) travel in the model's code folder, so loading needs only mlflow,
-onnxruntime, tokenizers, numpy and pandas: no torch, no project checkout.
+(predictor, runtimes, io) travel in the model's code folder, so loading needs only mlflow,
+onnxruntime, tokenizers, numpy and pandas (and openvino when the bundle's export chose an
+OpenVINO graph): no torch, no project checkout.
 
     import mlflow
     model = mlflow.pyfunc.load_model("models:/tuneline-classifier@champion")
@@ -12,8 +13,9 @@ onnxruntime, tokenizers, numpy and pandas: no torch, no project checkout.
     # -> DataFrame: label, score, scores ({label: probability}); a token-classification
     #    version: entities ([{type, text, start, end, score}], character offsets)
 
-On load, every bundle file is checked against the bundle's manifest and the int8 graph
-against the sha256 recorded in the model config at registration.
+On load, every bundle file is checked against the bundle's manifest and the served graph
+(`served_graph`: the runtime and files its export_config.json names) against the sha256
+recorded in the model config at registration.
 """
 
 from __future__ import annotations
@@ -57,11 +59,11 @@ class TunelineClassifier(PythonModel):
         # The bundle's task type answers: labels + scores, or entities (see `predict`).
         self.runtime = of_bundle(export).load_runtime(
             bundle, threads=int(config.get("threads", 2)), verify=True)
-        self.clf = self.runtime.onnx  # the int8 graph's session (sha256, labels)
+        self.clf = self.runtime.onnx  # the served graph's classifier (sha256, labels)
         expected = config.get("sha256")
         if expected and self.runtime.sha256 != expected:
             raise BundleIntegrityError(
-                f"model.int8.onnx sha256 {self.runtime.sha256} does not match the one "
+                f"{self.clf.graph.file} sha256 {self.runtime.sha256} does not match the one "
                 f"recorded at registration {expected}")
 
     # The DataFrame hint tells MLflow to keep the explicit signature (no type-hint schema).

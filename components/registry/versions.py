@@ -26,10 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from components.config import Params
-from components.io import atomic_dir, sha256_file
+from components.io import atomic_dir
 from components.registry.tracking import get_client, tracking_uri
-from components.release.export import SERVED_FILES
-from components.release.predictor import INT8_MODEL, BundleIntegrityError, verify_bundle
+from components.release.export import served_files
+from components.release.predictor import (
+    BundleIntegrityError,
+    graph_sha256_on_disk,
+    served_graph,
+    verify_bundle,
+)
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 MAX_TAG_CHARS = 5000
@@ -119,7 +124,7 @@ def publish(params: Params, run_id: str, bundle_dir: str | Path,
     from components.registry.mlflow_model import log_release_model
 
     bundle_dir = Path(bundle_dir)
-    verify_bundle(bundle_dir, [f for f in SERVED_FILES if f != "manifest.json"])
+    verify_bundle(bundle_dir, [f for f in served_files(bundle_dir) if f != "manifest.json"])
     tags = dict(tags or {})
     client = get_client(params)
     name = params.registry.model_name
@@ -127,7 +132,7 @@ def publish(params: Params, run_id: str, bundle_dir: str | Path,
     release = tags.get("release_fingerprint") or f"run-{run_id}-{_now()}"
     model = log_release_model(client, params, run_id, bundle_dir, prepared_dir,
                               release=release, reports=reports, **model_extras)
-    sha = sha256_file(bundle_dir / INT8_MODEL)
+    sha = graph_sha256_on_disk(bundle_dir)
     run = client.get_run(run_id)
     # The run's lineage, not what earlier registrations of the same run wrote on it.
     lineage = {k: v for k, v in run.data.tags.items()
@@ -330,7 +335,7 @@ def version_tags(params: Params, ref: str) -> tuple[str, dict[str, str]]:
 def download_bundle(params: Params, ref: str, dst: str | Path) -> tuple[str, Path]:
     """Fetch a version's bundle into `dst` (replaced atomically) and verify it.
 
-    Checks the sha256 of model.int8.onnx against the version tag and every served file
+    Checks the sha256 of the served graph against the version tag and every served file
     against the manifest before `dst` is replaced, so a bad download leaves `dst` as it was.
 
     Returns:
@@ -350,11 +355,14 @@ def download_bundle(params: Params, ref: str, dst: str | Path) -> tuple[str, Pat
     with atomic_dir(dst) as tmp:
         download_version_files(mv, tmp, tracking_uri(params))
         expected = (mv.tags or {}).get("sha256")
-        actual = sha256_file(tmp / INT8_MODEL) if (tmp / INT8_MODEL).exists() else None
+        graph = served_graph(tmp) if (tmp / "export_config.json").exists() else None
+        present = graph is not None and all((tmp / f).exists() for f in graph.files)
+        actual = graph_sha256_on_disk(tmp, graph) if present else None
         if expected is None or actual != expected:
-            raise BundleIntegrityError(f"{name} v{version}: {INT8_MODEL} sha256 {actual} does "
+            what = graph.file if graph else "the served graph"
+            raise BundleIntegrityError(f"{name} v{version}: {what} sha256 {actual} does "
                                        f"not match the version tag {expected}")
-        verify_bundle(tmp, [f for f in SERVED_FILES if f != "manifest.json"])
+        verify_bundle(tmp, [f for f in served_files(tmp) if f != "manifest.json"])
     return version, dst
 
 

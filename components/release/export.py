@@ -1,18 +1,20 @@
-"""ONNX fp32 export, int8 dynamic quantization, and parity / size / latency checks.
+"""ONNX fp32 export, int8 candidates, and parity / size / latency checks.
 
 `export_model` works on an in-memory torch classifier; `export_bundle` is the stage entry
 point that reloads a trained model folder first. The bundle layout is described in
 `components.release.predictor`. Parity is measured on the test split:
     max |logit difference| torch vs ONNX Runtime fp32 (same token ids fed to both),
     argmax agreement and accuracy of int8 vs fp32.
-The numbers are written to `parity.json` inside the bundle (listed in the manifest) and
-returned, so the gate and the MLflow run can read them.
+Every int8 candidate (`components.release.int8`) is measured so and judged by the gate's
+int8 rules; the one `choose_served` keeps is recorded as the bundle's served graph. The
+numbers of the served graph, and every candidate's figures, are written to `parity.json`
+inside the bundle (listed in the manifest) and returned, so the gate and the MLflow run
+can read them.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -21,19 +23,42 @@ from typing import Any
 import numpy as np
 
 from components.config import Params
-from components.io import atomic_dir, atomic_write_json, sha256_file
-from components.release.predictor import FP32_MODEL, INT8_MODEL, OnnxClassifier, softmax
+from components.io import atomic_dir, atomic_write_json, read_json, sha256_file
+from components.release.int8 import (
+    BASELINE,
+    CANDIDATES,
+    build_candidates,
+    choose_served,
+    summarize,
+)
+from components.release.predictor import (
+    FP32_MODEL,
+    PARITY_FILE,
+    OnnxClassifier,
+    ServedGraph,
+    graph_size_mb,
+    latency_ms,
+    served_graph,
+    softmax,
+)
+from components.release.rules import int8_rules
+from components.release.runtimes import load_classifier
 
 log = logging.getLogger(__name__)
 
-PARITY_FILE = "parity.json"
 # Session-time fusions that would put back the kernels the exporter leaves out (see
 # `_export_fused`); recorded in export_config.json for every loader of the bundle.
 DISABLED_ORT_OPTIMIZERS = ["SkipLayerNormFusion", "BiasGeluFusion"]
 INPUT_NAMES = ["input_ids", "attention_mask"]
-# Files a registered model version carries (no fp32 graph: serving runs int8 only).
-SERVED_FILES = [INT8_MODEL, "tokenizer.json", "labels.json", "export_config.json",
-                PARITY_FILE, "manifest.json"]
+# Files a registered model version carries beside its served graph (no fp32 graph:
+# serving runs int8 only).
+BUNDLE_FILES = ["tokenizer.json", "labels.json", "export_config.json", PARITY_FILE,
+                "manifest.json"]
+
+
+def served_files(bundle_dir: str | Path) -> list[str]:
+    """The files a registered version of the bundle carries: its served graph's and the rest."""
+    return [*served_graph(bundle_dir).files, *BUNDLE_FILES]
 
 
 def _logits_only(model: Any) -> Any:
@@ -136,41 +161,6 @@ def export_onnx_fp32(model: Any, example: dict[str, Any], path: Path,
         return {"exporter": "dynamo", "fused_ops": {}, "fallback_reason": repr(exc)[:300]}
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, per_channel: bool) -> dict[str, Any]:
-    """Dynamic int8 quantization of the MatMul / Attention / embedding weights (activations
-    are quantized at run time, one scale per tensor)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # DefaultTensorType: the fused contrib ops carry no type information for the quantizer.
-    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8,
-                     per_channel=per_channel,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return {}
-
-
-def latency_ms(clf: OnnxClassifier, texts: list[str], batch_size: int,
-               repeats: int) -> dict[str, float]:
-    """End-to-end (tokenize + run) latency of `clf` on batches cycled from `texts`.
-
-    Returns median and p95 in milliseconds and throughput in texts per second.
-    """
-    if not texts:
-        raise ValueError("latency needs at least one text")
-    batches = [[texts[(i * batch_size + j) % len(texts)] for j in range(batch_size)]
-               for i in range(repeats)]
-    clf.logits(batches[0], batch_size)  # warm-up: first run allocates arenas
-    samples = []
-    for batch in batches:
-        t0 = time.perf_counter()
-        clf.logits(batch, batch_size)
-        samples.append((time.perf_counter() - t0) * 1e3)
-    ordered = np.sort(samples)
-    p50 = float(np.median(ordered))
-    return {"p50_ms": p50, "p95_ms": float(np.percentile(ordered, 95)),
-            "texts_per_s": batch_size * 1e3 / p50}
-
-
 def parity_report(torch_logits: np.ndarray, fp32_logits: np.ndarray,
                   int8_logits: np.ndarray, y_true: list[int]) -> dict[str, Any]:
     """Compare torch, ORT fp32 and ORT int8 logits computed on the same rows.
@@ -209,25 +199,27 @@ def _torch_logits_on(model: Any, feeds: list[dict[str, np.ndarray]]) -> np.ndarr
 
 
 def measure_bundle(model: Any, bundle: Path, texts: list[str], y_true: list[int],
-                   params: Params) -> dict[str, Any]:
-    """Parity on (texts, y_true), then sizes and batch-1 / batch-32 latency of both graphs."""
+                   params: Params, graph: ServedGraph | None = None) -> dict[str, Any]:
+    """Parity on (texts, y_true), then sizes and batch-1 / batch-32 latency of the fp32 graph
+    and of the int8 `graph` (default: the bundle's served graph)."""
     threads = params.model.num_threads
+    graph = graph or served_graph(bundle)
     fp32 = OnnxClassifier(bundle, FP32_MODEL, threads=threads, verify=False)
-    int8 = OnnxClassifier(bundle, INT8_MODEL, threads=threads, verify=False)
+    int8 = load_classifier(bundle, graph, threads=threads, verify=False)
     bs = params.evaluate.batch_size
     # Tokenize once with the bundle's tokenizer so torch and ORT see identical token ids.
     feeds = [fp32.encode(texts[i: i + bs]) for i in range(0, len(texts), bs)]
     torch_out = _torch_logits_on(model, feeds)
-    fp32_out = np.concatenate([fp32.session.run(["logits"], f)[0] for f in feeds])
-    int8_out = np.concatenate([int8.session.run(["logits"], f)[0] for f in feeds])
+    fp32_out = np.concatenate([fp32.run(f) for f in feeds])
+    int8_out = np.concatenate([int8.run(f) for f in feeds])
     result: dict[str, Any] = parity_report(torch_out, fp32_out, int8_out, y_true)
     # Dynamic int8 scales activations per batch (padding included), so a row's int8 output
     # depends on its batch-mates; also report each row run alone, as at batch 1.
-    alone = np.concatenate([int8.session.run(["logits"], int8.encode([t]))[0] for t in texts])
+    alone = np.concatenate([int8.run(int8.encode([t])) for t in texts])
     result["int8_agreement_b1"] = float(np.mean(alone.argmax(1) == fp32_out.argmax(1)))
     result["accuracy_int8_b1"] = float(np.mean(alone.argmax(1) == np.asarray(y_true)))
     fp32_mb = (bundle / FP32_MODEL).stat().st_size / 2**20
-    int8_mb = (bundle / INT8_MODEL).stat().st_size / 2**20
+    int8_mb = graph_size_mb(bundle, graph)
     result.update(size_mb_fp32=fp32_mb, size_mb_int8=int8_mb, size_ratio=int8_mb / fp32_mb)
     repeats = params.export.latency_repeats
     for name, clf in (("fp32", fp32), ("int8", int8)):
@@ -241,7 +233,8 @@ def measure_bundle(model: Any, bundle: Path, texts: list[str], y_true: list[int]
 def export_model(model: Any, tokenizer: Any, labels: list[str], out_dir: str | Path,
                  params: Params, *, texts: list[str], y_true: list[Any],
                  meta: dict[str, Any] | None = None,
-                 measure: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
+                 measure: Callable[..., dict[str, Any]] | None = None,
+                 calibration_texts: list[str] | None = None) -> dict[str, Any]:
     """Write the ONNX bundle for an in-memory classifier and measure it on (texts, y_true).
 
     Args:
@@ -254,11 +247,15 @@ def export_model(model: Any, tokenizer: Any, labels: list[str], out_dir: str | P
             `export.parity_max_rows`.
         meta: source model metadata copied into export_config.json (its task and window
             stride decide how the bundle is read).
-        measure: `measure(model, bundle, texts, y_true, params)` -> parity numbers; the
-            task type's measurement (default: `measure_bundle`, one label per text).
+        measure: `measure(model, bundle, texts, y_true, params, graph)` -> parity numbers
+            of the int8 `graph`; the task type's measurement (default: `measure_bundle`,
+            one label per text).
+        calibration_texts: texts the calibrated int8 candidates are calibrated on (the
+            training split; without them those candidates are skipped).
 
     Returns:
-        The parity / size / latency numbers (also in the bundle's parity.json).
+        The parity / size / latency numbers of the served graph, with every candidate's
+        figures under `int8_candidates` (also in the bundle's parity.json).
     """
     from components.model.unwrap import merge_for_export
 
@@ -280,24 +277,55 @@ def export_model(model: Any, tokenizer: Any, labels: list[str], out_dir: str | P
         example = tokenizer([texts[0], f"{texts[0]} {texts[-1]}"], padding=True,
                             truncation=True, max_length=max_length, return_tensors="pt")
         graph = export_onnx_fp32(model, example, tmp / FP32_MODEL, params.export.opset)
-        quantized = quantize_int8(tmp / FP32_MODEL, tmp / INT8_MODEL, params.export.per_channel)
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
         atomic_write_json(tmp / "labels.json", {"labels": list(labels)})
         atomic_write_json(tmp / "export_config.json", {
             "task": task, "stride": int((meta or {}).get("stride", params.task.stride)),
             "max_length": max_length, "opset": params.export.opset,
             "pad_token_id": int(tokenizer.pad_token_id or 0),
-            "quantization": {"method": "dynamic", "weight_type": "QInt8",
-                             "per_channel": params.export.per_channel,
-                             **quantized},
             "graph": graph,
             # Read by OnnxClassifier: keep ONNX Runtime from re-fusing the slow kernels.
             "onnxruntime": {"disabled_optimizers": DISABLED_ORT_OPTIMIZERS},
+            # Read by OpenVinoClassifier when an OpenVINO graph is served.
+            "openvino": params.export.openvino.model_dump(mode="json"),
             "source": meta or {}})
-        result = (measure or measure_bundle)(model, tmp, texts, y_true, params)
+        result = serve_best_int8(tmp, params, calibration_texts, lambda g: (
+            measure or measure_bundle)(model, tmp, texts, y_true, params, g))
         atomic_write_json(tmp / PARITY_FILE, result)
         write_manifest(tmp)
     return result
+
+
+def serve_best_int8(bundle: Path, params: Params, calibration_texts: list[str] | None,
+                    measure: Callable[[ServedGraph], dict[str, Any]]) -> dict[str, Any]:
+    """Build and measure the int8 candidates, judge each with the gate's int8 rules, and
+    record the chosen one as the bundle's served graph (export_config.json `served`);
+    the other candidates' files are removed (ort_dynamic's stays: the reference).
+
+    Returns:
+        The served graph's parity numbers, plus `int8_candidates` (every candidate's
+        figures, or why it was skipped) and `served` / `served_because`.
+    """
+    built, notes = build_candidates(bundle, params.export, calibration_texts)
+    results, figures = {}, {}
+    for name, candidate in built.items():
+        results[name] = measure(candidate.graph)
+        rules = int8_rules(results[name], params.gate)
+        figures[name] = {**summarize(results[name], rules, results[name]["size_mb_int8"]),
+                         "quantization": notes[name]}
+    chosen, because = choose_served(figures, params.export)
+    graph = CANDIDATES[chosen].graph
+    log.info("serving int8 candidate %s: %s", chosen, because)
+    for name, candidate in built.items():
+        if name not in (chosen, BASELINE):
+            for file in candidate.graph.files:
+                (bundle / file).unlink(missing_ok=True)
+    config = read_json(bundle / "export_config.json")
+    atomic_write_json(bundle / "export_config.json", {
+        **config, "served": graph.as_json(), "quantization": notes[chosen]})
+    skipped = {name: note for name, note in notes.items() if name not in built}
+    return {**results[chosen], "served": graph.as_json(), "served_because": because,
+            "int8_candidates": {**figures, **skipped}}
 
 
 def write_manifest(bundle: Path) -> Path:

@@ -2,7 +2,7 @@
 
 Every rule is reported as {name, value, threshold, op, passed}. The rules (all numbers from
 the `gate:` section of params.yaml):
-  - min.<metric>            challenger (int8, the served graph) metric on the test split
+  - min.<metric>            challenger (its served int8 graph) metric on the test split
   - vs_champion.<metric>    change against the champion, re-scored on the SAME test split
                             (stored numbers from older data are not comparable). Noise can
                             only make the gate stricter, never looser:
@@ -20,7 +20,8 @@ the `gate:` section of params.yaml):
   - int8_accuracy_change     int8 - fp32 accuracy on the test split, judged like the
                             champion comparison (allowed drop, then significance)
   - max_logit_diff                                        from the export's parity.json
-  - latency_p95_ms (int8, batch 1, tokenize + run, measured here), size_mb (int8 file)
+  - latency_p95_ms (served graph, batch 1, tokenize + run, measured here), size_mb (its
+    files)
 The first model (no champion) is judged on the absolute rules only.
 """
 
@@ -35,27 +36,24 @@ import numpy as np
 from components.config import GATED_METRICS, GateConfig, Params
 from components.evaluate.plots import write_gate_plots
 from components.evaluate.stats import (
-    bootstrap_delta_ci,
     histogram,
     interval,
     mcnemar_pvalue,
     paired_bootstrap_draws,
 )
 from components.io import atomic_write_json, atomic_write_text, read_json
-from components.release.predictor import INT8_MODEL, verify_bundle
+from components.release.predictor import (
+    PARITY_FILE,
+    graph_size_mb,
+    latency_ms,
+    served_graph,
+    verify_bundle,
+)
+from components.release.rules import int8_rules, make_rule
 from components.task_types import Scores, TaskType, task_type
 from components.task_types.base import DEFAULT as DEFAULT_TASK
 
 VERDICT_FILE = "verdict.json"
-
-
-def make_rule(name: str, value: float, threshold: float, op: str, passed: bool | None = None,
-              **detail: Any) -> dict[str, Any]:
-    """One gate rule; `passed` defaults to comparing value `op` threshold (">=" or "<=")."""
-    if passed is None:
-        passed = value >= threshold if op == ">=" else value <= threshold
-    return {"name": name, "value": float(value), "threshold": float(threshold), "op": op,
-            "passed": bool(passed), **detail}
 
 
 def judge_delta(metric: str, delta: float, lo: float, hi: float, n: int,
@@ -107,42 +105,6 @@ def export_rules(parity: dict[str, Any], latency_p95: float, size_mb: float,
             make_rule("max_logit_diff", parity["max_logit_diff"], cfg.max_logit_diff, "<="),
             make_rule("latency_p95_ms", latency_p95, cfg.max_latency_p95_ms, "<="),
             make_rule("size_mb", size_mb, cfg.max_size_mb, "<=")]
-
-
-def int8_rules(parity: dict[str, Any], cfg: GateConfig) -> list[dict[str, Any]]:
-    """What int8 may change: never a confident prediction; accuracy not measurably.
-
-    Dynamic int8 sets activation scales per batch, so it flips near-ties (rows the fp32
-    model was unsure of) whatever the scheme; those flips are counted and reported, not
-    failed. A flip of a row fp32 predicted with probability at least
-    `gate.int8_confident_probability` is a broken export. The rule reads probabilities, not
-    logit margins: how large logits grow depends on how long the model trained, so a margin
-    threshold that fits one model misjudges the next. The accuracy change int8 - fp32 is
-    judged like the champion comparison: a measured drop beyond
-    `gate.int8_max_accuracy_drop`, or a significant drop, rejects.
-    """
-    rows = parity["per_row"]
-    y, fp32, int8 = (np.asarray(rows[k]) for k in ("y", "fp32_pred", "int8_pred"))
-    flipped = fp32 != int8
-    confident = np.asarray(rows["fp32_probability"]) >= cfg.int8_confident_probability
-    flips = make_rule("int8_confident_flips", int((flipped & confident).sum()), 0, "<=",
-                      near_tie_flips=int((flipped & ~confident).sum()),
-                      agreement=float(np.mean(~flipped)),
-                      confident_probability=cfg.int8_confident_probability)
-    delta = float(np.mean(int8 == y) - np.mean(fp32 == y))
-    lo, hi = bootstrap_delta_ci(y, int8, fp32, "accuracy", int(max(y.max(), fp32.max(),
-                                                                    int8.max())) + 1, cfg.noise)
-    detail = {"method": "bootstrap", "confidence": cfg.noise.confidence, "ci_low": lo,
-              "ci_high": hi, "n": int(len(y))}
-    if -delta > cfg.int8_max_accuracy_drop:
-        outcome, passed = "drop beyond the allowed drop", False
-    elif hi < 0:
-        outcome, passed = "significant drop", False
-    else:
-        outcome, passed = "no measured drop" if delta >= 0 else "within the allowed drop", True
-    drop = make_rule("int8_accuracy_change", delta, -cfg.int8_max_accuracy_drop, ">=", passed,
-                     outcome=outcome, **detail)
-    return [flips, drop]
 
 
 def describe_failure(rule: dict[str, Any]) -> str:
@@ -227,8 +189,6 @@ def run_gate(bundle_dir: str | Path, prepared_dir: str | Path, params: Params,
         BundleIntegrityError: a bundle file is missing or fails its sha256 check.
         ValueError: a gated metric name is unknown.
     """
-    from components.release.export import PARITY_FILE, latency_ms
-
     cfg = params.gate
     task = task_type(params.task.type)
     bundle_dir = Path(bundle_dir)
@@ -237,7 +197,7 @@ def run_gate(bundle_dir: str | Path, prepared_dir: str | Path, params: Params,
              for m, t in cfg.min_metrics.items() if m in task.metrics]
     verify_bundle(bundle_dir, [PARITY_FILE])
     latency = latency_ms(scores.timer, scores.texts, 1, params.export.latency_repeats)["p95_ms"]
-    size_mb = (bundle_dir / INT8_MODEL).stat().st_size / 2**20
+    size_mb = graph_size_mb(bundle_dir, served_graph(bundle_dir))
     rules += export_rules(read_json(bundle_dir / PARITY_FILE), latency, size_mb, cfg)
     champion_metrics = champion_report = None
     if champion_bundle_dir is not None:

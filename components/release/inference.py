@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.release.predictor import OnnxClassifier, Prediction, softmax
+from components.release.predictor import BundleClassifier, Prediction, softmax
 
 
 def plan_groups(sorted_lengths: list[int] | np.ndarray, call_cost_tokens: int,
@@ -48,9 +48,9 @@ class StageTimes:
 
 
 class BucketedClassifier:
-    """Same answers as `OnnxClassifier.predict`, with less padding per ONNX Runtime call."""
+    """Same answers as `BundleClassifier.predict`, with less padding per runtime call."""
 
-    def __init__(self, clf: OnnxClassifier, call_cost_tokens: int, max_rows: int) -> None:
+    def __init__(self, clf: BundleClassifier, call_cost_tokens: int, max_rows: int) -> None:
         from tokenizers import Tokenizer
 
         self.clf = clf
@@ -77,7 +77,7 @@ class BucketedClassifier:
             rows = order[group]
             feeds = self._feeds(encodings, lengths, rows)
             t2 = time.perf_counter()
-            out[rows] = self.clf.session.run(["logits"], feeds)[0]
+            out[rows] = self.clf.run(feeds)
             run += time.perf_counter() - t2
             padded += feeds["input_ids"].size
         if timings is not None:

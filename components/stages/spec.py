@@ -113,9 +113,11 @@ SPECS: dict[str, StageSpec] = {s.name: s for s in [
         params=("task.type", "evaluate", "compress.enabled"),
         deps=(MODEL, COMPRESSED, PREPARED), outs=("${paths.eval}",)),
     StageSpec(
-        "export", "ONNX fp32 + int8 bundle, parity, size, latency",
+        "export", "ONNX fp32 + int8 candidates, parity, size, latency; the served graph",
+        # The gate's int8 rules judge each int8 candidate.
         params=("task.type", "export", "evaluate.batch_size", "model.num_threads",
-                "compress.enabled"),
+                "compress.enabled", "gate.int8_confident_probability",
+                "gate.int8_max_accuracy_drop", "gate.noise"),
         deps=(MODEL, COMPRESSED, PREPARED), outs=("${paths.export}",)),
     StageSpec(
         "gate", "judge the bundle against the rules and the re-scored @champion",

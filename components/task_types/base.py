@@ -7,8 +7,9 @@ for its kind of data and model, every question whose answer differs between task
     training  `encode_split`: a prepared split as token ids + targets; `model_class`,
               `finish_model` and `peft_task_type`: the head the backbone gets
     evaluate  `evaluate`: score a reloaded model on the test split, write its report
-    release   `parity_rows` + `measure`: what export checks the ONNX graphs on;
-              `score_bundle`: the int8 bundle's metrics on the test split plus the per-item
+    release   `parity_rows` + `measure`: what export checks the ONNX graphs on (each int8
+              candidate in turn); `score_bundle`: the served graph's metrics on the test
+              split plus the per-item
               statistics the gate's paired bootstrap and McNemar test resample
     serving   `load_runtime`: the torch-free runtime of a bundle (texts in, one JSON answer
               per text out); `reference`: the test-split prediction distribution that drift
@@ -72,7 +73,7 @@ class Runtime:
 
     labels: list[str]
     sha256: str
-    onnx: Any  # the bundle's OnnxClassifier (its int8 session, labels, sha256)
+    onnx: Any  # the bundle's served graph (a BundleClassifier: labels, sha256, platform)
     distribution: ClassVar[bool] = True  # answers are class probabilities (drift applies)
 
     def answer(self, texts: list[str], timings: Any = None) -> list[Any]:
@@ -133,8 +134,10 @@ class TaskType:
         the same rows); None where a row has no single class."""
         return None
 
-    def measure(self, model: Any, bundle: Path, rows: ParityRows, params: Any
-                ) -> dict[str, Any]:
+    def measure(self, model: Any, bundle: Path, rows: ParityRows, params: Any,
+                graph: Any = None) -> dict[str, Any]:
+        """Parity of the int8 `graph` (a ServedGraph; default: the bundle's served one)
+        against fp32 and torch, sizes and latency, in the form the gate's int8 rules read."""
         raise NotImplementedError
 
     def score_bundle(self, bundle_dir: Path, prepared_dir: str | Path, params: Any) -> Scores:

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from components.release.inference import BucketedClassifier
-from components.release.predictor import OnnxClassifier, softmax
+from components.release.predictor import softmax
+from components.release.runtimes import load_classifier
 from components.task_types.base import (
     ParityRows,
     Runtime,
@@ -27,7 +28,7 @@ from components.task_types.base import (
 
 
 class SequenceRuntime(Runtime):
-    """An int8 classifier bundle; `answer` gives class probabilities per text."""
+    """A classifier bundle's served graph; `answer` gives class probabilities per text."""
 
     distribution = True
 
@@ -129,11 +130,11 @@ class SequenceClassification(TaskType):
         texts, y = load_split(prepared_dir, "test")
         return ParityRows(texts, y)
 
-    def measure(self, model: Any, bundle: Path, rows: ParityRows, params: Any
-                ) -> dict[str, Any]:
+    def measure(self, model: Any, bundle: Path, rows: ParityRows, params: Any,
+                graph: Any = None) -> dict[str, Any]:
         from components.release.export import measure_bundle
 
-        return measure_bundle(model, bundle, rows.texts, rows.targets, params)
+        return measure_bundle(model, bundle, rows.texts, rows.targets, params, graph)
 
     def score_bundle(self, bundle_dir: Path, prepared_dir: str | Path, params: Any) -> Scores:
         from components.data.files import load_label_map
@@ -148,9 +149,7 @@ class SequenceClassification(TaskType):
     def _score(self, bundle_dir: Path, texts: list[str], y: np.ndarray, labels: list[str],
                params: Any) -> Scores:
         from components.evaluate.report import compute_report, headline_metrics
-        from components.release.predictor import INT8_MODEL, OnnxClassifier
-
-        clf = OnnxClassifier(bundle_dir, INT8_MODEL, threads=params.model.num_threads)
+        clf = load_classifier(bundle_dir, threads=params.model.num_threads)
         logits = clf.logits(texts, params.evaluate.batch_size)
         report = compute_report(y, logits, labels, params.evaluate.ece_bins)
         pred = logits.argmax(axis=1)
@@ -169,19 +168,18 @@ class SequenceClassification(TaskType):
     def load_runtime(self, bundle_dir: str | Path, *, threads: int, verify: bool = True,
                      session_config: dict[str, str] | None = None,
                      call_cost_tokens: int = 0, max_rows: int = 0) -> SequenceRuntime:
-        clf = OnnxClassifier(bundle_dir, threads=threads, verify=verify,
-                             session_config=session_config)
+        clf = load_classifier(bundle_dir, threads=threads, verify=verify,
+                              session_config=session_config)
         return SequenceRuntime(clf, call_cost_tokens, max_rows)
 
     def reference(self, bundle_dir: str | Path, prepared_dir: str | Path, params: Any
                   ) -> dict[str, Any] | None:
         from components.evaluate.drift import prediction_distribution
-        from components.release.predictor import OnnxClassifier
 
         texts = self.texts(prepared_dir, "test")
         if not texts:
             return None
-        clf = OnnxClassifier(bundle_dir, threads=params.serve.threads, verify=False)
+        clf = load_classifier(bundle_dir, threads=params.serve.threads, verify=False)
         logits = clf.logits(texts, batch_size=params.serve.max_batch)
         return prediction_distribution(logits, clf.labels, params.monitoring.confidence_bins)
 

@@ -256,26 +256,32 @@ def is_token_bundle(config: dict[str, Any]) -> bool:
 class OnnxTagger:
     """An exported token-classification bundle: texts in, entities with offsets out."""
 
-    def __init__(self, bundle_dir: Any, model_file: str | None = None, threads: int = 2,
+    def __init__(self, bundle_dir: Any, model_file: Any = None, threads: int = 2,
                  verify: bool = True, session_config: dict[str, str] | None = None) -> None:
+        """`model_file`: a file name (an ONNX Runtime graph, e.g. the fp32 one for parity), a
+        ServedGraph, or None for the bundle's served graph."""
         import json
 
-        from components.release.predictor import INT8_MODEL, OnnxClassifier
+        from components.release.predictor import OnnxClassifier, ServedGraph
+        from components.release.runtimes import load_classifier
 
-        self.clf = OnnxClassifier(bundle_dir, model_file or INT8_MODEL, threads=threads,
-                                  verify=verify, session_config=session_config)
+        if model_file is None or isinstance(model_file, ServedGraph):
+            self.clf = load_classifier(bundle_dir, model_file, threads=threads, verify=verify,
+                                       session_config=session_config)
+        else:
+            self.clf = OnnxClassifier(bundle_dir, model_file, threads=threads, verify=verify,
+                                      session_config=session_config)
         config = json.loads((self.clf.bundle_dir / "export_config.json").read_text())
         if not is_token_bundle(config):
             raise ValueError(f"{bundle_dir} is not a token-classification bundle")
         self.labels = self.clf.labels
         self.sha256 = self.clf.sha256
-        self.session = self.clf.session
         self.pad_id = int(config.get("pad_token_id", 0))
         self.tokenizer = window_tokenizer(self.clf.tokenizer, self.clf.max_length,
                                           int(config["stride"]))
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run(["logits"], feeds)[0]
+        return self.clf.run(feeds)
 
     def tag(self, inputs: Sequence[Any], batch_size: int = 64,
             pretokenized: bool = False) -> list[TaggedWords]:

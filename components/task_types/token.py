@@ -96,11 +96,12 @@ class TokenClassification(TaskType):
         words, tags = load_token_split(prepared_dir, "test")
         return ParityRows([" ".join(w) for w in words], tags, words)
 
-    def measure(self, model: Any, bundle: Path, rows: ParityRows, params: Any
-                ) -> dict[str, Any]:
+    def measure(self, model: Any, bundle: Path, rows: ParityRows, params: Any,
+                graph: Any = None) -> dict[str, Any]:
         from components.task_types.token_eval import measure_token_bundle
 
-        return measure_token_bundle(model, bundle, rows.words or [], rows.targets, params)
+        return measure_token_bundle(model, bundle, rows.words or [], rows.targets, params,
+                                    graph)
 
     def score_bundle(self, bundle_dir: Path, prepared_dir: str | Path, params: Any) -> Scores:
         from components.data.files import load_label_map

@@ -115,15 +115,18 @@ class EntityTimer:
 
 
 def measure_token_bundle(model: Any, bundle: Path, words: list[list[str]],
-                         gold: list[list[int]], params: Any) -> dict[str, Any]:
-    """Parity of torch / ORT fp32 / ORT int8 on the test sentences, then sizes and latency."""
+                         gold: list[list[int]], params: Any, graph: Any = None
+                         ) -> dict[str, Any]:
+    """Parity of torch / ORT fp32 / the int8 `graph` (default: the served one) on the test
+    sentences, then sizes and latency."""
     from components.release.export import latency_ms
-    from components.release.predictor import FP32_MODEL, INT8_MODEL
+    from components.release.predictor import FP32_MODEL, graph_size_mb, served_graph
     from components.task_types.tagging import OnnxTagger
 
     threads, bs = params.model.num_threads, params.evaluate.batch_size
+    graph = graph or served_graph(bundle)
     fp32 = OnnxTagger(bundle, FP32_MODEL, threads=threads, verify=False)
-    int8 = OnnxTagger(bundle, INT8_MODEL, threads=threads, verify=False)
+    int8 = OnnxTagger(bundle, graph, threads=threads, verify=False)
     recorded: list[np.ndarray] = []
     diffs: list[float] = []
 
@@ -149,7 +152,7 @@ def measure_token_bundle(model: Any, bundle: Path, words: list[list[str]],
         [a == b for x, y in zip(alone, by_fp32, strict=True)
          for a, b in zip(x.tags, y.tags, strict=True)]))
     fp32_mb = (bundle / FP32_MODEL).stat().st_size / 2**20
-    int8_mb = (bundle / INT8_MODEL).stat().st_size / 2**20
+    int8_mb = graph_size_mb(bundle, graph)
     result.update(size_mb_fp32=fp32_mb, size_mb_int8=int8_mb, size_ratio=int8_mb / fp32_mb)
     texts = [" ".join(w) for w in words]
     for name, tagger in (("fp32", fp32), ("int8", int8)):

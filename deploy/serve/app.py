@@ -1,9 +1,11 @@
 """The serving app: FastAPI over ONNX Runtime + `tokenizers`. Never imports torch.
 
 Routes: POST /v1/predict, GET /healthz (alive: no batch stuck), GET /readyz (a model is
-loaded and no batch stuck, plus reload details), GET /metrics (Prometheus). Limits come
-from the `serve:` params section; a bearer token is required on /v1/predict when
-`TUNELINE_API_TOKEN` is set (probes and metrics stay open so the cluster can reach them).
+loaded and no batch stuck, plus reload details), GET /metrics (Prometheus), and the Open
+Inference Protocol (KServe V2) routes under /v2 (`deploy.serve.v2`). Limits come from the
+`serve:` params section; a bearer token is required on /v1/predict and /v2/.../infer when
+`TUNELINE_API_TOKEN` is set (probes, metadata and metrics stay open so the cluster can
+reach them).
 
 A batch running longer than `serve.stuck_batch_s` fails both probes: ONNX Runtime cannot
 be interrupted from Python, so a hung run holds its worker thread until the process
@@ -18,6 +20,8 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -36,9 +40,11 @@ from deploy.serve.monitor import PredictionMonitor
 from deploy.serve.predict import (
     ModelNotReady,
     PredictEndpoint,
+    RequestError,
     describe_validation,
     internal_error,
 )
+from deploy.serve.v2 import InferEndpoint, check_model, model_metadata
 
 log = logging.getLogger("tuneline.serve")
 
@@ -98,14 +104,18 @@ def create_app(params: Params, *, bundle_dir: str | Path | None = None, alias: s
     app.state.holder, app.state.batcher, app.state.metrics = holder, batcher, metrics
     app.state.monitor = monitor
     max_body = cfg.max_body_bytes
-    predict = PredictEndpoint(batcher, lambda: holder.current is not None, token=token or None,
-                              max_body=max_body, max_texts=cfg.max_texts,
-                              max_chars=cfg.max_text_chars, timeout_s=cfg.request_timeout_s,
-                              retry_after_s=cfg.retry_after_s)
+    limits = dict(token=token or None, max_body=max_body, max_texts=cfg.max_texts,
+                  max_chars=cfg.max_text_chars, timeout_s=cfg.request_timeout_s,
+                  retry_after_s=cfg.retry_after_s)
+    is_ready = lambda: holder.current is not None  # noqa: E731
+    predict = PredictEndpoint(batcher, is_ready, **limits)
+    infer = InferEndpoint(batcher, is_ready, model_name=params.registry.model_name,
+                          current=lambda: holder.current, **limits)
     app.add_middleware(ObserveMiddleware, metrics=metrics, batcher=batcher, max_body=max_body,
-                       predict=predict)
+                       predict=predict, infer=infer)
     _add_error_handlers(app)
     _add_routes(app, cfg.stuck_batch_s)
+    _add_v2_routes(app, params.registry.model_name, cfg.stuck_batch_s)
     return app
 
 
@@ -139,11 +149,9 @@ def _add_routes(app: FastAPI, stuck_batch_s: float) -> None:
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        running = batcher.running_for()
-        if running > stuck_batch_s:
-            log.error("liveness: a batch has been running %.1f s (serve.stuck_batch_s=%g)",
-                      running, stuck_batch_s)
-            return JSONResponse({"status": "stuck", "batch_running_s": round(running, 3)},
+        if stuck_for(batcher, stuck_batch_s):
+            return JSONResponse({"status": "stuck",
+                                 "batch_running_s": round(batcher.running_for(), 3)},
                                 status_code=503)
         return JSONResponse({"status": "ok"})
 
@@ -158,6 +166,73 @@ def _add_routes(app: FastAPI, stuck_batch_s: float) -> None:
 
         return Response(generate_latest(app.state.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
+
+
+def stuck_for(batcher: MicroBatcher, stuck_batch_s: float) -> bool:
+    """Whether a batch has run past `stuck_batch_s` (logged: only a restart frees it)."""
+    running = batcher.running_for()
+    if running > stuck_batch_s:
+        log.error("liveness: a batch has been running %.1f s (serve.stuck_batch_s=%g)",
+                  running, stuck_batch_s)
+    return running > stuck_batch_s
+
+
+def _add_v2_routes(app: FastAPI, model_name: str, stuck_batch_s: float) -> None:
+    """The Open Inference Protocol's health and metadata routes (its /infer is in the
+    middleware, beside /v1/predict)."""
+    holder: ModelHolder = app.state.holder
+    batcher: MicroBatcher = app.state.batcher
+
+    def answer(body: dict, ok: bool) -> JSONResponse:
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/v2")
+    async def server_metadata() -> JSONResponse:
+        return JSONResponse({"name": "tuneline", "version": _package_version(),
+                             "extensions": []})
+
+    @app.get("/v2/health/live")
+    async def live() -> JSONResponse:
+        ok = not stuck_for(batcher, stuck_batch_s)
+        return answer({"live": ok}, ok)
+
+    @app.get("/v2/health/ready")
+    async def ready() -> JSONResponse:
+        ok = readiness(holder, batcher, stuck_batch_s)["ready"]
+        return answer({"ready": ok}, ok)
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def metadata(request: Request, name: str, version: str | None = None
+                       ) -> JSONResponse:
+        loaded = holder.current
+        try:
+            check_model(request.url.path, model_name, loaded.version if loaded else None)
+        except RequestError as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        if loaded is None:
+            return JSONResponse({"error": "no model loaded yet; see /v2/health/ready"},
+                                status_code=503)
+        return JSONResponse(model_metadata(model_name, loaded))
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(request: Request, name: str, version: str | None = None
+                          ) -> JSONResponse:
+        loaded = holder.current
+        try:
+            check_model(request.url.path, model_name, loaded.version if loaded else None)
+        except RequestError as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        ok = readiness(holder, batcher, stuck_batch_s)["ready"]
+        return answer({"name": model_name, "ready": ok}, ok)
+
+
+def _package_version() -> str:
+    try:
+        return package_version("tuneline")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def readiness(holder: ModelHolder, batcher: MicroBatcher | None = None,

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from components.config import Params
 from components.evaluate.drift import REFERENCE_FILE, load_reference
-from components.release.predictor import INT8_MODEL
+from components.release.predictor import DEFAULT_SERVED, graph_sha256, served_graph
 from components.task_types import Runtime, of_bundle
 
 log = logging.getLogger("tuneline.serve")
@@ -37,7 +37,7 @@ class ModelSource(Protocol):
 
 
 class LocalBundleSource:
-    """A bundle folder on disk; its version is the manifest's sha256 of the int8 model.
+    """A bundle folder on disk; its version is the manifest's sha256 of the served graph.
 
     Re-exporting into the same folder therefore changes the version and triggers a reload.
     """
@@ -50,10 +50,13 @@ class LocalBundleSource:
         manifest = self.bundle_dir / "manifest.json"
         if not manifest.exists():
             raise FileNotFoundError(f"{manifest} not found: not an exported bundle folder")
-        sha = json.loads(manifest.read_text())["files"].get(INT8_MODEL)
-        if sha is None:
-            raise FileNotFoundError(f"{manifest} does not list {INT8_MODEL}")
-        return f"local-{sha[:12]}"
+        config = self.bundle_dir / "export_config.json"
+        graph = served_graph(self.bundle_dir) if config.exists() else DEFAULT_SERVED
+        files = json.loads(manifest.read_text())["files"]
+        missing = [f for f in graph.files if f not in files]
+        if missing:
+            raise FileNotFoundError(f"{manifest} does not list {', '.join(missing)}")
+        return f"local-{graph_sha256(graph, files)[:12]}"
 
     def fetch(self, version: str) -> Path:
         return self.bundle_dir

@@ -14,9 +14,11 @@ import orjson
 from deploy.serve.batcher import MicroBatcher
 from deploy.serve.metrics import ServeMetrics
 from deploy.serve.predict import REASON_KEY, respond
+from deploy.serve.v2 import INFER_ROUTE, infer_path
 
 PREDICT_PATH = "/v1/predict"
-_ROUTES = {PREDICT_PATH, "/healthz", "/readyz", "/metrics"}
+_ROUTES = {PREDICT_PATH, "/healthz", "/readyz", "/metrics", "/v2", "/v2/health/live",
+           "/v2/health/ready"}
 # The reason of a status unless the handler names another (a full queue: 503 "overloaded").
 _REASONS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
             408: "request_timeout", 413: "too_large", 422: "invalid_request", 500: "internal",
@@ -27,19 +29,21 @@ class ObserveMiddleware:
     """Time and count requests; reject oversized predict bodies before they are read."""
 
     def __init__(self, app, metrics: ServeMetrics, batcher: MicroBatcher, max_body: int,
-                 predict) -> None:
+                 predict, infer) -> None:
         self.app = app
         self.metrics = metrics
         self.batcher = batcher
         self.max_body = max_body
-        self.predict = predict  # the ASGI handler of POST /v1/predict (deploy.serve.predict)
+        # The ASGI handlers of the two inference routes: POST /v1/predict
+        # (deploy.serve.predict) and the Open Inference Protocol's /infer (deploy.serve.v2).
+        self.handlers = {PREDICT_PATH: predict, INFER_ROUTE: infer}
         self._children: dict[tuple[str, int, str | None], tuple] = {}
 
     async def __call__(self, scope: dict[str, Any], receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = scope["path"] if scope["path"] in _ROUTES else "other"
+        route = self._route(scope["path"])
         t0 = time.perf_counter()
         status = 500  # what the client sees if the app raises before responding
 
@@ -50,21 +54,28 @@ class ObserveMiddleware:
             await send(message)
 
         try:
-            if route == PREDICT_PATH and self._too_large(scope):
+            handler = self.handlers.get(route)
+            if handler is not None and self._too_large(scope):
                 await self._reject_size(send_status)
-                return
-            if route == PREDICT_PATH:
-                await self._predict(scope, receive, send_status)
+            elif handler is not None:
+                await self._predict(handler, scope, receive, send_status)
             else:
                 await self.app(scope, receive, send_status)
         finally:
             self._observe(route, status, scope.get(REASON_KEY), time.perf_counter() - t0)
 
-    async def _predict(self, scope: dict[str, Any], receive, send) -> None:
+    @staticmethod
+    def _route(path: str) -> str:
+        """The metrics label of `path`: the route, every model's /infer as one label."""
+        if path in _ROUTES:
+            return path
+        return INFER_ROUTE if infer_path(path) else "other"
+
+    async def _predict(self, handler, scope: dict[str, Any], receive, send) -> None:
         # The batcher holds a batch open only while other predict requests are in flight.
         self.batcher.enter()
         try:
-            await self.predict(scope, receive, send)
+            await handler(scope, receive, send)
         finally:
             self.batcher.leave()
 

@@ -100,13 +100,11 @@ class PredictEndpoint:
                 raise RequestError(405, "method not allowed; use POST",
                                    [(b"allow", b"POST")])
             self._authorize(scope)
-            texts = self._parse(await self._body_by(receive, deadline))
+            request = self.parse(await self._body_by(receive, deadline), scope)
             if not self.is_ready():
                 raise RequestError(503, "no model loaded yet; see /readyz", self.retry_after)
-            (version, runtime), rows = await self._submit(texts, deadline)
-            body = orjson.dumps({"model_version": version,
-                                 "predictions": [runtime.render(r) for r in rows]})
-            await respond(send, 200, body)
+            (version, runtime), rows = await self._submit(request.texts, deadline)
+            await respond(send, 200, self.answer(request, version, runtime, rows))
         except RequestError as exc:
             if exc.reason is not None:
                 scope[REASON_KEY] = exc.reason
@@ -167,18 +165,19 @@ class PredictEndpoint:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    def _parse(self, body: bytes) -> list[str]:
-        try:
-            texts = PredictRequest.model_validate(orjson.loads(body)).texts
-        except orjson.JSONDecodeError as exc:
-            problems = [f"malformed JSON: {exc}"]
-        except ValidationError as exc:
-            problems = describe_validation(exc.errors(include_url=False))
-        else:
-            problems = None
-        if problems:
-            raise RequestError(422, "invalid request: " + "; ".join(problems),
-                               problems=problems)
+    def parse(self, body: bytes, scope: dict[str, Any]) -> Any:
+        """The validated request; its `texts` are what the batcher classifies."""
+        request = validate_json(PredictRequest, body, 422)
+        self.check_limits(request.texts)
+        return request
+
+    def answer(self, request: Any, version: str, runtime: Any, rows: list) -> bytes:
+        """The 200 body for the batcher's answers to `request.texts`."""
+        return orjson.dumps({"model_version": version,
+                             "predictions": [runtime.render(r) for r in rows]})
+
+    def check_limits(self, texts: list[str]) -> None:
+        """413 past serve.max_texts texts or serve.max_text_chars characters in one."""
         if len(texts) > self.max_texts:
             raise RequestError(413, f"too many texts: {len(texts)} > "
                                     f"serve.max_texts={self.max_texts}")
@@ -186,7 +185,18 @@ class PredictEndpoint:
             if len(text) > self.max_chars:
                 raise RequestError(413, f"texts[{i}] is too long: {len(text)} characters > "
                                         f"serve.max_text_chars={self.max_chars}")
-        return texts
+
+
+def validate_json(model: type[BaseModel], body: bytes, status: int) -> Any:
+    """`body` parsed by orjson and validated as `model`; else a RequestError(`status`)
+    listing every problem."""
+    try:
+        return model.model_validate(orjson.loads(body))
+    except orjson.JSONDecodeError as exc:
+        problems = [f"malformed JSON: {exc}"]
+    except ValidationError as exc:
+        problems = describe_validation(exc.errors(include_url=False))
+    raise RequestError(status, "invalid request: " + "; ".join(problems), problems=problems)
 
 
 async def respond(send: Send, status: int, body: bytes, headers: list | None = None) -> None:

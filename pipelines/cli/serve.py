@@ -123,18 +123,19 @@ def _remote(url: str) -> Callable[[list[str]], dict]:
 
 def _local(p, bundle: Path | None, alias: str) -> Callable[[list[str]], dict]:
     """The bundle (or the registry's `alias`) loaded once; its files can go afterwards."""
-    from components.release.predictor import BundleIntegrityError, OnnxClassifier
+    from components.release.predictor import BundleIntegrityError
+    from components.release.runtimes import load_classifier
 
     try:
         if bundle is not None:
             version, folder = "local", bundle
-            clf = OnnxClassifier(folder, threads=p.serve.threads)
+            clf = load_classifier(folder, threads=p.serve.threads)
         else:
             from components.registry.versions import download_bundle
 
             with tempfile.TemporaryDirectory(prefix="tuneline-predict-") as tmp:
                 version, folder = download_bundle(p, alias, Path(tmp) / "bundle")
-                clf = OnnxClassifier(folder, threads=p.serve.threads)
+                clf = load_classifier(folder, threads=p.serve.threads)
     except (BundleIntegrityError, FileNotFoundError, KeyError, ValueError) as exc:
         fail(f"cannot load the model: {exc}")
 
