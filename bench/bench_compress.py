@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from bench.bench_cv import CACHE as CV_CACHE
-from bench.bench_cv import SETTINGS, corpus_rows, fold_of, write_fold
+from bench.bench_cv import SETTINGS, corpus_rows, fold_of, model_dir, write_fold
 from bench.bench_cv import run as cv_run
 from bench.common import BENCH_DIR, PROJECT_ROOT, run_isolated, write_result
 
@@ -115,8 +115,9 @@ def main() -> None:
     bundles: dict[str, Path] = {}
     for k in range(args.folds):
         prepared = write_fold(rows, folds, k, CV_CACHE / "demo" / f"folds{args.folds}" / str(k))
-        cv_run("demo", TEACHER_SETTING, SETTINGS[TEACHER_SETTING], 42, k, prepared)
-        teacher = CV_CACHE / "demo" / "work" / f"{TEACHER_SETTING}-seed42-fold{k}" / "model"
+        cv_run("demo", TEACHER_SETTING, SETTINGS[TEACHER_SETTING], 42, k, args.folds, prepared,
+               need_model=True)
+        teacher = model_dir("demo", TEACHER_SETTING, 42, k)
         unlabeled = unlabeled_for(prepared, CACHE / f"unlabeled-fold{k}.txt")
         test_rows = [i for i in range(len(rows)) if folds[i] == k]
         for name, spec in models.items():

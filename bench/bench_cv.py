@@ -15,8 +15,10 @@ the same module and family joined: texts about 3x longer, a third as many).
 Settings: `defaults` (params.yaml: `auto` length and steps, noise-aware early stopping),
 `fixed64` (the earlier defaults: 64 tokens, 500 steps, plain early stopping), or any
 `name=key=value;key=value` given on the command line.
-Each fold run happens in its own process (bench/cv_measure.py) and is cached under
-bench/.cache/cv/, so an interrupted benchmark resumes. Results: bench/results/cv_<corpus>.json.
+Each fold run happens in its own process (bench/cv_measure.py); its result (the fold's
+test predictions, the chosen length and steps, the training time) is kept in
+bench/results/cv_runs/<corpus>/folds<k>/, so an interrupted benchmark resumes, on another
+machine too. Results: bench/results/cv_<corpus>.json.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ SETTINGS: dict[str, list[str]] = {
                 "finetune.early_stopping.min_fraction=0"],
 }
 CACHE = BENCH_DIR / ".cache" / "cv"
+# One file per setting, seed and fold (its test predictions): kept with the results, so a
+# benchmark that takes hours resumes on another machine and every figure can be re-derived.
+RUNS = BENCH_DIR / "results" / "cv_runs"
 
 
 def corpus_rows(name: str) -> list[dict[str, str]]:
@@ -95,17 +100,25 @@ def write_fold(rows: list[dict[str, str]], folds: list[int], k: int, out: Path) 
     return out
 
 
-def run(corpus: str, setting: str, sets: list[str], seed: int, k: int,
-        prepared: Path) -> dict[str, Any]:
-    cached = CACHE / corpus / f"{setting}-seed{seed}-fold{k}.json"
-    if cached.exists():
+def run(corpus: str, setting: str, sets: list[str], seed: int, k: int, folds: int,
+        prepared: Path, need_model: bool = False) -> dict[str, Any]:
+    """One fold's result: kept, or trained now (also when `need_model` and the kept
+    result's model is not on this machine)."""
+    cached = RUNS / corpus / f"folds{folds}" / f"{setting}-seed{seed}-fold{k}.json"
+    work = model_dir(corpus, setting, seed, k).parent
+    if cached.exists() and not (need_model and not (work / "model").exists()):
         return json.loads(cached.read_text())
-    work = CACHE / corpus / "work" / f"{setting}-seed{seed}-fold{k}"
     result = run_isolated("bench.cv_measure", "--prepared", str(prepared), "--out", str(work),
                           *[a for s in [*sets, f"finetune.seed={seed}"] for a in ("--set", s)],
                           timeout=4 * 3600)
+    cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(result))
     return result
+
+
+def model_dir(corpus: str, setting: str, seed: int, k: int) -> Path:
+    """Where the fold's model is saved (on this machine only)."""
+    return CACHE / corpus / "work" / f"{setting}-seed{seed}-fold{k}" / "model"
 
 
 def main() -> None:
@@ -137,7 +150,7 @@ def main() -> None:
         test_rows = [i for i in range(len(rows)) if folds[i] == k]
         for name, sets in settings.items():
             for seed in seeds:
-                r = run(args.corpus, name, sets, seed, k, prepared)
+                r = run(args.corpus, name, sets, seed, k, args.folds, prepared)
                 pred = preds.setdefault((name, seed), np.full(len(rows), -1))
                 pred[test_rows] = r["pred"]
                 gold[test_rows] = r["gold"]
