@@ -38,12 +38,20 @@ def test_two_retrains_at_once_never_interleave(tmp_path, tiny_backbone_dir):
             wait_for(lambda: api.deployment("retrain"), SERVER_TIMEOUT_S, "the deployment",
                      procs)
             created: list[dict] = []
-            starts = [threading.Thread(target=lambda: created.append(
-                api.create_run("retrain", {}))) for _ in range(2)]
+            failed: list[BaseException] = []
+
+            def start() -> None:  # a thread's exception would otherwise vanish
+                try:
+                    created.append(api.create_run("retrain", {}))
+                except BaseException as exc:  # noqa: BLE001 — reported below
+                    failed.append(exc)
+
+            starts = [threading.Thread(target=start) for _ in range(2)]
             for t in starts:
                 t.start()
             for t in starts:
                 t.join()
+            assert not failed, f"creating the two runs failed: {failed!r}"
 
             def slot_holder() -> dict | None:
                 for run in created:
