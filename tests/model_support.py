@@ -32,6 +32,24 @@ def tiny_test_params(root: Path, backbone: Path, extra: list[str] | None = None)
     return load_params(overrides=tiny_overrides(root, backbone) + list(extra or []))
 
 
+def export_candidates(model: dict[str, Path], out: Path, params: Params,
+                      candidates: list[str], calibrate: bool = True) -> dict:
+    """Export a trained tiny model with these int8 candidates (calibrated on 64 training
+    texts unless not `calibrate`); returns export's result."""
+    from components.data.files import load_split
+    from components.model.modeling import load_trained
+    from components.release.export import export_model
+
+    p = params.model_copy(update={"export": params.export.model_copy(update={
+        "int8_candidates": list(candidates), "calibration_texts": 64})})
+    trained = load_trained(model["model"])
+    texts, y = load_split(model["prepared"], "test")
+    train_texts, _ = load_split(model["prepared"], "train")
+    return export_model(trained.model, trained.tokenizer, trained.labels, out, p,
+                        texts=texts, y_true=y, meta=trained.meta,
+                        calibration_texts=train_texts if calibrate else None)
+
+
 def swap_labels(prepared: Path, out: Path) -> Path:
     """Copy a prepared folder with weather/finance swapped in train and validation."""
     out.mkdir(parents=True, exist_ok=True)

@@ -16,14 +16,14 @@ import pytest
 
 from components.data.files import load_split
 from components.model.modeling import load_trained
-from components.release.export import export_model, measure_bundle, write_manifest
+from components.release.export import measure_bundle, write_manifest
 from components.release.int8 import CANDIDATES, OPENVINO_FILES, build_candidates
 from components.release.openvino_runtime import OpenVinoClassifier, pad_to_multiple
 from components.release.predictor import FP32_MODEL, OnnxClassifier, served_graph
 from components.release.rules import int8_rules
 from components.release.runtimes import load_classifier
 from deploy.serve import create_app
-from tests.model_support import tiny_test_params, trained_bundle
+from tests.model_support import export_candidates, tiny_test_params, trained_bundle
 from tests.serve_support import running_server, wait_for
 
 OPENVINO = CANDIDATES["openvino_int8"].graph
@@ -64,15 +64,9 @@ def test_the_openvino_candidate_passes_the_gates_int8_rules(good, openvino_bundl
 
 
 def test_export_measures_and_judges_the_openvino_candidate(good, tmp_path, tiny_backbone_dir):
-    params = tiny_test_params(tmp_path, tiny_backbone_dir,
-                              ["export.int8_candidates=[ort_dynamic,openvino_int8]",
-                               "export.calibration_texts=64"])
-    trained = load_trained(good["model"])
-    texts, y = load_split(good["prepared"], "test")
-    train_texts, _ = load_split(good["prepared"], "train")
-    result = export_model(trained.model, trained.tokenizer, trained.labels, tmp_path / "b",
-                          params, texts=texts, y_true=y, meta=trained.meta,
-                          calibration_texts=train_texts)
+    result = export_candidates(good, tmp_path / "b",
+                               tiny_test_params(tmp_path, tiny_backbone_dir),
+                               ["ort_dynamic", "openvino_int8"])
     row = result["int8_candidates"]["openvino_int8"]
     assert row["quantization"]["method"] == "nncf_ptq"
     assert row["b1_p50_ms"] > 0 and row["b32_texts_per_s"] > 0

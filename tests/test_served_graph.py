@@ -13,7 +13,7 @@ import pytest
 
 from components.config import load_params
 from components.io import sha256_file
-from components.release.export import export_model, write_manifest
+from components.release.export import write_manifest
 from components.release.int8 import BASELINE, STATIC_FILE, choose_served
 from components.release.predictor import (
     DEFAULT_SERVED,
@@ -28,7 +28,7 @@ from components.release.runtimes import load_classifier
 from components.task_types import task_type
 from deploy.serve import create_app
 from deploy.serve.holder import LocalBundleSource
-from tests.model_support import tiny_test_params, trained_bundle
+from tests.model_support import export_candidates, tiny_test_params, trained_bundle
 from tests.serve_support import running_server, wait_for
 
 FP32_SERVED = ServedGraph("fp32_for_test", "onnxruntime", (FP32_MODEL,))
@@ -115,18 +115,8 @@ def test_an_unknown_runtime_is_refused_by_name(good, tmp_path):
 def test_each_candidate_is_judged_by_the_gate_and_only_a_passing_one_served(
         good, tmp_path, tiny_backbone_dir):
     """Static QDQ beside dynamic int8: both measured, both judged by the gate's int8 rules."""
-    from components.data.files import load_split
-    from components.model.modeling import load_trained
-
-    params = tiny_test_params(tmp_path, tiny_backbone_dir,
-                              ["export.int8_candidates=[ort_dynamic,ort_static]",
-                               "export.calibration_texts=64"])
-    trained = load_trained(good["model"])
-    texts, y = load_split(good["prepared"], "test")
-    train_texts, _ = load_split(good["prepared"], "train")
-    result = export_model(trained.model, trained.tokenizer, trained.labels, tmp_path / "b",
-                          params, texts=texts, y_true=y, meta=trained.meta,
-                          calibration_texts=train_texts)
+    params = tiny_test_params(tmp_path, tiny_backbone_dir)
+    result = export_candidates(good, tmp_path / "b", params, ["ort_dynamic", "ort_static"])
     figures = result["int8_candidates"]
     assert set(figures) == {"ort_dynamic", "ort_static"}
     for name, row in figures.items():
@@ -138,8 +128,8 @@ def test_each_candidate_is_judged_by_the_gate_and_only_a_passing_one_served(
     assert (tmp_path / "b" / served.file).exists()
     assert (tmp_path / "b" / STATIC_FILE).exists() == (served.candidate == "ort_static")
     # Without calibration texts the calibrated candidate is skipped, with the reason.
-    again = export_model(trained.model, trained.tokenizer, trained.labels, tmp_path / "c",
-                         params, texts=texts, y_true=y, meta=trained.meta)
+    again = export_candidates(good, tmp_path / "c", params, ["ort_dynamic", "ort_static"],
+                              calibrate=False)
     assert "calibration" in again["int8_candidates"]["ort_static"]["skipped"]
     assert again["served"]["candidate"] == BASELINE
 

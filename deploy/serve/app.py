@@ -23,6 +23,7 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -201,15 +202,22 @@ def _add_v2_routes(app: FastAPI, model_name: str, stuck_batch_s: float) -> None:
         ok = readiness(holder, batcher, stuck_batch_s)["ready"]
         return answer({"ready": ok}, ok)
 
-    @app.get("/v2/models/{name}")
-    @app.get("/v2/models/{name}/versions/{version}")
-    async def metadata(request: Request, name: str, version: str | None = None
-                       ) -> JSONResponse:
+    def named_model(request: Request) -> tuple[Any, JSONResponse | None]:
+        """The loaded model, or the 404 for a path naming another model or version."""
         loaded = holder.current
         try:
             check_model(request.url.path, model_name, loaded.version if loaded else None)
         except RequestError as exc:
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
+            return loaded, JSONResponse({"error": exc.message}, status_code=exc.status)
+        return loaded, None
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def metadata(request: Request, name: str, version: str | None = None
+                       ) -> JSONResponse:
+        loaded, refused = named_model(request)
+        if refused is not None:
+            return refused
         if loaded is None:
             return JSONResponse({"error": "no model loaded yet; see /v2/health/ready"},
                                 status_code=503)
@@ -219,11 +227,9 @@ def _add_v2_routes(app: FastAPI, model_name: str, stuck_batch_s: float) -> None:
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(request: Request, name: str, version: str | None = None
                           ) -> JSONResponse:
-        loaded = holder.current
-        try:
-            check_model(request.url.path, model_name, loaded.version if loaded else None)
-        except RequestError as exc:
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        _, refused = named_model(request)
+        if refused is not None:
+            return refused
         ok = readiness(holder, batcher, stuck_batch_s)["ready"]
         return answer({"name": model_name, "ready": ok}, ok)
 
